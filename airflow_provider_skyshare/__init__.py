@@ -1,0 +1,56 @@
+"""Apache Airflow provider: GPU work across Kubernetes clusters shared by several orgs."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def get_provider_info() -> dict:
+    return {
+        "package-name": "airflow-provider-skyshare",
+        "name": "Skyshare",
+        "description": "Owner-first GPU placement across shared Kubernetes clusters, with Kueue "
+        "priorities and automatic rescheduling of preempted work.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Skyshare",
+                "external-doc-url": "https://kueue.sigs.k8s.io/",
+                "tags": ["software"],
+            }
+        ],
+        "operators": [
+            {
+                "integration-name": "Skyshare",
+                "python-modules": ["airflow_provider_skyshare.operators.gpu"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": "Skyshare",
+                "python-modules": ["airflow_provider_skyshare.triggers.pod"],
+            }
+        ],
+        "config": {
+            "skyshare": {
+                "description": "Defaults of the skyshare provider.",
+                "options": {
+                    "fleet_file": {
+                        "description": "Path of the fleet YAML used when an operator does "
+                        "not pass fleet_file.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "/opt/airflow/fleet.yaml",
+                        "default": "",
+                    },
+                    "default_deferrable": {
+                        "description": "Whether MultiClusterGpuOperator defers by default.",
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": "False",
+                        "default": "True",
+                    },
+                },
+            }
+        },
+    }

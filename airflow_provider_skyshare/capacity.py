@@ -1,0 +1,54 @@
+"""Probe every cluster's free GPUs at once (async, per-cluster timeout).
+
+Two reads per cluster (nodes, non-terminal pods) run concurrently for all clusters, so a
+placement costs one round trip to the slowest reachable cluster, not the sum. An
+unreachable cluster becomes an entry with its reason instead of failing the probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+
+from airflow_provider_skyshare import kube
+from airflow_provider_skyshare.fleet import Cluster, Fleet
+from airflow_provider_skyshare.snapshot import ClusterCapacity, Snapshot, summarize
+
+NON_TERMINAL = "status.phase!=Succeeded,status.phase!=Failed"
+
+
+async def probe_cluster(cluster: Cluster, timeout: float) -> ClusterCapacity:
+    start = time.monotonic()
+    try:
+        nodes, pods = await asyncio.wait_for(
+            asyncio.gather(
+                kube.list_nodes(cluster, timeout),
+                kube.request(cluster, "GET", "/api/v1/pods",
+                             query={"fieldSelector": NON_TERMINAL}, timeout=timeout),
+            ),
+            timeout,
+        )
+    except asyncio.TimeoutError:
+        return ClusterCapacity(cluster.name, False, f"no answer within {timeout:g}s")
+    except kube.KubeError as exc:
+        why = exc.message if exc.unreachable else f"HTTP {exc.status} {exc.reason}: {exc.message}"
+        return ClusterCapacity(cluster.name, False, why[:200])
+    except Exception as exc:  # noqa: BLE001 - bad kubeconfig etc.: say why, skip the cluster
+        return ClusterCapacity(cluster.name, False, f"{type(exc).__name__}: {exc}"[:200])
+    latency = (time.monotonic() - start) * 1000
+    return summarize(cluster, nodes.get("items") or [], pods.get("items") or [], latency)
+
+
+async def probe(fleet: Fleet, only: Iterable[str] | None = None) -> Snapshot:
+    names = list(only) if only is not None else list(fleet.clusters)
+    timeout = fleet.policy.probe_timeout_seconds
+    results = await asyncio.gather(*(probe_cluster(fleet.clusters[n], timeout) for n in names))
+    return Snapshot({r.cluster: r for r in results}, taken_at=time.time())
+
+
+async def probe_sequential(fleet: Fleet) -> Snapshot:
+    """The naive baseline (one cluster after another), kept for the benchmark."""
+    timeout = fleet.policy.probe_timeout_seconds
+    results = [await probe_cluster(c, timeout) for c in fleet.clusters.values()]
+    return Snapshot({r.cluster: r for r in results}, taken_at=time.time())

@@ -1,0 +1,132 @@
+"""How each cluster of the fleet is reached: the only module that knows.
+
+A cluster is reached through a kubeconfig context (optionally a kubeconfig path) or an
+Airflow connection of type ``kubernetes`` (the cncf-kubernetes hooks read it). Clients are
+cached per cluster (and per event loop for the async ones) so one triggerer shares one
+connection pool per cluster among all its triggers, and no single-cluster hook is reused
+for another cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from typing import Any
+
+import yaml
+
+from airflow_provider_skyshare.fleet import Cluster
+
+
+class ClusterConfigError(ValueError):
+    """A cluster's access settings cannot work (file, context or connection), with the fix."""
+
+
+def kubeconfig_path(cluster: Cluster) -> str:
+    if cluster.kubeconfig:
+        return os.path.expanduser(os.path.expandvars(cluster.kubeconfig))
+    env = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+    return env or os.path.expanduser("~/.kube/config")
+
+
+def check_kubeconfig(cluster: Cluster) -> str:
+    """Fail early and clearly when the kubeconfig file or context does not exist."""
+    path = kubeconfig_path(cluster)
+    where = f"cluster {cluster.name!r}"
+    if not os.path.exists(path):
+        raise ClusterConfigError(
+            f"{where}: kubeconfig {path} does not exist. Fix: set clusters[].kubeconfig in the "
+            "fleet file or KUBECONFIG to an existing file (for the sandbox: "
+            "`skyshare-sandbox kubeconfig`)"
+        )
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ClusterConfigError(f"{where}: kubeconfig {path} cannot be read: {exc}") from None
+    contexts = [c.get("name") for c in data.get("contexts") or [] if isinstance(c, dict)]
+    if cluster.context and cluster.context not in contexts:
+        raise ClusterConfigError(
+            f"{where}: context {cluster.context!r} is not in {path} (contexts: "
+            f"{', '.join(map(str, contexts)) or 'none'}). Fix: set clusters[].context to one of them"
+        )
+    return path
+
+
+_sync_lock = threading.Lock()
+_sync_clients: dict[tuple, Any] = {}
+_async_clients: dict[tuple, Any] = {}
+
+
+def _key(cluster: Cluster) -> tuple:
+    return (cluster.name, cluster.context, kubeconfig_path(cluster), cluster.connection_id)
+
+
+def sync_api(cluster: Cluster) -> Any:
+    """A ``kubernetes.client.ApiClient`` for this cluster (cached per process)."""
+    key = _key(cluster)
+    with _sync_lock:
+        if key not in _sync_clients:
+            _sync_clients[key] = _new_sync(cluster)
+        return _sync_clients[key]
+
+
+def _new_sync(cluster: Cluster) -> Any:
+    from kubernetes import client, config
+
+    if cluster.connection_id:
+        from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+        return KubernetesHook(conn_id=cluster.connection_id, cluster_context=cluster.context).get_conn()
+    path = check_kubeconfig(cluster)
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=path, context=cluster.context,
+                            client_configuration=configuration, persist_config=False)
+    return client.ApiClient(configuration)
+
+
+async def async_api(cluster: Cluster) -> Any:
+    """A ``kubernetes_asyncio.client.ApiClient`` for this cluster (cached per event loop)."""
+    loop = asyncio.get_running_loop()
+    key = (id(loop), *_key(cluster))
+    api = _async_clients.get(key)
+    if api is None:
+        api = await _new_async(cluster)
+        _async_clients[key] = api
+    return api
+
+
+async def _new_async(cluster: Cluster) -> Any:
+    from kubernetes_asyncio import client, config
+
+    configuration = client.Configuration()
+    if cluster.connection_id:
+        from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook
+
+        hook = AsyncKubernetesHook(conn_id=cluster.connection_id, cluster_context=cluster.context,
+                                   client_configuration=configuration)
+        await hook._load_config()  # the hook's own parsing of the connection's extras
+        configuration = hook.client_configuration
+    else:
+        path = await asyncio.to_thread(check_kubeconfig, cluster)
+        await config.load_kube_config(config_file=path, context=cluster.context,
+                                      client_configuration=configuration, persist_config=False)
+    return client.ApiClient(configuration)
+
+
+async def close_async_clients() -> None:
+    """Close the clients of the running loop (worker-side ``asyncio.run`` ends with this)."""
+    loop_id = id(asyncio.get_running_loop())
+    for key in [k for k in _async_clients if k[0] == loop_id]:
+        api = _async_clients.pop(key)
+        with contextlib.suppress(Exception):  # closing is best effort
+            await api.close()
+
+
+def reset() -> None:
+    """Forget cached clients (tests that restart clusters, or a changed kubeconfig)."""
+    with _sync_lock:
+        _sync_clients.clear()
+    _async_clients.clear()

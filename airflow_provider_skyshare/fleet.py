@@ -1,0 +1,371 @@
+"""The fleet: which org owns which cluster, how each cluster is reached, and the tiers.
+
+Pure: parses and validates a dict (from YAML) into frozen dataclasses. Every error names
+the file, the key and the fix, because a fleet file is edited by people, not programs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+OWNER = "owner"
+BORROWER = "borrower"
+TIER_NAMES = (OWNER, BORROWER)
+ANYONE = "*"
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+class FleetError(ValueError):
+    """A fleet file (or fleet dict) that cannot be used, with the key at fault and the fix."""
+
+    def __init__(self, source: str, key: str, problem: str, fix: str) -> None:
+        self.source, self.key, self.problem, self.fix = source, key, problem, fix
+        super().__init__(f"{source}: {key}: {problem}. Fix: {fix}")
+
+
+@dataclass(frozen=True)
+class Tier:
+    """How work of one tier is labelled on one cluster (Kueue queue and priorities)."""
+
+    name: str
+    local_queue: str
+    priority_class: str
+    workload_priority_class: str
+
+
+@dataclass(frozen=True)
+class Org:
+    name: str
+    members: frozenset[str]
+
+    def admits(self, user: str | None) -> bool:
+        return ANYONE in self.members or (user is not None and user in self.members)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    owner: str
+    namespace: str
+    gpu_label: str
+    gpu_products: Mapping[str, str]  # alias (T4) -> node label value (Tesla-T4)
+    tiers: Mapping[str, Tier]
+    context: str | None = None
+    kubeconfig: str | None = None
+    connection_id: str | None = None
+    cost_per_gpu_hour: float | None = None
+    lend: bool = True
+
+    def tier(self, name: str) -> Tier:
+        return self.tiers[name]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Fleet-wide knobs of the placement rule (see docs/concepts.md)."""
+
+    borrow_cooldown_seconds: float = 300.0
+    pin_owned_after_preemptions: int = 2
+    probe_timeout_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class Fleet:
+    source: str
+    orgs: Mapping[str, Org]
+    clusters: Mapping[str, Cluster]
+    policy: Policy = field(default_factory=Policy)
+
+    def org(self, name: str) -> Org:
+        if name not in self.orgs:
+            raise FleetError(
+                self.source, "orgs", f"unknown org {name!r}", _choices(name, self.orgs, "org")
+            )
+        return self.orgs[name]
+
+    def owned_by(self, org: str) -> list[Cluster]:
+        return [c for c in self.clusters.values() if c.owner == org]
+
+    def products(self) -> set[str]:
+        return {p for c in self.clusters.values() for p in c.gpu_products}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The normalised form; ``parse(fleet.to_dict())`` gives an equal fleet (trigger kwargs)."""
+        return {
+            "version": 1,
+            "policy": {
+                "borrow_cooldown_seconds": self.policy.borrow_cooldown_seconds,
+                "pin_owned_after_preemptions": self.policy.pin_owned_after_preemptions,
+                "probe_timeout_seconds": self.policy.probe_timeout_seconds,
+            },
+            "orgs": [{"name": o.name, "members": sorted(o.members)} for o in self.orgs.values()],
+            "clusters": [_cluster_dict(c) for c in self.clusters.values()],
+        }
+
+
+def _cluster_dict(c: Cluster) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "name": c.name,
+        "owner": c.owner,
+        "namespace": c.namespace,
+        "gpu_label": c.gpu_label,
+        "gpu_products": dict(c.gpu_products),
+        "tiers": {
+            t.name: {
+                "local_queue": t.local_queue,
+                "priority_class": t.priority_class,
+                "workload_priority_class": t.workload_priority_class,
+            }
+            for t in c.tiers.values()
+        },
+        "lend": c.lend,
+    }
+    for key in ("context", "kubeconfig", "connection_id", "cost_per_gpu_hour"):
+        if getattr(c, key) is not None:
+            d[key] = getattr(c, key)
+    return d
+
+
+DEFAULT_TIERS = {
+    OWNER: {
+        "local_queue": "skyshare-owner",
+        "priority_class": "high-priority",
+        "workload_priority_class": "high-priority",
+    },
+    BORROWER: {
+        "local_queue": "skyshare-borrower",
+        "priority_class": "low-priority",
+        "workload_priority_class": "low-priority",
+    },
+}
+DEFAULTS = {
+    "namespace": "skyshare",
+    "gpu_label": "nvidia.com/gpu.product",
+    "tiers": DEFAULT_TIERS,
+}
+
+_TOP_KEYS = {"version", "defaults", "policy", "orgs", "clusters"}
+_DEFAULT_KEYS = {"namespace", "gpu_label", "gpu_products", "tiers", "kubeconfig", "lend"}
+_ORG_KEYS = {"name", "members"}
+_CLUSTER_KEYS = {
+    "name", "owner", "context", "kubeconfig", "connection_id", "namespace", "gpu_label",
+    "gpu_products", "tiers", "cost_per_gpu_hour", "lend",
+}
+_TIER_KEYS = {"local_queue", "priority_class", "workload_priority_class"}
+_POLICY_KEYS = {"borrow_cooldown_seconds", "pin_owned_after_preemptions", "probe_timeout_seconds"}
+
+
+def _choices(value: str, options: Any, what: str) -> str:
+    options = sorted(options)
+    close = difflib.get_close_matches(str(value), options, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{hint}use one of the {what}s: {', '.join(options) or '(none defined)'}"
+
+
+class _Reader:
+    """Walks the raw dict, remembering the source for error messages."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, problem: str, fix: str) -> FleetError:
+        return FleetError(self.source, key, problem, fix)
+
+    def mapping(self, value: Any, key: str) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            raise self.fail(key, f"expected a mapping, got {type(value).__name__}",
+                            f"write {key} as 'name: value' pairs")
+        return value
+
+    def keys(self, value: Mapping[str, Any], allowed: set[str], key: str) -> None:
+        for k in value:
+            if k not in allowed:
+                raise self.fail(f"{key}.{k}" if key else str(k), "unknown key",
+                                _choices(str(k), allowed, "key"))
+
+    def text(self, value: Any, key: str, *, dns: bool = False) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, f"expected a non-empty string, got {value!r}",
+                            f"set {key} to a name")
+        if dns and not _DNS_LABEL.match(value):
+            raise self.fail(key, f"{value!r} is not a valid Kubernetes name",
+                            "use lower-case letters, digits and '-', starting and ending with "
+                            "a letter or digit")
+        return value
+
+    def number(self, value: Any, key: str, *, minimum: float = 0.0, integer: bool = False) -> Any:
+        ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+        if not ok or value < minimum:
+            kind = "a whole number" if integer else "a number"
+            raise self.fail(key, f"expected {kind} >= {minimum:g}, got {value!r}",
+                            f"set {key} to {kind} of at least {minimum:g}")
+        return value
+
+
+def load(path: str | os.PathLike[str]) -> Fleet:
+    """Read and validate a fleet YAML file."""
+    import yaml  # local import: the module stays importable without PyYAML for parse()
+
+    source = os.fspath(path)
+    try:
+        with open(source, encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        raise FleetError(source, "(file)", "file not found",
+                         "pass fleet_file=... or set [skyshare] fleet_file "
+                         "(AIRFLOW__SKYSHARE__FLEET_FILE) to an existing fleet YAML") from None
+    except OSError as exc:
+        raise FleetError(source, "(file)", f"cannot be read ({exc.strerror})",
+                         "check the path and its permissions") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise FleetError(source, where, f"YAML syntax error: {problem}",
+                         "correct the YAML at that position") from None
+    return parse(data, source=source)
+
+
+def parse(data: Any, source: str = "<fleet>") -> Fleet:
+    """Validate a raw fleet dict. Raises FleetError only."""
+    r = _Reader(source)
+    if data is None:
+        raise r.fail("(file)", "the fleet is empty", "define 'orgs:' and 'clusters:'")
+    top = r.mapping(data, "(top level)")
+    r.keys(top, _TOP_KEYS, "")
+    version = top.get("version", 1)
+    if version != 1:
+        raise r.fail("version", f"unsupported version {version!r}", "set version: 1")
+
+    defaults = {**DEFAULTS, **r.mapping(top.get("defaults") or {}, "defaults")}
+    r.keys(defaults, _DEFAULT_KEYS, "defaults")
+    policy = _policy(r, top.get("policy") or {})
+
+    raw_orgs = top.get("orgs")
+    if not isinstance(raw_orgs, list) or not raw_orgs:
+        raise r.fail("orgs", "missing or not a list", "add 'orgs:' with at least one '- name: ...'")
+    orgs: dict[str, Org] = {}
+    for i, raw in enumerate(raw_orgs):
+        key = f"orgs[{i}]"
+        raw = r.mapping(raw, key)
+        r.keys(raw, _ORG_KEYS, key)
+        name = r.text(raw.get("name"), f"{key}.name", dns=True)
+        if name in orgs:
+            raise r.fail(f"{key}.name", f"duplicate org {name!r}", "give every org a unique name")
+        members = raw.get("members")
+        if not isinstance(members, list) or not all(isinstance(m, str) and m for m in members):
+            raise r.fail(f"{key}.members", "missing or not a list of user names",
+                         "list the Airflow users / DAG owners of this org, or ['*'] for anyone")
+        orgs[name] = Org(name=name, members=frozenset(members))
+
+    raw_clusters = top.get("clusters")
+    if not isinstance(raw_clusters, list) or not raw_clusters:
+        raise r.fail("clusters", "missing or not a list",
+                     "add 'clusters:' with at least one '- name: ...'")
+    clusters: dict[str, Cluster] = {}
+    for i, raw in enumerate(raw_clusters):
+        c = _cluster(r, f"clusters[{i}]", r.mapping(raw, f"clusters[{i}]"), defaults, orgs)
+        if c.name in clusters:
+            raise r.fail(f"clusters[{i}].name", f"duplicate cluster {c.name!r}",
+                         "give every cluster a unique name")
+        clusters[c.name] = c
+    return Fleet(source=source, orgs=orgs, clusters=clusters, policy=policy)
+
+
+def _policy(r: _Reader, raw: Any) -> Policy:
+    raw = r.mapping(raw, "policy")
+    r.keys(raw, _POLICY_KEYS, "policy")
+    base = Policy()
+    return Policy(
+        borrow_cooldown_seconds=float(r.number(
+            raw.get("borrow_cooldown_seconds", base.borrow_cooldown_seconds),
+            "policy.borrow_cooldown_seconds")),
+        pin_owned_after_preemptions=r.number(
+            raw.get("pin_owned_after_preemptions", base.pin_owned_after_preemptions),
+            "policy.pin_owned_after_preemptions", integer=True),
+        probe_timeout_seconds=float(r.number(
+            raw.get("probe_timeout_seconds", base.probe_timeout_seconds),
+            "policy.probe_timeout_seconds", minimum=0.1)),
+    )
+
+
+def _cluster(
+    r: _Reader, key: str, raw: Mapping[str, Any], defaults: Mapping[str, Any], orgs: Mapping[str, Org]
+) -> Cluster:
+    r.keys(raw, _CLUSTER_KEYS, key)
+    name = r.text(raw.get("name"), f"{key}.name", dns=True)
+    owner = r.text(raw.get("owner"), f"{key}.owner")
+    if owner not in orgs:
+        raise r.fail(f"{key}.owner", f"unknown org {owner!r}", _choices(owner, orgs, "org"))
+    context = raw.get("context")
+    connection_id = raw.get("connection_id")
+    if context is None and connection_id is None:
+        raise r.fail(key, f"cluster {name!r} has neither 'context' nor 'connection_id'",
+                     "set context: <kubeconfig context> (optionally kubeconfig: <path>) or "
+                     "connection_id: <Airflow connection of type kubernetes>")
+    if context is not None:
+        r.text(context, f"{key}.context")
+    if connection_id is not None:
+        r.text(connection_id, f"{key}.connection_id")
+    kubeconfig = raw.get("kubeconfig", defaults.get("kubeconfig"))
+    if kubeconfig is not None:
+        r.text(kubeconfig, f"{key}.kubeconfig")
+    namespace = r.text(raw.get("namespace", defaults["namespace"]), f"{key}.namespace", dns=True)
+    gpu_label = r.text(raw.get("gpu_label", defaults["gpu_label"]), f"{key}.gpu_label")
+    if not _LABEL_KEY.match(gpu_label):
+        raise r.fail(f"{key}.gpu_label", f"{gpu_label!r} is not a valid label key",
+                     "use a node label key such as nvidia.com/gpu.product")
+    products = raw.get("gpu_products", defaults.get("gpu_products"))
+    products = r.mapping(products if products is not None else None, f"{key}.gpu_products")
+    if not products:
+        raise r.fail(f"{key}.gpu_products", "no GPU products",
+                     "map each GPU alias to its node label value, e.g. {T4: Tesla-T4}")
+    for alias, value in products.items():
+        r.text(alias, f"{key}.gpu_products")
+        r.text(value, f"{key}.gpu_products.{alias}")
+    tiers = _tiers(r, key, raw.get("tiers"), defaults["tiers"])
+    cost = raw.get("cost_per_gpu_hour")
+    if cost is not None:
+        cost = float(r.number(cost, f"{key}.cost_per_gpu_hour"))
+    lend = raw.get("lend", defaults.get("lend", True))
+    if not isinstance(lend, bool):
+        raise r.fail(f"{key}.lend", f"expected true or false, got {lend!r}",
+                     "set lend: true to let other orgs borrow this cluster, false to forbid it")
+    return Cluster(
+        name=name, owner=owner, namespace=namespace, gpu_label=gpu_label,
+        gpu_products={str(a): str(v) for a, v in products.items()}, tiers=tiers,
+        context=context, kubeconfig=kubeconfig, connection_id=connection_id,
+        cost_per_gpu_hour=cost, lend=lend,
+    )
+
+
+def _tiers(r: _Reader, key: str, raw: Any, defaults: Any) -> dict[str, Tier]:
+    defaults = r.mapping(defaults, "defaults.tiers")
+    raw = r.mapping(raw or {}, f"{key}.tiers")
+    for k in list(raw) + list(defaults):
+        if k not in TIER_NAMES:
+            where = f"{key}.tiers.{k}" if k in raw else f"defaults.tiers.{k}"
+            raise r.fail(where, "unknown tier", _choices(str(k), TIER_NAMES, "tier"))
+    tiers = {}
+    for name in TIER_NAMES:
+        merged = {**r.mapping(defaults.get(name) or {}, f"defaults.tiers.{name}"),
+                  **r.mapping(raw.get(name) or {}, f"{key}.tiers.{name}")}
+        r.keys(merged, _TIER_KEYS, f"{key}.tiers.{name}")
+        values = {}
+        for field_name in sorted(_TIER_KEYS):
+            if field_name not in merged:
+                raise r.fail(f"{key}.tiers.{name}.{field_name}", "missing",
+                             f"set the {field_name.replace('_', ' ')} for the {name} tier")
+            values[field_name] = r.text(merged[field_name], f"{key}.tiers.{name}.{field_name}",
+                                        dns=True)
+        tiers[name] = Tier(name=name, **values)
+    return tiers

@@ -1,0 +1,148 @@
+"""Thin async calls to one cluster's API, in raw JSON (the form outcomes/snapshot read).
+
+Raw JSON avoids the client's model deserialisation (slow, and it drops unknown fields)
+and keeps watch events byte-for-byte what the API server sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow_provider_skyshare import clients
+from airflow_provider_skyshare.fleet import Cluster
+
+
+class KubeError(Exception):
+    """An API error with the HTTP status and the server's own message."""
+
+    def __init__(self, cluster: str, status: int, reason: str, message: str) -> None:
+        self.cluster, self.status, self.reason, self.message = cluster, status, reason, message
+        super().__init__(f"{cluster}: HTTP {status} {reason}: {message}")
+
+    @property
+    def unreachable(self) -> bool:
+        return self.status == 0
+
+
+def _unreachable(cluster: Cluster, exc: BaseException) -> KubeError:
+    text = str(exc) or type(exc).__name__
+    return KubeError(cluster.name, 0, "Unreachable", text)
+
+
+async def request(
+    cluster: Cluster,
+    method: str,
+    path: str,
+    *,
+    query: dict[str, Any] | None = None,
+    body: Any = None,
+    timeout: float | None = 10.0,
+    content_type: str = "application/json",
+) -> Any:
+    """One API call; returns the decoded JSON body or raises KubeError."""
+    try:
+        api = await clients.async_api(cluster)
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        resp = await api.rest_client.request(
+            method, api.configuration.host + path, query_params=list((query or {}).items()),
+            headers=headers, body=body, _preload_content=False,
+            _request_timeout=timeout,
+        )
+        try:
+            data = await resp.read()
+        finally:
+            resp.release()
+    except clients.ClusterConfigError:
+        raise
+    except (OSError, asyncio.TimeoutError, Exception) as exc:  # aiohttp errors are OSError-ish
+        if isinstance(exc, KubeError):
+            raise
+        raise _unreachable(cluster, exc) from None
+    decoded = json.loads(data) if data else {}
+    if not 200 <= resp.status <= 299:
+        raise KubeError(cluster.name, resp.status, decoded.get("reason", resp.reason or ""),
+                        decoded.get("message", data.decode(errors="replace")[:500]))
+    return decoded
+
+
+def pods_path(namespace: str | None, name: str | None = None) -> str:
+    base = f"/api/v1/namespaces/{namespace}/pods" if namespace else "/api/v1/pods"
+    return f"{base}/{name}" if name else base
+
+
+async def list_pods(cluster: Cluster, namespace: str | None, **query: Any) -> dict[str, Any]:
+    return await request(cluster, "GET", pods_path(namespace), query=query)
+
+
+async def get_pod(cluster: Cluster, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return await request(cluster, "GET", pods_path(namespace, name))
+    except KubeError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+async def create_pod(cluster: Cluster, pod: dict[str, Any]) -> dict[str, Any]:
+    ns = pod["metadata"]["namespace"]
+    return await request(cluster, "POST", pods_path(ns), body=pod)
+
+
+async def delete_pod(cluster: Cluster, namespace: str, name: str, grace: int | None = None) -> bool:
+    """Delete; False when it was already gone."""
+    query = {} if grace is None else {"gracePeriodSeconds": grace}
+    try:
+        await request(cluster, "DELETE", pods_path(namespace, name), query=query)
+        return True
+    except KubeError as exc:
+        if exc.status == 404:
+            return False
+        raise
+
+
+async def list_nodes(cluster: Cluster, timeout: float) -> dict[str, Any]:
+    return await request(cluster, "GET", "/api/v1/nodes", timeout=timeout)
+
+
+async def watch_pods(
+    cluster: Cluster, namespace: str, label_selector: str, resource_version: str,
+    timeout_seconds: int = 300,
+) -> AsyncIterator[dict[str, Any]]:
+    """Yield raw watch events ({type, object}) until the server closes the stream."""
+    api = await clients.async_api(cluster)
+    query = [
+        ("watch", "true"), ("labelSelector", label_selector),
+        ("resourceVersion", resource_version), ("allowWatchBookmarks", "true"),
+        ("timeoutSeconds", str(timeout_seconds)),
+    ]
+    try:
+        resp = await api.rest_client.request(
+            "GET", api.configuration.host + pods_path(namespace), query_params=query,
+            headers={"Accept": "application/json"}, _preload_content=False,
+            _request_timeout=timeout_seconds + 30,
+        )
+    except Exception as exc:  # noqa: BLE001 - every transport failure means unreachable
+        raise _unreachable(cluster, exc) from None
+    try:
+        if resp.status != 200:
+            body = await resp.read()
+            try:
+                decoded = json.loads(body)
+            except ValueError:
+                decoded = {}
+            raise KubeError(cluster.name, resp.status, decoded.get("reason", ""),
+                            decoded.get("message", body.decode(errors="replace")[:300]))
+        while True:
+            try:
+                line = await resp.content.readline()
+            except Exception as exc:  # noqa: BLE001
+                raise _unreachable(cluster, exc) from None
+            if not line:
+                return
+            if line.strip():
+                yield json.loads(line)
+    finally:
+        resp.release()

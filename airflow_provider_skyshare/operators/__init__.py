@@ -1,0 +1,3 @@
+from airflow_provider_skyshare.operators.gpu import MultiClusterGpuOperator
+
+__all__ = ["MultiClusterGpuOperator"]

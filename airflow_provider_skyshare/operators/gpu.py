@@ -1,0 +1,400 @@
+"""MultiClusterGpuOperator: KubernetesPodOperator's arguments, placed across a shared fleet.
+
+Thin on purpose: argument checks and the pod template here; placing, submitting,
+following and moving are supervisor.Supervisor's (the same loop runs in the trigger).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator, conf
+
+from airflow_provider_skyshare import clients, kube
+from airflow_provider_skyshare.fleet import Fleet, FleetError, load, parse
+from airflow_provider_skyshare.placement import PlacementError, Request, check_count, parse_gpus
+from airflow_provider_skyshare.placement import validate as validate_request
+from airflow_provider_skyshare.pods import BASE_CONTAINER, TaskIdentity
+from airflow_provider_skyshare.supervisor import Settings, Supervisor
+from airflow_provider_skyshare.timeline import Timeline
+from airflow_provider_skyshare.triggers.pod import MultiClusterPodTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+FINISH_ACTIONS = ("delete_pod", "delete_succeeded_pod", "keep_pod")
+UNREACHABLE_ACTIONS = ("move", "fail")
+
+
+class SkyshareTaskError(RuntimeError):
+    """The task's work ended without success; the message lists every attempt."""
+
+
+_fleet_cache: dict[str, tuple[float, Fleet]] = {}
+_fleet_lock = threading.Lock()
+
+
+def fleet_from_file(path: str) -> Fleet:
+    """Load a fleet file once per change (DAG parsing calls this for every task)."""
+    path = os.path.abspath(os.path.expanduser(path))
+    try:
+        mtime = os.stat(path).st_mtime
+    except OSError:
+        return load(path)  # raises the clear "file not found" FleetError
+    with _fleet_lock:
+        cached = _fleet_cache.get(path)
+        if cached and cached[0] == mtime:
+            return cached[1]
+    fleet = load(path)
+    with _fleet_lock:
+        _fleet_cache[path] = (mtime, fleet)
+    return fleet
+
+
+def default_fleet_file() -> str | None:
+    return conf.get("skyshare", "fleet_file", fallback=None) or None
+
+
+def _templated(value: Any) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+class MultiClusterGpuOperator(BaseOperator):
+    """Run a container on whichever shared GPU cluster should take it, and keep it running.
+
+    :param image: container image (as KubernetesPodOperator).
+    :param gpus: ``"PRODUCT:COUNT"``, e.g. ``"T4:2"``; or give ``gpu_product`` and ``gpu_count``.
+    :param org: the org the work is for; its members get the owner tier on its clusters.
+    :param user: who asks (checked against the org's members); default: the task's owner.
+    :param fleet_file: fleet YAML; default ``[skyshare] fleet_file``.
+    :param max_preemptions: moves (preempted or lost) allowed before the task fails.
+    :param queue_timeout: seconds an attempt may wait queued before the task fails.
+    :param unreachable_grace: seconds the running attempt's cluster may be unreachable
+        before the work moves (``on_unreachable="move"``) or the task fails (``"fail"``).
+    :param deferrable: follow the pod in the triggerer (default) or in the worker.
+    The other arguments mean what they mean for KubernetesPodOperator.
+    """
+
+    template_fields: Sequence[str] = (
+        "image", "cmds", "arguments", "env_vars", "labels", "annotations", "gpus", "gpu_product",
+        "org", "user", "fleet_file", "node_selector", "service_account_name",
+    )
+    template_fields_renderers = {"env_vars": "py", "labels": "py", "annotations": "py"}
+    ui_color = "#76b900"
+
+    def __init__(
+        self,
+        *,
+        image: str,
+        org: str,
+        gpus: str | None = None,
+        gpu_product: str | None = None,
+        gpu_count: int | None = None,
+        user: str | None = None,
+        fleet_file: str | None = None,
+        cmds: list[str] | None = None,
+        arguments: list[str] | None = None,
+        env_vars: dict[str, str] | list[Any] | None = None,
+        labels: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None,
+        container_resources: Any = None,
+        volumes: list[Any] | None = None,
+        volume_mounts: list[Any] | None = None,
+        node_selector: dict[str, str] | None = None,
+        tolerations: list[Any] | None = None,
+        affinity: Any = None,
+        service_account_name: str | None = None,
+        image_pull_policy: str | None = None,
+        image_pull_secrets: Any = None,
+        security_context: Any = None,
+        container_security_context: Any = None,
+        termination_grace_period: int | None = None,
+        get_logs: bool = True,
+        on_finish_action: str = "delete_pod",
+        deferrable: bool | None = None,
+        max_preemptions: int = 5,
+        queue_timeout: float | None = None,
+        unreachable_grace: float = 30.0,
+        on_unreachable: str = "move",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.image = image
+        self.org = org
+        self.gpus = gpus
+        self.gpu_product = gpu_product
+        self.gpu_count = gpu_count
+        self.user = user
+        self.fleet_file = fleet_file
+        self.cmds = cmds
+        self.arguments = arguments
+        self.env_vars = env_vars
+        self.labels = labels
+        self.annotations = annotations
+        self.container_resources = container_resources
+        self.volumes = volumes
+        self.volume_mounts = volume_mounts
+        self.node_selector = node_selector
+        self.tolerations = tolerations
+        self.affinity = affinity
+        self.service_account_name = service_account_name
+        self.image_pull_policy = image_pull_policy
+        self.image_pull_secrets = image_pull_secrets
+        self.security_context = security_context
+        self.container_security_context = container_security_context
+        self.termination_grace_period = termination_grace_period
+        self.get_logs = get_logs
+        self.on_finish_action = on_finish_action
+        self.deferrable = (
+            conf.getboolean("skyshare", "default_deferrable", fallback=True)
+            if deferrable is None else deferrable
+        )
+        self.max_preemptions = max_preemptions
+        self.queue_timeout = queue_timeout
+        self.unreachable_grace = unreachable_grace
+        self.on_unreachable = on_unreachable
+        self._state: dict[str, Any] | None = None
+        self._check_arguments()
+
+    # -- checks at DAG parse time ----------------------------------------------------------
+    def _check_arguments(self) -> None:
+        where = f"task {self.task_id!r}"
+        if not self.image and not _templated(self.image):
+            raise ValueError(f"{where}: image is empty; pass image='repo/name:tag'")
+        if self.gpus is not None and (self.gpu_product is not None or self.gpu_count is not None):
+            raise ValueError(f"{where}: give gpus='T4:2' or gpu_product + gpu_count, not both")
+        if self.gpus is None and (self.gpu_product is None or self.gpu_count is None):
+            raise ValueError(f"{where}: say what to run on: gpus='T4:2' "
+                             "(or gpu_product='T4', gpu_count=2)")
+        try:
+            if self.gpus is not None and not _templated(self.gpus):
+                parse_gpus(self.gpus)
+            if self.gpu_count is not None:
+                check_count(self.gpu_count)
+        except PlacementError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        if not isinstance(self.max_preemptions, int) or self.max_preemptions < 0:
+            raise ValueError(f"{where}: max_preemptions must be a whole number >= 0, "
+                             f"got {self.max_preemptions!r}")
+        if self.queue_timeout is not None and not (
+            isinstance(self.queue_timeout, (int, float)) and self.queue_timeout > 0
+        ):
+            raise ValueError(f"{where}: queue_timeout must be a number of seconds > 0 or None, "
+                             f"got {self.queue_timeout!r}")
+        if not isinstance(self.unreachable_grace, (int, float)) or self.unreachable_grace <= 0:
+            raise ValueError(f"{where}: unreachable_grace must be seconds > 0, "
+                             f"got {self.unreachable_grace!r}")
+        if self.on_finish_action not in FINISH_ACTIONS:
+            raise ValueError(f"{where}: on_finish_action={self.on_finish_action!r}; use one of "
+                             f"{', '.join(FINISH_ACTIONS)}")
+        if self.on_unreachable not in UNREACHABLE_ACTIONS:
+            raise ValueError(f"{where}: on_unreachable={self.on_unreachable!r}; use 'move' or "
+                             "'fail'")
+        if not self.org and not _templated(self.org):
+            raise ValueError(f"{where}: org is empty; pass the org the work is for, e.g. "
+                             "org='rise'")
+        # With a literal fleet file, check org, membership and product now (import error in
+        # the UI) rather than at run time.
+        path = self.fleet_file or default_fleet_file()
+        literal = not any(_templated(v) for v in (path, self.org, self.user, self.gpus,
+                                                  self.gpu_product))
+        if path and literal and os.path.exists(os.path.expanduser(path)):
+            try:
+                validate_request(self._request(), fleet_from_file(path))
+            except (FleetError, PlacementError) as exc:
+                raise ValueError(f"{where}: {exc}") from None
+
+    def _request(self) -> Request:
+        if self.gpus is not None:
+            product, count = parse_gpus(self.gpus)
+        else:
+            product, count = str(self.gpu_product), int(self.gpu_count or 0)
+        return Request(gpu_product=product, gpu_count=count, org=self.org,
+                       user=self.user or self.owner)
+
+    def _fleet(self) -> Fleet:
+        path = self.fleet_file or default_fleet_file()
+        if not path:
+            raise FleetError("(no fleet file)", "fleet_file", "no fleet file configured",
+                             "pass fleet_file=... or set [skyshare] fleet_file "
+                             "(AIRFLOW__SKYSHARE__FLEET_FILE)")
+        return fleet_from_file(path)
+
+    # -- the pod template (KubernetesPodOperator's meaning of each argument) ---------------
+    def build_template(self) -> dict[str, Any]:
+        from airflow.providers.cncf.kubernetes.backcompat.backwards_compat_converters import (
+            convert_affinity,
+            convert_env_vars,
+            convert_image_pull_secrets,
+            convert_toleration,
+            convert_volume,
+            convert_volume_mount,
+        )
+        from kubernetes.client import ApiClient
+        from kubernetes.client import models as k8s
+
+        resources = self.container_resources
+        if isinstance(resources, dict):
+            resources = k8s.V1ResourceRequirements(**resources)
+        container = k8s.V1Container(
+            name=BASE_CONTAINER,
+            image=self.image,
+            command=self.cmds or None,
+            args=self.arguments or None,
+            env=convert_env_vars(self.env_vars) if self.env_vars else None,
+            resources=resources,
+            volume_mounts=[convert_volume_mount(v) for v in self.volume_mounts or []] or None,
+            image_pull_policy=self.image_pull_policy,
+            security_context=self.container_security_context,
+        )
+        pull_secrets = self.image_pull_secrets
+        if isinstance(pull_secrets, str) or pull_secrets:
+            pull_secrets = convert_image_pull_secrets(pull_secrets)
+        pod = k8s.V1Pod(
+            api_version="v1",
+            kind="Pod",
+            metadata=k8s.V1ObjectMeta(labels=dict(self.labels or {}),
+                                      annotations=dict(self.annotations or {})),
+            spec=k8s.V1PodSpec(
+                containers=[container],
+                volumes=[convert_volume(v) for v in self.volumes or []] or None,
+                node_selector=dict(self.node_selector or {}) or None,
+                tolerations=[convert_toleration(t) for t in self.tolerations or []] or None,
+                affinity=convert_affinity(self.affinity) if self.affinity else None,
+                service_account_name=self.service_account_name,
+                image_pull_secrets=pull_secrets or None,
+                security_context=self.security_context,
+                restart_policy="Never",
+                termination_grace_period_seconds=self.termination_grace_period,
+            ),
+        )
+        return ApiClient().sanitize_for_serialization(pod)
+
+    def _supervisor(self, context: Context) -> Supervisor:
+        ti = context["ti"]
+        fleet = self._fleet()
+        request = self._request()
+        try:
+            validate_request(request, fleet)
+        except PlacementError as exc:
+            raise SkyshareTaskError(str(exc)) from None
+        identity = TaskIdentity(dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id,
+                                try_number=ti.try_number,
+                                map_index=getattr(ti, "map_index", -1) or -1)
+        settings = Settings(max_preemptions=self.max_preemptions, queue_timeout=self.queue_timeout,
+                            unreachable_grace=float(self.unreachable_grace),
+                            on_unreachable=self.on_unreachable)
+        return Supervisor(fleet, request, self.build_template(), identity, settings, log=self.log)
+
+    # -- execute -> defer -> execute_complete ----------------------------------------------
+    def execute(self, context: Context) -> Any:
+        sup = self._supervisor(context)
+        self._state = sup.state()
+        if self.deferrable:
+            asyncio.run(_in_loop(sup.start()))
+            sup.started_at = time.time()
+            self._state = sup.state()
+            self.defer(trigger=MultiClusterPodTrigger(state=sup.state()),
+                       method_name="execute_complete")
+        event = asyncio.run(_in_loop(_start_and_follow(sup)))
+        return self.execute_complete(context, event)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        self._state = event
+        timeline = Timeline.from_list(event.get("timeline"))
+        status = event.get("status")
+        self.log.info("skyshare: %s after %d attempt(s):\n%s", status, len(timeline.attempts),
+                      timeline.table())
+        fleet = parse(event["fleet"], source=event.get("fleet_source", "<fleet>"))
+        cluster = fleet.clusters.get(event.get("cluster") or "")
+        if cluster and event.get("pod") and self.get_logs and status in ("success", "failed"):
+            self._print_logs(cluster, event["namespace"], event["pod"])
+        if cluster and event.get("pod"):
+            keep = self.on_finish_action == "keep_pod" or (
+                self.on_finish_action == "delete_succeeded_pod" and status != "success"
+            )
+            if not keep or status not in ("success", "failed"):
+                self._delete(cluster, event["namespace"], event["pod"])
+        for orphan in event.get("orphans") or []:
+            self._delete(fleet.clusters[orphan["cluster"]], orphan["namespace"], orphan["pod"])
+        if status == "success":
+            return timeline.to_list()
+        context["ti"].xcom_push(key="skyshare_timeline", value=timeline.to_list())
+        raise SkyshareTaskError(
+            f"{event.get('message') or status} [{status}]\nattempts:\n{timeline.table()}"
+        )
+
+    def _print_logs(self, cluster: Any, namespace: str, pod: str) -> None:
+        from kubernetes.client import CoreV1Api
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            text = CoreV1Api(clients.sync_api(cluster)).read_namespaced_pod_log(
+                pod, namespace, container=BASE_CONTAINER, _request_timeout=30)
+        except ApiException as exc:
+            self.log.warning("logs of %s on %s unavailable: HTTP %s %s", pod, cluster.name,
+                             exc.status, exc.reason)
+            return
+        except Exception as exc:  # noqa: BLE001 - logs are a courtesy, the verdict stands
+            self.log.warning("logs of %s on %s unavailable: %s", pod, cluster.name, exc)
+            return
+        for line in (text or "").splitlines():
+            self.log.info("[%s] %s", pod, line)
+
+    def _delete(self, cluster: Any, namespace: str, pod: str) -> None:
+        from kubernetes.client import CoreV1Api
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            CoreV1Api(clients.sync_api(cluster)).delete_namespaced_pod(
+                pod, namespace, grace_period_seconds=0, _request_timeout=15)
+            self.log.info("deleted pod %s on %s", pod, cluster.name)
+        except ApiException as exc:
+            if exc.status != 404:
+                self.log.warning("could not delete pod %s on %s: HTTP %s", pod, cluster.name,
+                                 exc.status)
+        except Exception as exc:  # noqa: BLE001 - unreachable: say so, don't mask the verdict
+            self.log.warning("could not delete pod %s on %s: %s", pod, cluster.name, exc)
+
+    def on_kill(self) -> None:
+        """Delete this task's pods wherever they are (sync: may run in a signal handler)."""
+        if not self._state:
+            return
+        from kubernetes.client import CoreV1Api
+
+        fleet = parse(self._state["fleet"], source=self._state.get("fleet_source", "<fleet>"))
+        identity = TaskIdentity(**self._state["identity"])
+        for cluster in fleet.clusters.values():
+            try:
+                api = CoreV1Api(clients.sync_api(cluster))
+                listing = api.list_namespaced_pod(cluster.namespace,
+                                                  label_selector=identity.selector(),
+                                                  _request_timeout=10)
+                for pod in listing.items:
+                    self._delete(cluster, cluster.namespace, pod.metadata.name)
+            except Exception as exc:  # noqa: BLE001 - try every cluster
+                self.log.warning("on_kill: could not clean up on %s: %s", cluster.name, exc)
+
+
+async def _in_loop(coro: Any) -> Any:
+    """Run a coroutine, then close this loop's clients and watches (worker side)."""
+    from airflow_provider_skyshare import watch
+
+    try:
+        return await coro
+    finally:
+        await watch.close_hubs()
+        await clients.close_async_clients()
+
+
+async def _start_and_follow(sup: Supervisor) -> dict[str, Any]:
+    await sup.start()
+    return await sup.follow()
+
+
+__all__ = ["MultiClusterGpuOperator", "SkyshareTaskError", "kube"]

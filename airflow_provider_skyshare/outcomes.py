@@ -1,0 +1,159 @@
+"""What a pod's state means for the task: the classification the trigger acts on.
+
+Pure: works on the pod as raw API JSON (camelCase dict), the form watches and events carry.
+Disruption conditions are checked before the phase, because a preempted pod on a real
+kubelet also ends in phase Failed and must not be reported as the job's own failure.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Any
+
+KUEUE_GATE = "kueue.x-k8s.io/admission"
+KUEUE_PREEMPTED = "WorkloadEvictedDueToPreempted"
+SCHEDULER_PREEMPTED = "PreemptionByScheduler"
+# Waiting reasons that never resolve on their own: fail fast instead of queueing forever.
+PERMANENT_WAITING = {
+    "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError", "CreateContainerError",
+}
+
+
+class Kind(str, Enum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    PREEMPTED = "Preempted"
+    LOST = "Lost"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Kind.SUCCEEDED, Kind.FAILED)
+
+    @property
+    def moves(self) -> bool:
+        """The work has to be placed again (not the job's fault, no Airflow retry)."""
+        return self in (Kind.PREEMPTED, Kind.LOST)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: Kind
+    reason: str = ""
+    message: str = ""
+    exit_code: int | None = None
+    by: str = ""  # kueue | kube-scheduler | ... for PREEMPTED/LOST
+    preemptor: str = ""  # what took the GPUs, when the message names it
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["kind"] = self.kind.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Outcome:
+        return cls(**{**d, "kind": Kind(d["kind"])})
+
+    def describe(self) -> str:
+        parts = [self.kind.value]
+        if self.by:
+            parts.append(f"by {self.by}")
+        if self.reason:
+            parts.append(f"({self.reason})")
+        if self.exit_code is not None:
+            parts.append(f"exit code {self.exit_code}")
+        if self.message:
+            parts.append(f"- {self.message}")
+        return " ".join(parts)
+
+
+_PREEMPTOR = re.compile(r"(?:workload|JobUID|UID)[:\s(]+([\w./-]+)", re.IGNORECASE)
+
+
+def _conditions(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c.get("type", ""): c for c in (pod.get("status") or {}).get("conditions") or []}
+
+
+def disruption(pod: dict[str, Any]) -> Outcome | None:
+    """Preemption or eviction recorded on the pod, if any."""
+    conds = _conditions(pod)
+    term = conds.get("TerminationTarget")
+    if term and term.get("status") == "True":
+        reason, message = term.get("reason", ""), term.get("message", "")
+        if reason == KUEUE_PREEMPTED or "Preempted" in reason:
+            return Outcome(Kind.PREEMPTED, reason, message, by="kueue", preemptor=_preemptor(message))
+        return Outcome(Kind.LOST, reason, message or "evicted by Kueue", by="kueue")
+    dis = conds.get("DisruptionTarget")
+    if dis and dis.get("status") == "True":
+        reason, message = dis.get("reason", ""), dis.get("message", "")
+        if reason == SCHEDULER_PREEMPTED:
+            return Outcome(Kind.PREEMPTED, reason, message, by="kube-scheduler",
+                           preemptor=_preemptor(message))
+        return Outcome(Kind.LOST, reason, message or "disrupted", by="kubernetes")
+    return None
+
+
+def _preemptor(message: str) -> str:
+    # kube-scheduler: "default-scheduler: preempting to accommodate a higher priority pod"
+    # kueue: "Preempted to accommodate a workload (UID: ..., JobUID: ...) due to ..."
+    m = _PREEMPTOR.search(message or "")
+    return m.group(1).rstrip(",)") if m else ""
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term and term.get("exitCode", 0) != 0:
+            return term
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term:
+            return term
+    return {}
+
+
+def classify(pod: dict[str, Any] | None, event_type: str = "MODIFIED") -> Outcome:
+    """Classify a pod (raw JSON) as seen in a watch event; None means it no longer exists."""
+    if pod is None:
+        return Outcome(Kind.LOST, "NotFound", "the pod no longer exists", by="unknown")
+    status = pod.get("status") or {}
+    phase = status.get("phase", "Pending")
+    if phase == "Succeeded":
+        return Outcome(Kind.SUCCEEDED, "Completed", exit_code=0)
+    found = disruption(pod)
+    if found:
+        return found
+    if phase == "Failed":
+        term = _terminated(pod)
+        return Outcome(
+            Kind.FAILED,
+            term.get("reason") or status.get("reason") or "Failed",
+            term.get("message") or status.get("message") or "",
+            exit_code=term.get("exitCode"),
+        )
+    if event_type == "DELETED" or (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return Outcome(Kind.LOST, "Deleted", f"the pod was deleted while {phase}", by="unknown")
+    if phase == "Running":
+        return Outcome(Kind.RUNNING)
+    return _pending(pod)
+
+
+def _pending(pod: dict[str, Any]) -> Outcome:
+    gates = [g.get("name") for g in (pod.get("spec") or {}).get("schedulingGates") or []]
+    if KUEUE_GATE in gates:
+        return Outcome(Kind.PENDING, "QueuedByKueue", "waiting for Kueue to admit the workload")
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in PERMANENT_WAITING:
+            return Outcome(Kind.FAILED, waiting["reason"], waiting.get("message", ""))
+        if waiting.get("reason"):
+            return Outcome(Kind.PENDING, waiting["reason"], waiting.get("message", ""))
+    sched = _conditions(pod).get("PodScheduled")
+    if sched and sched.get("status") == "False":
+        return Outcome(Kind.PENDING, sched.get("reason", "Unschedulable"), sched.get("message", ""))
+    if gates:
+        return Outcome(Kind.PENDING, "SchedulingGated", f"gated by {', '.join(map(str, gates))}")
+    return Outcome(Kind.PENDING, "Starting", "")

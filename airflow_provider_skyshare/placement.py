@@ -1,0 +1,276 @@
+"""Where a GPU request should run now, and why every other cluster was not chosen.
+
+Pure. The rule, in order (docs/concepts.md explains the reasons):
+
+1. owned clusters with the GPUs free now            (owner tier, high priority)
+2. owned clusters where borrowed work can be reclaimed (owner tier; Kueue preempts it)
+3. borrowed clusters with the GPUs free now          (borrower tier, low priority)
+4. queue: owned clusters first, then borrowed, shortest queue (pending GPUs) first
+
+Inside a group: most free GPUs of the product, then lowest cost, then name. A borrowed
+cluster that preempted this task within the cooldown is skipped; after
+``pin_owned_after_preemptions`` preemptions the task only considers owned clusters, where
+nobody can preempt it. The tier is derived from ownership, never requested.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from airflow_provider_skyshare.fleet import BORROWER, OWNER, Cluster, Fleet, FleetError, Tier
+from airflow_provider_skyshare.snapshot import ClusterCapacity, Snapshot
+from airflow_provider_skyshare.timeline import Timeline, format_table
+
+_GPUS = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9_.-]*)\s*:\s*(-?\d+)\s*$")
+
+
+class PlacementError(ValueError):
+    """The request can never be placed as written (bad arguments or policy), with the fix."""
+
+
+@dataclass(frozen=True)
+class Request:
+    gpu_product: str
+    gpu_count: int
+    org: str
+    user: str | None = None
+
+
+def parse_gpus(gpus: str) -> tuple[str, int]:
+    """'T4:2' -> ('T4', 2)."""
+    m = _GPUS.match(str(gpus))
+    if not m:
+        raise PlacementError(
+            f"gpus={gpus!r} is not of the form PRODUCT:COUNT; write e.g. gpus='T4:2'"
+        )
+    product, count = m.group(1), int(m.group(2))
+    check_count(count)
+    return product, count
+
+
+def check_count(count: int) -> None:
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise PlacementError(f"GPU count must be a whole number >= 1, got {count!r}")
+
+
+def validate(request: Request, fleet: Fleet) -> None:
+    """Checks that need only the fleet (done at DAG parse time when the fleet is known)."""
+    check_count(request.gpu_count)
+    try:
+        org = fleet.org(request.org)
+    except FleetError as exc:
+        raise PlacementError(f"org={request.org!r}: {exc.problem}. Fix: {exc.fix}") from None
+    if not org.admits(request.user):
+        members = ", ".join(sorted(org.members)) or "(nobody)"
+        raise PlacementError(
+            f"user {request.user!r} is not a member of org {org.name!r} (members: {members}), so "
+            f"it cannot claim {org.name}'s owner tier. Fix: run as a member (DAG owner or the "
+            f"operator's user=...), or add the user to orgs[{org.name}].members in "
+            f"{fleet.source}"
+        )
+    products = fleet.products()
+    if request.gpu_product not in products:
+        raise PlacementError(
+            f"GPU product {request.gpu_product!r} is offered by no cluster of {fleet.source} "
+            f"(products: {', '.join(sorted(products))}). Fix: use one of them, or add it to a "
+            "cluster's gpu_products"
+        )
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the explanation table."""
+
+    cluster: str
+    owner: str
+    tier: str
+    free: str
+    verdict: str  # chosen | candidate | skipped
+    reason: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    cluster: Cluster
+    tier: Tier
+    mode: str  # now | reclaim | queue
+    reason: str
+    rank: tuple
+
+
+@dataclass(frozen=True)
+class Decision:
+    request: Request
+    candidates: tuple[Candidate, ...]  # best first; the submitter falls through on errors
+    rows: tuple[Row, ...]
+
+    @property
+    def chosen(self) -> Candidate | None:
+        return self.candidates[0] if self.candidates else None
+
+    def table(self) -> str:
+        return format_table(
+            [[r.cluster, r.owner, r.tier, r.free, r.verdict, r.reason] for r in self.rows],
+            ["cluster", "owner", "tier", "free", "decision", "why"],
+        )
+
+    def summary(self) -> str:
+        """One readable log line per decision."""
+        c = self.chosen
+        skipped = "; ".join(f"{r.cluster}: {r.reason}" for r in self.rows if r.verdict != "chosen")
+        if c is None:
+            return f"no cluster can take {self._what()} ({skipped})"
+        line = f"placing {self._what()} on {c.cluster.name} as {c.tier.name} ({c.reason})"
+        return f"{line}; others: {skipped}" if skipped else line
+
+    def _what(self) -> str:
+        r = self.request
+        return f"{r.gpu_product}:{r.gpu_count} for org {r.org}"
+
+
+def _cooldowns(history: Timeline, now: float, seconds: float) -> dict[str, float]:
+    """Borrowed clusters that preempted this task recently -> seconds ago."""
+    out: dict[str, float] = {}
+    for a in history.attempts:
+        if a.outcome == "Preempted" and a.tier == BORROWER and a.ended_at is not None:
+            ago = now - a.ended_at
+            if ago < seconds:
+                out[a.cluster] = ago
+    return out
+
+
+def choose(
+    request: Request,
+    fleet: Fleet,
+    snapshot: Snapshot,
+    history: Timeline | None = None,
+    now: float = 0.0,
+    exclude: Iterable[str] = (),
+) -> Decision:
+    """Rank every cluster for the request. ``exclude``: clusters that just refused the pod."""
+    validate(request, fleet)
+    history = history or Timeline()
+    excluded = dict.fromkeys(exclude, "")
+    owned_any = any(
+        request.gpu_product in c.gpu_products for c in fleet.owned_by(request.org)
+    )
+    pinned = (
+        owned_any
+        and fleet.policy.pin_owned_after_preemptions > 0
+        and history.preemptions >= fleet.policy.pin_owned_after_preemptions
+    )
+    decision = _rank(request, fleet, snapshot, history, now, excluded, pinned, cooldown=True)
+    if decision.candidates:
+        return decision
+    # Everything left was cooling down: waiting on one of them beats failing.
+    relaxed = _rank(request, fleet, snapshot, history, now, excluded, pinned, cooldown=False)
+    return relaxed if relaxed.candidates else decision
+
+
+def _rank(
+    request: Request,
+    fleet: Fleet,
+    snapshot: Snapshot,
+    history: Timeline,
+    now: float,
+    excluded: dict[str, str],
+    pinned: bool,
+    cooldown: bool,
+) -> Decision:
+    cooling = _cooldowns(history, now, fleet.policy.borrow_cooldown_seconds) if cooldown else {}
+    candidates: list[Candidate] = []
+    skipped: dict[str, str] = {}
+    cells: dict[str, tuple[str, str]] = {}
+    need = request.gpu_count
+    largest = 0
+    for cluster in fleet.clusters.values():
+        owner = cluster.owner == request.org
+        tier = cluster.tier(OWNER if owner else BORROWER)
+        cap = snapshot.get(cluster.name)
+        label = cluster.gpu_products.get(request.gpu_product)
+        cells[cluster.name] = (tier.name, "-")
+        if label is None:
+            skipped[cluster.name] = f"has no {request.gpu_product}"
+            continue
+        if cap.reachable:
+            cells[cluster.name] = (tier.name, f"{cap.free(label)}/{cap.total(label)}")
+            largest = max([largest] + [n.allocatable for n in cap.nodes_of(label)])
+        reason = _skip_reason(cluster, owner, cap, label, need, excluded, cooling, pinned)
+        if reason:
+            skipped[cluster.name] = reason
+            continue
+        candidates.append(_candidate(cluster, tier, owner, cap, label, need, request.gpu_count))
+    if not candidates and largest and largest < need and not any(
+        not snapshot.get(c).reachable for c in fleet.clusters
+    ):
+        raise PlacementError(
+            f"{request.gpu_product}:{need} needs {need} GPUs on one node, but the largest "
+            f"{request.gpu_product} node in the fleet has {largest}. Fix: ask for at most {largest}"
+        )
+    candidates.sort(key=lambda c: c.rank)
+    rows = []
+    for i, c in enumerate(candidates):
+        tier_name, free = cells[c.cluster.name]
+        verdict = "chosen" if i == 0 else "candidate"
+        why = c.reason if i == 0 else f"#{i + 1}: {c.reason}"
+        rows.append(Row(c.cluster.name, c.cluster.owner, tier_name, free, verdict, why))
+    for name, reason in skipped.items():
+        tier_name, free = cells[name]
+        rows.append(Row(name, fleet.clusters[name].owner, tier_name, free, "skipped", reason))
+    return Decision(request, tuple(candidates), tuple(rows))
+
+
+def _skip_reason(
+    cluster: Cluster,
+    owner: bool,
+    cap: ClusterCapacity,
+    label: str,
+    need: int,
+    excluded: dict[str, str],
+    cooling: dict[str, float],
+    pinned: bool,
+) -> str:
+    if cluster.name in excluded:
+        return excluded[cluster.name] or "refused the pod just now"
+    if not owner and not cluster.lend:
+        return "does not lend to other orgs (lend: false)"
+    if pinned and not owner:
+        return "task pinned to owned clusters after repeated preemptions"
+    if not cap.reachable:
+        return f"unreachable: {cap.error}"
+    nodes = cap.nodes_of(label)
+    if not nodes:
+        return f"no ready {label} node"
+    if max(n.allocatable for n in nodes) < need:
+        return f"largest {label} node has {max(n.allocatable for n in nodes)} GPUs, need {need}"
+    if not owner and cluster.name in cooling:
+        return f"preempted this task {cooling[cluster.name]:.0f}s ago (cooldown)"
+    return ""
+
+
+def _candidate(
+    cluster: Cluster, tier: Tier, owner: bool, cap: ClusterCapacity, label: str, need: int,
+    count: int,
+) -> Candidate:
+    nodes = cap.nodes_of(label)
+    cost = cluster.cost_per_gpu_hour if cluster.cost_per_gpu_hour is not None else float("inf")
+    free = cap.free(label)
+    if any(n.free >= need for n in nodes):
+        group = 0 if owner else 2
+        reason = f"{'owns' if owner else 'borrows'} it; {free} {label} free"
+        return Candidate(cluster, tier, "now", reason, (group, -free, cost, cluster.name))
+    reclaim = min(
+        (need - n.free for n in nodes if owner and n.free + n.borrowed >= need), default=None
+    )
+    if reclaim is not None:
+        reason = f"owns it; reclaims {reclaim} GPU(s) lent to other orgs (Kueue preempts them)"
+        return Candidate(cluster, tier, "reclaim", reason, (1, reclaim, cost, cluster.name))
+    group = 3 if owner else 4
+    reason = (
+        f"full; queues as {tier.name} behind {cap.pending_gpus} pending GPU(s)"
+        if cap.pending_gpus
+        else f"full; queues as {tier.name} (no queue ahead)"
+    )
+    return Candidate(cluster, tier, "queue", reason, (group, cap.pending_gpus, cost, cluster.name))

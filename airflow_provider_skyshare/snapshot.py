@@ -1,0 +1,172 @@
+"""Free GPU capacity of the fleet at one moment, computed from nodes and pods.
+
+Pure: ``summarize`` turns the raw node and pod lists one cluster returned into a
+``ClusterCapacity``; the I/O that fetches them lives in capacity.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_provider_skyshare.fleet import BORROWER, Cluster
+
+GPU_RESOURCE = "nvidia.com/gpu"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class NodeGpus:
+    node: str
+    product: str  # the node's GPU label value, e.g. Tesla-T4
+    allocatable: int
+    used: int
+    borrowed: int  # of ``used``: GPUs held by borrower-tier work (reclaimable by the owner)
+
+    @property
+    def free(self) -> int:
+        return max(0, self.allocatable - self.used)
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A pod holding (or waiting for) GPUs: what `explain` says would be preempted."""
+
+    namespace: str
+    pod: str
+    gpus: int
+    tier: str  # owner | borrower | other
+    org: str = ""
+    task: str = ""
+    node: str = ""
+
+
+@dataclass(frozen=True)
+class ClusterCapacity:
+    cluster: str
+    reachable: bool
+    error: str = ""
+    nodes: tuple[NodeGpus, ...] = ()
+    pending_gpus: int = 0  # GPUs requested by pods not yet on a node (queued)
+    holders: tuple[Holder, ...] = ()
+    latency_ms: float = 0.0
+
+    def nodes_of(self, product: str) -> list[NodeGpus]:
+        return [n for n in self.nodes if n.product == product]
+
+    def free(self, product: str) -> int:
+        return sum(n.free for n in self.nodes_of(product))
+
+    def total(self, product: str) -> int:
+        return sum(n.allocatable for n in self.nodes_of(product))
+
+    def borrowed(self, product: str) -> int:
+        return sum(n.borrowed for n in self.nodes_of(product))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    clusters: Mapping[str, ClusterCapacity] = field(default_factory=dict)
+    taken_at: float = 0.0
+
+    def get(self, name: str) -> ClusterCapacity:
+        return self.clusters.get(name) or ClusterCapacity(name, False, "not probed")
+
+
+def _gpus(pod: Mapping[str, Any]) -> int:
+    total = 0
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        res = c.get("resources") or {}
+        value = (res.get("requests") or {}).get(GPU_RESOURCE) or (res.get("limits") or {}).get(
+            GPU_RESOURCE
+        )
+        if value is not None:
+            try:
+                total += int(str(value))
+            except ValueError:
+                continue
+    return total
+
+
+def _schedulable(node: Mapping[str, Any]) -> bool:
+    spec = node.get("spec") or {}
+    if spec.get("unschedulable"):
+        return False
+    for t in spec.get("taints") or []:
+        if t.get("effect") == "NoSchedule" and t.get("key", "").startswith("node.kubernetes.io/"):
+            return False
+    for cond in (node.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return cond.get("status") == "True"
+    return False
+
+
+def tier_of(pod: Mapping[str, Any], cluster: Cluster) -> str:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    borrower = cluster.tier(BORROWER)
+    if labels.get(QUEUE_LABEL) == borrower.local_queue or labels.get(
+        PRIORITY_LABEL
+    ) == borrower.workload_priority_class:
+        return "borrower"
+    owner = cluster.tier("owner")
+    if labels.get(QUEUE_LABEL) == owner.local_queue:
+        return "owner"
+    return "other"
+
+
+def summarize(
+    cluster: Cluster,
+    nodes: Iterable[Mapping[str, Any]],
+    pods: Iterable[Mapping[str, Any]],
+    latency_ms: float = 0.0,
+) -> ClusterCapacity:
+    """Free GPUs per node: allocatable minus the requests of non-terminal pods bound to it."""
+    label_to_product = {v: v for v in cluster.gpu_products.values()}
+    node_info: dict[str, tuple[str, int]] = {}
+    for node in nodes:
+        meta = node.get("metadata") or {}
+        product = (meta.get("labels") or {}).get(cluster.gpu_label)
+        alloc = (node.get("status") or {}).get("allocatable") or {}
+        count = int(str(alloc.get(GPU_RESOURCE, "0") or 0))
+        if product in label_to_product and count > 0 and _schedulable(node):
+            node_info[meta.get("name", "")] = (product, count)
+    used: dict[str, int] = {}
+    borrowed: dict[str, int] = {}
+    pending = 0
+    holders = []
+    for pod in pods:
+        status = pod.get("status") or {}
+        if status.get("phase") in TERMINAL_PHASES:
+            continue
+        gpus = _gpus(pod)
+        if not gpus:
+            continue
+        meta = pod.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        node = (pod.get("spec") or {}).get("nodeName") or ""
+        tier = tier_of(pod, cluster)
+        holders.append(Holder(
+            namespace=meta.get("namespace", ""), pod=meta.get("name", ""), gpus=gpus, tier=tier,
+            org=labels.get("skyshare.dev/org", ""),
+            task=(meta.get("annotations") or {}).get("skyshare.dev/task", ""), node=node,
+        ))
+        if not node:
+            pending += gpus
+            continue
+        used[node] = used.get(node, 0) + gpus
+        if tier == "borrower":
+            borrowed[node] = borrowed.get(node, 0) + gpus
+    return ClusterCapacity(
+        cluster=cluster.name,
+        reachable=True,
+        nodes=tuple(
+            NodeGpus(name, product, count, used.get(name, 0), borrowed.get(name, 0))
+            for name, (product, count) in sorted(node_info.items())
+        ),
+        pending_gpus=pending,
+        holders=tuple(holders),
+        latency_ms=latency_ms,
+    )

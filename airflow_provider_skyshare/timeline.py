@@ -1,0 +1,108 @@
+"""One timeline per task: every attempt, on which cluster, and how it ended.
+
+Pure and JSON round-trippable: it travels in trigger kwargs, trigger events, pod
+annotations (so a restarted trigger can rebuild it from the cluster) and XCom.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Attempt:
+    number: int
+    cluster: str
+    tier: str
+    pod: str
+    namespace: str
+    placed_at: float
+    why: str = ""  # the placement decision in one line
+    started_at: float | None = None
+    ended_at: float | None = None
+    outcome: str = ""  # outcomes.Kind value once known
+    reason: str = ""
+    message: str = ""
+    preempted_by: str = ""
+    exit_code: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.ended_at is not None
+
+
+@dataclass(frozen=True)
+class Timeline:
+    attempts: tuple[Attempt, ...] = field(default_factory=tuple)
+
+    @property
+    def last(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+    @property
+    def next_number(self) -> int:
+        return self.attempts[-1].number + 1 if self.attempts else 1
+
+    @property
+    def preemptions(self) -> int:
+        return sum(1 for a in self.attempts if a.outcome == "Preempted")
+
+    @property
+    def moves(self) -> int:
+        """Attempts that ended without the job's own verdict (preempted or lost)."""
+        return sum(1 for a in self.attempts if a.outcome in ("Preempted", "Lost"))
+
+    def add(self, attempt: Attempt) -> Timeline:
+        return Timeline((*self.attempts, attempt))
+
+    def update_last(self, **changes: Any) -> Timeline:
+        if not self.attempts:
+            raise ValueError("the timeline has no attempt to update")
+        return Timeline((*self.attempts[:-1], replace(self.attempts[-1], **changes)))
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [asdict(a) for a in self.attempts]
+
+    @classmethod
+    def from_list(cls, items: list[dict[str, Any]] | None) -> Timeline:
+        return cls(tuple(Attempt(**a) for a in items or []))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_list(), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Timeline:
+        return cls.from_list(json.loads(text) if text else [])
+
+    def table(self) -> str:
+        return format_table(self.rows(), HEADERS)
+
+    def rows(self) -> list[list[str]]:
+        return [
+            [str(a.number), a.cluster, a.tier, a.pod, _ts(a.placed_at), _ts(a.started_at),
+             _ts(a.ended_at), a.outcome or "running", a.preempted_by or a.reason]
+            for a in self.attempts
+        ]
+
+
+HEADERS = ["#", "cluster", "tier", "pod", "queued", "start", "end", "outcome", "preempted by / reason"]
+
+
+def _ts(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return datetime.fromtimestamp(value, tz=timezone.utc).strftime("%H:%M:%S.%f")[:-4]
+
+
+def format_table(rows: list[list[str]], headers: list[str]) -> str:
+    """A plain aligned text table (for logs and the CLI)."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(str(cell))) for w, cell in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)

@@ -1,0 +1,163 @@
+"""One shared watch per (cluster, namespace) for all the pods a process follows.
+
+A triggerer following 500 tasks keeps one list+watch stream per cluster instead of 500
+polls every few seconds. The hub keeps a cache of the provider's pods, resumes from the
+last resourceVersion, relists on 410 Gone (reporting pods that vanished meanwhile), and
+tells subscribers when the cluster becomes unreachable or comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from airflow_provider_skyshare import kube
+from airflow_provider_skyshare.fleet import Cluster
+from airflow_provider_skyshare.pods import MANAGED_BY, MANAGER
+
+log = logging.getLogger(__name__)
+SELECTOR = f"{MANAGED_BY}={MANAGER}"
+LINGER_SECONDS = 30.0
+
+# (type, pod-or-None, detail): ADDED/MODIFIED/DELETED/SYNC carry the pod (SYNC may carry
+# None: not in a fresh list, so gone); UNREACHABLE/RECONNECTED carry the reason in detail.
+Event = tuple[str, "dict[str, Any] | None", str]
+
+
+class PodWatchHub:
+    def __init__(self, cluster: Cluster, namespace: str) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.cache: dict[str, dict[str, Any]] = {}
+        self.subscribers: dict[str, set[asyncio.Queue[Event]]] = {}
+        self.connected = False
+        self.error = ""
+        self.requests = 0  # list + watch calls made (benchmark figure)
+        self._task: asyncio.Task[None] | None = None
+        self._idle_since: float | None = None
+
+    def subscribe(self, pod: str) -> asyncio.Queue[Event]:
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.subscribers.setdefault(pod, set()).add(queue)
+        self._idle_since = None
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        elif pod in self.cache:
+            queue.put_nowait(("SYNC", self.cache[pod], ""))
+        if not self.connected and self.error:
+            queue.put_nowait(("UNREACHABLE", None, self.error))
+        return queue
+
+    def unsubscribe(self, pod: str, queue: asyncio.Queue[Event]) -> None:
+        subs = self.subscribers.get(pod)
+        if subs:
+            subs.discard(queue)
+            if not subs:
+                del self.subscribers[pod]
+        if not self.subscribers:
+            self._idle_since = time.monotonic()
+
+    def _emit(self, pod: str, event: Event) -> None:
+        for queue in self.subscribers.get(pod, ()):
+            queue.put_nowait(event)
+
+    def _broadcast(self, kind: str, detail: str) -> None:
+        for name in list(self.subscribers):
+            self._emit(name, (kind, None, detail))
+
+    def _idle(self) -> bool:
+        return (
+            not self.subscribers
+            and self._idle_since is not None
+            and time.monotonic() - self._idle_since > LINGER_SECONDS
+        )
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while not self._idle():
+            try:
+                rv = await self._relist()
+                backoff = 0.1
+                await self._watch(rv)
+            except kube.KubeError as exc:
+                if exc.status == 410:
+                    continue  # too old: relist
+                if self.connected or not self.error:
+                    log.warning("watch of %s/%s lost: %s", self.cluster.name, self.namespace, exc)
+                self.connected = False
+                self.error = exc.message if exc.unreachable else str(exc)
+                self._broadcast("UNREACHABLE", self.error)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("watch of %s/%s failed", self.cluster.name, self.namespace)
+                self.connected = False
+                self.error = f"{type(exc).__name__}: {exc}"
+                self._broadcast("UNREACHABLE", self.error)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _relist(self) -> str:
+        self.requests += 1
+        listing = await kube.list_pods(self.cluster, self.namespace, labelSelector=SELECTOR)
+        fresh = {p["metadata"]["name"]: p for p in listing.get("items") or []}
+        was_connected = self.connected or not self.error
+        self.cache = fresh
+        self.connected, self.error = True, ""
+        if not was_connected:
+            self._broadcast("RECONNECTED", "")
+        for name in list(self.subscribers):
+            self._emit(name, ("SYNC", fresh.get(name), ""))
+        return listing["metadata"]["resourceVersion"]
+
+    async def _watch(self, rv: str) -> None:
+        while not self._idle():
+            self.requests += 1
+            async for event in kube.watch_pods(self.cluster, self.namespace, SELECTOR, rv, 60):
+                kind = event.get("type")
+                obj = event.get("object") or {}
+                if kind == "ERROR":
+                    raise kube.KubeError(self.cluster.name, int(obj.get("code", 500)),
+                                         obj.get("reason", ""), obj.get("message", ""))
+                rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
+                if kind == "BOOKMARK":
+                    continue
+                name = obj["metadata"]["name"]
+                if kind == "DELETED":
+                    self.cache.pop(name, None)
+                else:
+                    self.cache[name] = obj
+                self._emit(name, (kind, obj, ""))
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+
+_hubs: dict[tuple, PodWatchHub] = {}
+
+
+def hub(cluster: Cluster, namespace: str) -> PodWatchHub:
+    """The shared hub of the running event loop for this cluster and namespace."""
+    key = (id(asyncio.get_running_loop()), cluster.name, namespace)
+    found = _hubs.get(key)
+    if found is None or found.cluster != cluster:
+        found = _hubs[key] = PodWatchHub(cluster, namespace)
+    return found
+
+
+async def close_hubs() -> None:
+    loop_id = id(asyncio.get_running_loop())
+    for key in [k for k in _hubs if k[0] == loop_id]:
+        await _hubs.pop(key).close()
+
+
+def request_count() -> int:
+    return sum(h.requests for h in _hubs.values())
