@@ -24,6 +24,8 @@ from airflow_provider_skyshare.pods import TaskIdentity
 from airflow_provider_skyshare.timeline import Attempt, Timeline
 
 HOUSEKEEPING_SECONDS = 10.0
+REBALANCED = "Rebalanced"
+MOVED = "Moved"
 
 
 class NoPlacement(Exception):
@@ -38,6 +40,7 @@ class Settings:
     on_unreachable: str = "move"  # move | fail
     min_event_delay: float = 2.5  # upstream race: an event within ~2 s of defer can be lost
     placement_retry_seconds: float = 30.0  # keep retrying when every cluster is unreachable
+    rebalance_after: float = 5.0  # a queued attempt moves when another cluster is free now
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -237,6 +240,11 @@ class Supervisor:
                     return await self._event("failed", outcome, outcome.describe())
                 if outcome.reason == "QueueTimeout":
                     return await self._event("queue_timeout", outcome, outcome.message)
+                if outcome.reason == REBALANCED:
+                    self.timeline = self.timeline.update_last(outcome=MOVED)
+                    await self._delete_quietly(last)
+                    await self.place_and_submit()
+                    continue
                 # Preempted or lost: not the job's fault, move it.
                 self.log.warning("attempt %d on %s: %s", last.number, last.cluster,
                                  outcome.describe())
@@ -281,7 +289,7 @@ class Supervisor:
                     raise
                 down_since = time.monotonic()
             while True:
-                timeout = HOUSEKEEPING_SECONDS
+                timeout = self._next_check(last_pod)
                 if down_since is not None:
                     timeout = max(0.05, self.settings.unreachable_grace
                                   - (time.monotonic() - down_since))
@@ -296,7 +304,7 @@ class Supervisor:
                                        f"cluster {att.cluster} unreachable for more than "
                                        f"{self.settings.unreachable_grace:g}s: {hub.error}",
                                        by=att.cluster)
-                    verdict = self._queue_verdict(last_pod)
+                    verdict = self._queue_verdict(last_pod) or await self._rebalance(last_pod)
                     if verdict:
                         return verdict
                     await self.reap_orphans()
@@ -333,6 +341,47 @@ class Supervisor:
         if outcome.kind.terminal or outcome.kind.moves:
             return outcome
         return self._queue_verdict(pod)
+
+    def _queued(self, pod: dict[str, Any] | None) -> bool:
+        return pod is not None and outcomes.classify(pod).reason == "QueuedByKueue"
+
+    def _next_check(self, pod: dict[str, Any] | None) -> float:
+        """Wake up for housekeeping, or sooner when a queued attempt is due a rebalance check."""
+        last = self.timeline.last
+        after = self.settings.rebalance_after
+        if after and last is not None and self._queued(pod):
+            due = last.placed_at + after - time.time()
+            return max(0.05, min(HOUSEKEEPING_SECONDS, due if due > 0 else after))
+        return HOUSEKEEPING_SECONDS
+
+    async def _rebalance(self, pod: dict[str, Any] | None) -> Outcome | None:
+        """A queued attempt moves when another cluster can run it now (a lost race for GPUs)."""
+        last = self.timeline.last
+        after = self.settings.rebalance_after
+        if not after or last is None or not self._queued(pod):
+            return None
+        if time.time() - last.placed_at < after:
+            return None
+        snapshot = await capacity.probe(self.fleet)
+        decision = placement.choose(self.request, self.fleet, snapshot, self.timeline,
+                                    now=time.time())
+        best = decision.chosen
+        if best is None or best.cluster.name == last.cluster or best.mode not in ("now", "reclaim"):
+            return None
+        current = await kube.get_pod(self.fleet.clusters[last.cluster], last.namespace, last.pod)
+        if not self._queued(current):
+            return None  # admitted meanwhile: stay
+        return Outcome(Kind.PENDING, REBALANCED,
+                       f"queued on {last.cluster}; {best.cluster.name} can run it now "
+                       f"({best.reason})")
+
+    async def _delete_quietly(self, attempt: Attempt) -> None:
+        try:
+            await kube.delete_pod(self.fleet.clusters[attempt.cluster], attempt.namespace,
+                                  attempt.pod, 0)
+        except kube.KubeError as exc:
+            self.log.warning("could not delete %s on %s: %s", attempt.pod, attempt.cluster, exc)
+            self.orphans.append(Orphan(attempt.cluster, attempt.namespace, attempt.pod))
 
     def _queue_verdict(self, pod: dict[str, Any] | None) -> Outcome | None:
         last = self.timeline.last

@@ -296,7 +296,11 @@ class MultiClusterGpuOperator(BaseOperator):
         sup = self._supervisor(context)
         self._state = sup.state()
         if self.deferrable:
-            asyncio.run(_in_loop(sup.start()))
+            attempt = asyncio.run(_in_loop(sup.start()))
+            context["ti"].xcom_push(key="skyshare_placement", value={
+                "cluster": attempt.cluster, "tier": attempt.tier, "pod": attempt.pod,
+                "namespace": attempt.namespace, "attempt": attempt.number, "why": attempt.why,
+            })
             sup.started_at = time.time()
             self._state = sup.state()
             self.defer(trigger=MultiClusterPodTrigger(state=sup.state()),

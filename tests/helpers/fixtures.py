@@ -1,0 +1,85 @@
+"""Fixtures for integration and e2e tests: Airflow's DB, kube clients, the leak check."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MANAGED = "app.kubernetes.io/managed-by=airflow-provider-skyshare"
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> str:
+    """An Airflow home with a migrated SQLite DB (once per test session)."""
+    home = os.environ["AIRFLOW_HOME"]
+    marker = Path(home) / ".migrated"
+    if not marker.exists():
+        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
+                       capture_output=True, env=os.environ.copy(), timeout=300)
+        marker.touch()
+    return home
+
+
+@pytest.fixture(scope="session")
+def kube_env(sandbox) -> str:
+    """Point KUBECONFIG at the sandbox for the provider and child processes."""
+    os.environ["KUBECONFIG"] = sandbox.kubeconfig
+    return sandbox.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def admin(sandbox, kube_env):
+    """name -> CoreV1Api as cluster admin (for assertions, never for the code under test)."""
+    from kubernetes import client, config
+
+    apis = {}
+    for name in sandbox.clusters:
+        api_client = config.new_client_from_config(config_file=sandbox.kubeconfig, context=name)
+        apis[name] = client.CoreV1Api(api_client)
+    return apis
+
+
+def provider_pods(admin) -> dict[str, list[str]]:
+    out = {}
+    for name, api in admin.items():
+        pods = api.list_pod_for_all_namespaces(label_selector=MANAGED).items
+        if pods:
+            out[name] = [f"{p.metadata.namespace}/{p.metadata.name}" for p in pods]
+    return out
+
+
+@pytest.fixture
+def no_leaks(admin) -> Iterator[None]:
+    """Fail the test when any provider pod is left on any cluster afterwards (then clean)."""
+    before = provider_pods(admin)
+    assert not before, f"provider pods left by an earlier test: {before}"
+    yield
+    deadline = time.monotonic() + 20
+    left = provider_pods(admin)
+    while left and time.monotonic() < deadline:  # deletions take a moment on KWOK
+        time.sleep(0.2)
+        left = provider_pods(admin)
+    for name, pods in left.items():
+        for item in pods:
+            ns, pod = item.split("/")
+            admin[name].delete_namespaced_pod(pod, ns, grace_period_seconds=0)
+    assert not left, f"provider pods left on clusters: {left}"
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    """Poll the API until predicate() is truthy; fail with `what` after the deadline."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")

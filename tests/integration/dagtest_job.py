@@ -1,0 +1,59 @@
+"""Run one MultiClusterGpuOperator task through ``dag.test()`` in its own process.
+
+The seed scenario needs tasks that overlap in time, and dag.test() runs one DAG run at a
+time in-process, so each job is its own process. Prints one JSON line with the task's
+state and its XCom (timeline) for the test to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--task-id", required=True)
+    p.add_argument("--org", required=True)
+    p.add_argument("--owner", required=True)
+    p.add_argument("--fleet", required=True)
+    p.add_argument("--duration", default="10s")
+    p.add_argument("--gpus", default="T4:2")
+    p.add_argument("--max-preemptions", type=int, default=3)
+    p.add_argument("--deferrable", choices=["true", "false"], default="true")
+    p.add_argument("--dag-id", required=True)
+    args = p.parse_args()
+
+    from airflow.sdk import DAG
+
+    from airflow_provider_skyshare.operators import MultiClusterGpuOperator
+
+    with DAG(dag_id=args.dag_id, start_date=datetime(2026, 1, 1), schedule=None,
+             default_args={"owner": args.owner}) as dag:
+        MultiClusterGpuOperator(
+            task_id=args.task_id, org=args.org, gpus=args.gpus, fleet_file=args.fleet,
+            image="busybox", cmds=["sh", "-c", "echo hello from $SKYSHARE_CLUSTER"],
+            annotations={"sandbox.skyshare.dev/duration": args.duration},
+            max_preemptions=args.max_preemptions, deferrable=args.deferrable == "true",
+            retries=0,
+        )
+    dr = dag.test(logical_date=datetime.now(timezone.utc))
+
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        ti = session.query(TaskInstance).filter_by(dag_id=args.dag_id, run_id=dr.run_id).one()
+        xcoms = {
+            x.key: XComModel.deserialize_value(x)
+            for x in session.query(XComModel).filter_by(dag_id=args.dag_id, run_id=dr.run_id)
+        }
+    print("RESULT " + json.dumps({"state": str(ti.state), "xcom": xcoms}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
