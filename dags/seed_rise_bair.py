@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from datetime import datetime
 
-from airflow.sdk import DAG, Param
 from airflow.providers.standard.sensors.python import PythonSensor
+from airflow.sdk import DAG, Param
 
 from airflow_provider_skyshare.operators import MultiClusterGpuOperator
 

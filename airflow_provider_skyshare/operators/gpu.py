@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, conf
 
 from airflow_provider_skyshare import clients, kube
+from airflow_provider_skyshare.clients import ClusterConfigError
 from airflow_provider_skyshare.fleet import Fleet, FleetError, load, parse
 from airflow_provider_skyshare.placement import PlacementError, Request, check_count, parse_gpus
 from airflow_provider_skyshare.placement import validate as validate_request
 from airflow_provider_skyshare.pods import BASE_CONTAINER, TaskIdentity
-from airflow_provider_skyshare.supervisor import Settings, Supervisor
+from airflow_provider_skyshare.supervisor import NoPlacement, Settings, Supervisor
 from airflow_provider_skyshare.timeline import Timeline
 from airflow_provider_skyshare.triggers.pod import MultiClusterPodTrigger
 
@@ -293,6 +294,12 @@ class MultiClusterGpuOperator(BaseOperator):
 
     # -- execute -> defer -> execute_complete ----------------------------------------------
     def execute(self, context: Context) -> Any:
+        try:
+            return self._execute(context)
+        except (NoPlacement, PlacementError, FleetError, ClusterConfigError) as exc:
+            raise SkyshareTaskError(str(exc)) from None
+
+    def _execute(self, context: Context) -> Any:
         sup = self._supervisor(context)
         self._state = sup.state()
         if self.deferrable:

@@ -9,8 +9,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import runpy
 import sys
 from datetime import datetime, timezone
+
+DAG_FILE = """
+from datetime import datetime
+from airflow.sdk import DAG
+from airflow_provider_skyshare.operators import MultiClusterGpuOperator
+
+with DAG(dag_id={dag_id}, start_date=datetime(2026, 1, 1), schedule=None,
+         default_args={{"owner": {owner}}}) as dag:
+    MultiClusterGpuOperator(
+        task_id={task_id}, org={org}, gpus={gpus}, fleet_file={fleet},
+        image="busybox", cmds=["sh", "-c", "echo hello from $SKYSHARE_CLUSTER"],
+        annotations={{"sandbox.skyshare.dev/duration": {duration}}},
+        max_preemptions={max_preemptions}, deferrable={deferrable} == "true", retries=0,
+    )
+"""
 
 
 def main() -> int:
@@ -26,19 +43,15 @@ def main() -> int:
     p.add_argument("--dag-id", required=True)
     args = p.parse_args()
 
-    from airflow.sdk import DAG
-
-    from airflow_provider_skyshare.operators import MultiClusterGpuOperator
-
-    with DAG(dag_id=args.dag_id, start_date=datetime(2026, 1, 1), schedule=None,
-             default_args={"owner": args.owner}) as dag:
-        MultiClusterGpuOperator(
-            task_id=args.task_id, org=args.org, gpus=args.gpus, fleet_file=args.fleet,
-            image="busybox", cmds=["sh", "-c", "echo hello from $SKYSHARE_CLUSTER"],
-            annotations={"sandbox.skyshare.dev/duration": args.duration},
-            max_preemptions=args.max_preemptions, deferrable=args.deferrable == "true",
-            retries=0,
-        )
+    # dag.test() (Airflow 3.3) only runs DAGs it finds in a bundle: write one file per job.
+    folder = os.environ["AIRFLOW__CORE__DAGS_FOLDER"]
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{args.dag_id}.py")
+    with open(path + ".tmp", "w") as fh:
+        fh.write(DAG_FILE.format(**{k: repr(v) for k, v in vars(args).items()}))
+    os.replace(path + ".tmp", path)
+    module = runpy.run_path(path)
+    dag = module["dag"]
     dr = dag.test(logical_date=datetime.now(timezone.utc))
 
     from airflow.models.taskinstance import TaskInstance
