@@ -1,0 +1,73 @@
+"""The main job: the romil/abbeel scenario on the local clusters through a real Airflow.
+
+Run by ``./dev demo`` after ``skyshare-sandbox up``. Leaves Airflow running for the UI
+unless ``--teardown``; a second run reuses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.scenario import Airflow, ScenarioError, run_scenario  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--teardown", action="store_true", help="stop Airflow afterwards")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("SKYSHARE_DEMO_PORT", 8080)))
+    parser.add_argument("--romil-duration", default="30s")
+    parser.add_argument("--abbeel-duration", default="10s")
+    args = parser.parse_args()
+
+    from airflow_provider_skyshare.sandbox.api import Sandbox
+
+    sandbox = Sandbox.ensure_up()
+    state = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+    af = Airflow(home=state / "skyshare-demo" / "airflow", port=args.port,
+                 kubeconfig=sandbox.kubeconfig)
+    print(f"==> Airflow (scheduler, triggerer, API server) in {af.home}")
+    af.start()
+
+    def admin_pods(cluster: str, task_id: str):
+        api = sandbox.core_v1(cluster)
+        pods = api.list_namespaced_pod("skyshare",
+                                       label_selector=f"skyshare.dev/task-id={task_id}").items
+        return [(p.metadata.name, p.status.phase) for p in pods]
+
+    try:
+        result = run_scenario(af, admin_pods, {"romil": args.romil_duration,
+                                               "abbeel": args.abbeel_duration})
+    except ScenarioError as exc:
+        print(f"scenario failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.teardown:
+            af.stop()
+    print()
+    print(result.table())
+    print()
+    for task, state in sorted(result.states.items()):
+        print(f"  {task:<13} {state}")
+    if result.recovery_seconds is not None:
+        print(f"\nabbeel submitted -> romil-train running again: {result.recovery_seconds:.1f} s "
+              "(romil-train waits on rise for romil to finish: bair is in cooldown for it)")
+    train = result.timelines.get("romil-train") or []
+    if len(train) > 1 and train[0]["ended_at"]:
+        print(f"preemption seen -> replacement pod created: "
+              f"{(train[1]['placed_at'] - train[0]['ended_at']) * 1000:.0f} ms")
+    print(f"scenario wall time: {result.wall_seconds:.1f} s")
+    if not args.teardown:
+        print(f"\nAirflow UI: {af.url}  (local demo: no login needed, everyone is admin)")
+        print(f"stop it with: kill -TERM -$(cat {af.home / 'standalone.pid'})  "
+              "or run ./dev demo --teardown")
+    ok = all(s == "success" for s in result.states.values())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""The romil/abbeel scenario through a real Airflow (scheduler + triggerer + API server).
+
+Used by the main job (scripts/demo.py) and by the e2e tests: start or reuse
+``airflow standalone`` with the example DAGs, trigger runs through the REST API in the
+seed's order, wait on the APIs (never on a clock), and collect every task's timeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TERMINAL_RUN = {"success", "failed"}
+
+
+class ScenarioError(RuntimeError):
+    pass
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except (urllib.error.URLError, ConnectionError, OSError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise ScenarioError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Airflow:
+    """An ``airflow standalone`` in its own home; reused when already running there."""
+
+    home: Path
+    port: int = 8080
+    dags_folder: Path = ROOT / "dags"
+    kubeconfig: str = ""
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = os.environ.copy()
+        # standalone starts its components as `airflow ...`: this interpreter's bin first.
+        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+        env.update({
+            "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__API__BASE_URL": self.url,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+            # A local demo: everyone is admin, no login needed.
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
+            "KUBECONFIG": self.kubeconfig or env.get("KUBECONFIG", ""),
+        })
+        env.update(self.extra_env)
+        return env
+
+    def healthy(self) -> bool:
+        try:
+            health = self.get("/api/v2/monitor/health")
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+        parts = ("metadatabase", "scheduler", "triggerer")
+        return all((health.get(p) or {}).get("status") == "healthy" for p in parts)
+
+    def start(self, timeout: float = 180) -> None:
+        if self.healthy():
+            return
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = open(self.home / "standalone.log", "ab")  # noqa: SIM115 - the child keeps it
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "airflow", "standalone"], env=self.env(), stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            cwd=self.home,
+        )
+        (self.home / "standalone.pid").write_text(str(proc.pid))
+        wait_for(lambda: proc.poll() is None and self.healthy() or proc.poll() is not None,
+                 timeout, f"airflow standalone healthy on {self.url}", interval=0.5)
+        if proc.poll() is not None:
+            raise ScenarioError(f"airflow standalone exited; see {self.home / 'standalone.log'}")
+
+    def stop(self) -> None:
+        pid_file = self.home / "standalone.pid"
+        if not pid_file.exists():
+            return
+        pid = int(pid_file.read_text())
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pid_file.unlink(missing_ok=True)
+            return
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+        pid_file.unlink(missing_ok=True)
+
+    # -- REST API ----------------------------------------------------------------------
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            text = resp.read()
+        return json.loads(text) if text else None
+
+    def get(self, path: str) -> Any:
+        return self.call("GET", path)
+
+    def dag_ready(self, dag_id: str) -> bool:
+        try:
+            self.get(f"/api/v2/dags/{dag_id}")
+            return True
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return False
+            raise
+
+    def import_errors(self) -> list[dict[str, Any]]:
+        return self.get("/api/v2/importErrors")["import_errors"]
+
+    def unpause(self, dag_id: str) -> None:
+        self.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        run = self.call("POST", f"/api/v2/dags/{dag_id}/dagRuns",
+                        {"logical_date": None, "conf": conf or {}})
+        return run["dag_run_id"]
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return self.get(f"/api/v2/dags/{dag_id}/dagRuns/{_q(run_id)}")["state"]
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        items = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{_q(run_id)}/taskInstances")
+        return {t["task_id"]: t["state"] for t in items["task_instances"]}
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        try:
+            entry = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{_q(run_id)}/taskInstances/"
+                             f"{_q(task_id)}/xcomEntries/{key}?deserialize=true")
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+        value = entry.get("value")
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                import ast
+
+                return ast.literal_eval(value)
+        return value
+
+    def patch_task(self, dag_id: str, run_id: str, task_id: str, state: str) -> None:
+        self.call("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{_q(run_id)}/taskInstances/"
+                           f"{_q(task_id)}", {"new_state": state})
+
+
+def _q(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(value, safe="")
+
+
+# -- the scenario ----------------------------------------------------------------------
+@dataclass
+class Result:
+    runs: dict[str, str]  # dag_id -> run_id
+    states: dict[str, str]  # task -> state
+    timelines: dict[str, list[dict[str, Any]]]
+    abbeel_submitted: float
+    train_running_again: float | None
+    wall_seconds: float
+
+    @property
+    def recovery_seconds(self) -> float | None:
+        if self.train_running_again is None:
+            return None
+        return self.train_running_again - self.abbeel_submitted
+
+    def table(self) -> str:
+        from airflow_provider_skyshare.timeline import format_table
+
+        def ts(value: float | None) -> str:
+            if value is None:
+                return "-"
+            return datetime.fromtimestamp(value, tz=timezone.utc).strftime("%H:%M:%S.%f")[:-4]
+
+        rows = []
+        for task, attempts in self.timelines.items():
+            for a in attempts:
+                rows.append([task, str(a["number"]), a["cluster"], a["tier"], ts(a["placed_at"]),
+                             ts(a["started_at"]), ts(a["ended_at"]), a["outcome"] or "running",
+                             a["preempted_by"] or "-"])
+        return format_table(rows, ["task", "attempt", "cluster", "tier", "queued", "start",
+                                   "end", "outcome", "preempted by"])
+
+
+def placement(af: Airflow, dag_id: str, run_id: str, task_id: str) -> dict[str, Any] | None:
+    return af.xcom(dag_id, run_id, task_id, "skyshare_placement")
+
+
+def run_scenario(af: Airflow, admin_pods, durations: dict[str, str] | None = None,
+                 timeout: float = 240, say=print) -> Result:
+    """admin_pods(cluster, task_id) -> list of (pod name, phase) as cluster admin."""
+    durations = {"romil": "30s", "abbeel": "10s", **(durations or {})}
+    for dag_id in ("rise_user", "bair_user"):
+        wait_for(lambda d=dag_id: af.dag_ready(d), 120, f"DAG {dag_id} parsed")
+        af.unpause(dag_id)
+    errors = af.import_errors()
+    if errors:
+        raise ScenarioError(f"DAG import errors: {errors}")
+    start = time.time()
+    rise_run = af.trigger("rise_user", {"duration": durations["romil"]})
+    say(f"triggered rise_user ({rise_run}): romil, then romil-train")
+    where = wait_for(lambda: placement(af, "rise_user", rise_run, "romil-train"), timeout,
+                     "romil-train placed")
+    say(f"romil-train placed on {where['cluster']} as {where['tier']} ({where['why']})")
+    wait_for(lambda: any(phase == "Running" for _, phase in admin_pods(where["cluster"],
+                                                                        "romil-train")),
+             timeout, "romil-train running")
+    abbeel_submitted = time.time()
+    bair_run = af.trigger("bair_user", {"duration": durations["abbeel"]})
+    say(f"triggered bair_user ({bair_run}): abbeel")
+
+    def done() -> bool:
+        return (af.run_state("rise_user", rise_run) in TERMINAL_RUN
+                and af.run_state("bair_user", bair_run) in TERMINAL_RUN)
+
+    wait_for(done, timeout, "both DAG runs finished", interval=0.5)
+    runs = {"rise_user": rise_run, "bair_user": bair_run}
+    states = {**af.task_states("rise_user", rise_run), **af.task_states("bair_user", bair_run)}
+    timelines: dict[str, list[dict[str, Any]]] = {}
+    for dag_id, task in (("rise_user", "romil"), ("rise_user", "romil-train"),
+                         ("bair_user", "abbeel")):
+        timelines[task] = (af.xcom(dag_id, runs[dag_id], task)
+                           or af.xcom(dag_id, runs[dag_id], task, "skyshare_timeline") or [])
+    train = timelines.get("romil-train") or []
+    again = train[1]["started_at"] if len(train) > 1 else None
+    return Result(runs, states, timelines, abbeel_submitted, again, time.time() - start)
