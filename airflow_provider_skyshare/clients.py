@@ -91,11 +91,16 @@ async def async_api(cluster: Cluster) -> Any:
     """A ``kubernetes_asyncio.client.ApiClient`` for this cluster (cached per event loop)."""
     loop = asyncio.get_running_loop()
     key = (id(loop), *_key(cluster))
-    api = _async_clients.get(key)
-    if api is None:
-        api = await _new_async(cluster)
-        _async_clients[key] = api
-    return api
+    made = _async_clients.get(key)
+    if made is None:
+        # A future, not the client: concurrent first calls must share one connection pool.
+        made = _async_clients[key] = loop.create_task(_new_async(cluster))
+    try:
+        return await asyncio.shield(made)
+    except BaseException:
+        if made.done():
+            _async_clients.pop(key, None)  # a broken kubeconfig is retried next time
+        raise
 
 
 async def _new_async(cluster: Cluster) -> Any:
@@ -120,9 +125,9 @@ async def close_async_clients() -> None:
     """Close the clients of the running loop (worker-side ``asyncio.run`` ends with this)."""
     loop_id = id(asyncio.get_running_loop())
     for key in [k for k in _async_clients if k[0] == loop_id]:
-        api = _async_clients.pop(key)
-        with contextlib.suppress(Exception):  # closing is best effort
-            await api.close()
+        made = _async_clients.pop(key)
+        with contextlib.suppress(BaseException):  # closing is best effort
+            await (await made).close()
 
 
 def reset() -> None:

@@ -1,0 +1,97 @@
+"""What people sharing clusters ask, answered from a snapshot: who uses my GPUs, who lends
+to whom, and what a request would preempt. Pure; the CLI and the UI plugin render it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_skyshare.fleet import Fleet
+from airflow_provider_skyshare.placement import Decision
+from airflow_provider_skyshare.snapshot import Holder, Snapshot
+from airflow_provider_skyshare.timeline import format_table
+
+
+def fleet_rows(fleet: Fleet, snapshot: Snapshot) -> list[dict[str, Any]]:
+    rows = []
+    for cluster in fleet.clusters.values():
+        cap = snapshot.get(cluster.name)
+        for alias, label in cluster.gpu_products.items():
+            row: dict[str, Any] = {
+                "cluster": cluster.name, "owner": cluster.owner, "product": alias,
+                "reachable": cap.reachable, "error": cap.error,
+                "total": cap.total(label), "free": cap.free(label), "owner_use": 0,
+                "lent": {}, "other_use": 0, "queued": {},
+            }
+            nodes = {n.node for n in cap.nodes_of(label)}
+            for h in cap.holders:
+                if h.node and h.node not in nodes:
+                    continue
+                if not h.node:
+                    key = f"{h.org or '?'}/{h.tier}"
+                    row["queued"][key] = row["queued"].get(key, 0) + h.gpus
+                elif h.tier == "borrower" or (h.org and h.org != cluster.owner):
+                    org = h.org or "?"
+                    row["lent"][org] = row["lent"].get(org, 0) + h.gpus
+                elif h.tier == "owner" or h.org == cluster.owner:
+                    row["owner_use"] += h.gpus
+                else:
+                    row["other_use"] += h.gpus
+            rows.append(row)
+    return rows
+
+
+def _counts(d: dict[str, int]) -> str:
+    return ", ".join(f"{v} to {k}" if "/" not in k else f"{v} {k}" for k, v in sorted(d.items()))
+
+
+def fleet_table(fleet: Fleet, snapshot: Snapshot) -> str:
+    rows = []
+    for r in fleet_rows(fleet, snapshot):
+        if not r["reachable"]:
+            rows.append([r["cluster"], r["owner"], r["product"], "-", "-", "-", "-", "-",
+                         f"unreachable: {r['error'][:60]}"])
+            continue
+        rows.append([
+            r["cluster"], r["owner"], r["product"], str(r["total"]), str(r["free"]),
+            str(r["owner_use"]), _counts(r["lent"]) or "-",
+            _counts(r["queued"]) or "-", f"{r['other_use']} other" if r["other_use"] else "",
+        ])
+    return format_table(rows, ["cluster", "owner", "gpu", "total", "free", "owner uses",
+                               "lent", "queued", "note"])
+
+
+def victims(decision: Decision, snapshot: Snapshot) -> list[Holder]:
+    """Running borrowed work the chosen placement would have Kueue preempt (reclaim mode)."""
+    chosen = decision.chosen
+    if chosen is None or chosen.mode != "reclaim":
+        return []
+    cap = snapshot.get(chosen.cluster.name)
+    label = chosen.cluster.gpu_products[decision.request.gpu_product]
+    need = decision.request.gpu_count
+    best: list[Holder] = []
+    for node in cap.nodes_of(label):
+        if node.free + node.borrowed < need:
+            continue
+        on_node = sorted((h for h in cap.holders if h.node == node.node and h.tier == "borrower"),
+                         key=lambda h: -h.gpus)
+        picked, free = [], node.free
+        for h in on_node:
+            if free >= need:
+                break
+            picked.append(h)
+            free += h.gpus
+        if free >= need and (not best or len(picked) < len(best)):
+            best = picked
+    return best
+
+
+def explain_text(decision: Decision, snapshot: Snapshot) -> str:
+    lines = [decision.summary(), "", decision.table()]
+    hit = victims(decision, snapshot)
+    if hit:
+        lines += ["", "would preempt (Kueue reclaims borrowed GPUs):"]
+        lines += [f"  {h.namespace}/{h.pod}  {h.gpus} GPU  org={h.org or '?'}  "
+                  f"task={h.task or '?'}" for h in hit]
+    return "\n".join(lines)
+
