@@ -98,7 +98,7 @@ class Airflow:
             cwd=self.home,
         )
         (self.home / "standalone.pid").write_text(str(proc.pid))
-        wait_for(lambda: proc.poll() is None and self.healthy() or proc.poll() is not None,
+        wait_for(lambda: (proc.poll() is None and self.healthy()) or proc.poll() is not None,
                  timeout, f"airflow standalone healthy on {self.url}", interval=0.5)
         if proc.poll() is not None:
             raise ScenarioError(f"airflow standalone exited; see {self.home / 'standalone.log'}")
@@ -268,3 +268,30 @@ def run_scenario(af: Airflow, admin_pods, durations: dict[str, str] | None = Non
     train = timelines.get("romil-train") or []
     again = train[1]["started_at"] if len(train) > 1 else None
     return Result(runs, states, timelines, abbeel_submitted, again, time.time() - start)
+
+
+def run_team_queues(af: Airflow, admin_pods, timeout: float = 240, say=print) -> Result:
+    """team-b borrows campus; team-a's production job reclaims it; team-b runs again."""
+    for dag_id in ("team_b_dev", "team_a_prod"):
+        wait_for(lambda d=dag_id: af.dag_ready(d), 120, f"DAG {dag_id} parsed")
+        af.unpause(dag_id)
+    start = time.time()
+    b_run = af.trigger("team_b_dev")
+    say(f"triggered team_b_dev ({b_run})")
+    wait_for(lambda: any(ph == "Running" for _, ph in admin_pods("campus", "team-b-experiment")),
+             timeout, "team-b experiment running on campus")
+    a_submitted = time.time()
+    a_run = af.trigger("team_a_prod")
+    say(f"triggered team_a_prod ({a_run})")
+    wait_for(lambda: af.run_state("team_b_dev", b_run) in TERMINAL_RUN
+             and af.run_state("team_a_prod", a_run) in TERMINAL_RUN,
+             timeout, "both team runs finished", interval=0.5)
+    runs = {"team_b_dev": b_run, "team_a_prod": a_run}
+    states = {**af.task_states("team_b_dev", b_run), **af.task_states("team_a_prod", a_run)}
+    timelines = {
+        "team-b-experiment": af.xcom("team_b_dev", b_run, "team-b-experiment") or [],
+        "team-a-production": af.xcom("team_a_prod", a_run, "team-a-production") or [],
+    }
+    b = timelines["team-b-experiment"]
+    again = b[1]["started_at"] if len(b) > 1 else None
+    return Result(runs, states, timelines, a_submitted, again, time.time() - start)
