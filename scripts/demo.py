@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.scenario import Airflow, ScenarioError, run_scenario  # noqa: E402
+from scripts.scenario import Airflow, ScenarioError, run_scenario
 
 
 def main() -> int:

@@ -204,7 +204,7 @@ class MultiClusterGpuOperator(BaseOperator):
         path = self.fleet_file or default_fleet_file()
         literal = not any(_templated(v) for v in (path, self.org, self.user, self.gpus,
                                                   self.gpu_product))
-        if path and literal and os.path.exists(os.path.expanduser(path)):
+        if path and literal:
             try:
                 validate_request(self._request(), fleet_from_file(path))
             except (FleetError, PlacementError) as exc:

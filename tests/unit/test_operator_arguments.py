@@ -1,0 +1,88 @@
+"""Bad operator arguments are refused when the DAG is parsed, each with what to fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_skyshare.operators import MultiClusterGpuOperator
+
+FLEET = str(Path(__file__).resolve().parents[2] / "dags" / "fleet.yaml")
+GOOD = {"task_id": "t", "image": "busybox", "org": "rise", "gpus": "T4:2", "fleet_file": FLEET,
+        "owner": "romil"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"gpus": "T4"}, "PRODUCT:COUNT"),
+        ({"gpus": "T4:0"}, ">= 1"),
+        ({"gpus": "T4:-2"}, ">= 1"),
+        ({"gpus": "T4:two"}, "PRODUCT:COUNT"),
+        ({"gpus": None}, "gpus='T4:2'"),
+        ({"gpu_product": "T4", "gpu_count": 2}, "not both"),
+        ({"gpus": None, "gpu_product": "T4", "gpu_count": 0}, ">= 1"),
+        ({"gpus": "A100:1"}, "offered by no cluster"),
+        ({"org": "berkeley"}, "unknown org"),
+        ({"org": "bair"}, "not a member of org 'bair'"),
+        ({"owner": "mallory"}, "not a member of org 'rise'"),
+        ({"user": "mallory"}, "add the user to orgs[rise].members"),
+        ({"max_preemptions": -1}, "max_preemptions must be a whole number >= 0"),
+        ({"max_preemptions": 1.5}, "max_preemptions must be a whole number >= 0"),
+        ({"queue_timeout": -5}, "queue_timeout must be"),
+        ({"unreachable_grace": 0}, "unreachable_grace must be"),
+        ({"on_finish_action": "delete"}, "delete_pod, delete_succeeded_pod, keep_pod"),
+        ({"on_unreachable": "retry"}, "use 'move' or 'fail'"),
+        ({"image": ""}, "image is empty"),
+        ({"org": ""}, "org is empty"),
+        ({"fleet_file": "/nonexistent/fleet.yaml"}, "file not found"),
+        ({"gpus": "T4:4"}, None),  # fits no node now, but that is a runtime verdict: accepted
+    ],
+)
+def test_bad_arguments_fail_at_parse_time_with_the_fix(changes, expected):
+    kwargs = {**GOOD, **changes}
+    if expected is None:
+        MultiClusterGpuOperator(**kwargs)
+        return
+    with pytest.raises(ValueError) as err:
+        MultiClusterGpuOperator(**kwargs)
+    assert expected in str(err.value)
+    assert "task 't'" in str(err.value)
+
+
+def test_templated_values_are_checked_at_run_time_not_parse_time():
+    op = MultiClusterGpuOperator(**{**GOOD, "org": "{{ params.org }}", "gpus": "{{ params.gpus }}"})
+    assert op.org == "{{ params.org }}"
+    assert "gpus" in op.template_fields and "org" in op.template_fields
+
+
+def test_template_keeps_kubernetes_pod_operator_meanings():
+    from kubernetes.client import models as k8s
+
+    op = MultiClusterGpuOperator(
+        **GOOD, cmds=["python"], arguments=["train.py"], env_vars={"A": "1"},
+        labels={"team": "ml"}, annotations={"note": "x"}, node_selector={"zone": "a"},
+        tolerations=[k8s.V1Toleration(key="gpu", operator="Exists")],
+        volumes=[k8s.V1Volume(name="data", empty_dir=k8s.V1EmptyDirVolumeSource())],
+        volume_mounts=[k8s.V1VolumeMount(name="data", mount_path="/data")],
+        container_resources=k8s.V1ResourceRequirements(requests={"cpu": "2"}),
+        service_account_name="trainer",
+    )
+    pod = op.build_template()
+    c = pod["spec"]["containers"][0]
+    assert (c["name"], c["image"], c["command"], c["args"]) == ("base", "busybox", ["python"],
+                                                               ["train.py"])
+    assert c["env"] == [{"name": "A", "value": "1"}]
+    assert c["volumeMounts"] == [{"mountPath": "/data", "name": "data"}]
+    assert c["resources"] == {"requests": {"cpu": "2"}}
+    assert pod["metadata"] == {"labels": {"team": "ml"}, "annotations": {"note": "x"}}
+    assert pod["spec"]["nodeSelector"] == {"zone": "a"}
+    assert pod["spec"]["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
+    assert pod["spec"]["serviceAccountName"] == "trainer"
+    assert pod["spec"]["restartPolicy"] == "Never"
+
+
+def test_deferrable_by_default():
+    assert MultiClusterGpuOperator(**GOOD).deferrable is True
+    assert MultiClusterGpuOperator(**GOOD, deferrable=False).deferrable is False
