@@ -31,6 +31,10 @@ def get_provider_info() -> dict:
                 "python-modules": ["airflow_provider_skyshare.triggers.pod"],
             }
         ],
+        "extra-links": ["airflow_provider_skyshare.links.SkyshareTimelineLink"],
+        "plugins": [
+            {"name": "skyshare", "plugin-class": "airflow_provider_skyshare.plugins.ui.SkysharePlugin"}
+        ],
         "config": {
             "skyshare": {
                 "description": "Defaults of the skyshare provider.",

@@ -18,6 +18,7 @@ from airflow.sdk import BaseOperator, conf
 from airflow_provider_skyshare import clients, kube
 from airflow_provider_skyshare.clients import ClusterConfigError
 from airflow_provider_skyshare.fleet import Fleet, FleetError, load, parse
+from airflow_provider_skyshare.links import SkyshareTimelineLink
 from airflow_provider_skyshare.placement import PlacementError, Request, check_count, parse_gpus
 from airflow_provider_skyshare.placement import validate as validate_request
 from airflow_provider_skyshare.pods import BASE_CONTAINER, TaskIdentity
@@ -87,6 +88,7 @@ class MultiClusterGpuOperator(BaseOperator):
     )
     template_fields_renderers = {"env_vars": "py", "labels": "py", "annotations": "py"}
     ui_color = "#76b900"
+    operator_extra_links = (SkyshareTimelineLink(),)
 
     def __init__(
         self,

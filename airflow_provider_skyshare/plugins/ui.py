@@ -1,0 +1,124 @@
+"""Airflow 3 UI plugin: the fleet (who uses and lends which GPUs) and each task's timeline.
+
+A small FastAPI app mounted by the API server at /skyshare, shown in the UI's navigation
+as an external view. Pages render the same views as the `skyshare` CLI, live.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import Any
+
+from airflow.plugins_manager import AirflowPlugin
+from fastapi import FastAPI, Query
+from fastapi.responses import HTMLResponse
+
+from airflow_provider_skyshare import capacity, views
+from airflow_provider_skyshare.cli import _timeline_from_airflow, find_timeline
+from airflow_provider_skyshare.fleet import Fleet, load
+from airflow_provider_skyshare.links import PREFIX, SkyshareTimelineLink
+from airflow_provider_skyshare.pods import TaskIdentity
+from airflow_provider_skyshare.timeline import HEADERS, Timeline
+
+app = FastAPI(title="skyshare", description="GPU fleet shared by several orgs")
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}
+table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{border:1px solid #ccc;padding:.3rem .6rem}
+th{background:#f0f4f0;text-align:left}.bad{color:#b00}.lent{color:#a60;font-weight:600}
+h1{font-size:1.4rem}h2{font-size:1.1rem}.muted{color:#777;font-size:.85rem}
+"""
+
+
+def _fleet() -> Fleet:
+    from airflow.configuration import conf
+
+    path = conf.get("skyshare", "fleet_file", fallback="")
+    if not path:
+        raise ValueError("[skyshare] fleet_file is not set (AIRFLOW__SKYSHARE__FLEET_FILE)")
+    return load(path)
+
+
+def _table(headers: list[str], rows: list[list[str]], classes: list[str] | None = None) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = []
+    for i, row in enumerate(rows):
+        cls = f' class="{classes[i]}"' if classes and classes[i] else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row)
+                    + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _page(title: str, body: str, refresh: int | None = 3) -> HTMLResponse:
+    meta = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
+    return HTMLResponse(f"<!doctype html><html><head><title>{html.escape(title)}</title>{meta}"
+                        f"<style>{STYLE}</style></head><body>{body}</body></html>")
+
+
+@app.get("/api/fleet")
+async def api_fleet() -> list[dict[str, Any]]:
+    fleet = _fleet()
+    return views.fleet_rows(fleet, await capacity.probe(fleet))
+
+
+@app.get("/", response_class=HTMLResponse)
+async def fleet_page() -> HTMLResponse:
+    try:
+        fleet = _fleet()
+    except Exception as exc:  # noqa: BLE001 - show the configuration problem on the page
+        return _page("skyshare", f"<h1>Skyshare fleet</h1><p class=bad>{html.escape(str(exc))}</p>")
+    rows, classes = [], []
+    for r in views.fleet_rows(fleet, await capacity.probe(fleet)):
+        lent = ", ".join(f"{n} to {org}" for org, n in sorted(r["lent"].items())) or "-"
+        queued = ", ".join(f"{n} {k}" for k, n in sorted(r["queued"].items())) or "-"
+        if r["reachable"]:
+            rows.append([r["cluster"], r["owner"], r["product"], r["total"], r["free"],
+                         r["owner_use"], lent, queued])
+            classes.append("lent" if r["lent"] else "")
+        else:
+            rows.append([r["cluster"], r["owner"], r["product"], "-", "-", "-", "-",
+                         f"unreachable: {r['error'][:80]}"])
+            classes.append("bad")
+    table = _table(["cluster", "owner", "gpu", "total", "free", "owner uses", "lent", "queued"],
+                   rows, classes)
+    stamp = time.strftime("%H:%M:%S", time.gmtime())
+    return _page("skyshare fleet", f"<h1>Skyshare fleet</h1>{table}"
+                 f"<p class=muted>fleet file {html.escape(fleet.source)}; live at {stamp} UTC; "
+                 "refreshes every 3 s</p>")
+
+
+async def _timeline(dag_id: str, run_id: str, task_id: str, map_index: int) -> tuple[str, Timeline]:
+    stored = _timeline_from_airflow(dag_id, run_id, task_id)
+    if stored:
+        return "finished (XCom)", Timeline.from_list(stored)
+    live = await find_timeline(_fleet(), TaskIdentity(dag_id, task_id, run_id, map_index=map_index))
+    return ("live (pods on the clusters)", live) if live else ("not found", Timeline())
+
+
+@app.get("/api/timeline")
+async def api_timeline(dag_id: str, run_id: str, task_id: str,
+                       map_index: int = Query(-1)) -> dict[str, Any]:
+    source, timeline = await _timeline(dag_id, run_id, task_id, map_index)
+    return {"source": source, "attempts": timeline.to_list()}
+
+
+@app.get("/timeline", response_class=HTMLResponse)
+async def timeline_page(dag_id: str, run_id: str, task_id: str,
+                        map_index: int = Query(-1)) -> HTMLResponse:
+    source, timeline = await _timeline(dag_id, run_id, task_id, map_index)
+    table = _table(HEADERS, timeline.rows())
+    title = f"{dag_id} / {task_id} / {run_id}"
+    return _page(f"skyshare timeline {title}",
+                 f"<h1>Timeline of {html.escape(title)}</h1><p class=muted>{source}</p>{table}"
+                 f'<p><a href="{PREFIX}/">fleet</a></p>')
+
+
+class SkysharePlugin(AirflowPlugin):
+    name = "skyshare"
+    fastapi_apps = [{"app": app, "url_prefix": PREFIX, "name": "skyshare"}]
+    external_views = [{
+        "name": "Skyshare fleet", "href": f"{PREFIX}/", "destination": "nav",
+        "category": "browse", "url_route": "skyshare",
+    }]
+    operator_extra_links = [SkyshareTimelineLink()]
