@@ -1,0 +1,40 @@
+"""Credentials of the clusters never leak into Airflow (runs after the scenarios)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_secrets_never_reach_logs_xcom_or_events(airflow_server, kube_env):
+    """Client keys and certificates of the kubeconfig appear in no task log or XCom."""
+    import base64
+
+    import yaml
+
+    with open(kube_env) as fh:
+        cfg = yaml.safe_load(fh)
+    secrets = set()
+    for user in cfg.get("users") or []:
+        for key in ("client-key-data", "client-certificate-data", "token"):
+            value = (user.get("user") or {}).get(key)
+            if value:
+                secrets.add(value[:40])
+                if key != "token":
+                    pem = base64.b64decode(value).decode()
+                    body = "".join(pem.splitlines()[1:3])
+                    secrets.add(body[:40])
+    assert secrets, "the kubeconfig has no credentials to look for"
+    found = []
+    for path in af_files(airflow_server.home):
+        text = path.read_text(errors="replace")
+        found += [f"{path}: {s[:12]}..." for s in secrets if s in text]
+    assert not found, found
+
+
+def af_files(home):
+    """Task logs, component logs, and the SQLite DB (XCom, trigger kwargs and events)."""
+    yield from (p for p in (home / "logs").rglob("*") if p.is_file())
+    yield from home.glob("*.log")
+    yield from home.glob("*.db")
