@@ -1,0 +1,102 @@
+"""`./dev bench`: every speed figure of the provider against a baseline in the same run.
+
+  (a) preemption -> replacement pod created     vs KubernetesPodOperator + Airflow retries
+  (b) triggerer load at N followed pods          vs KubernetesPodTrigger
+  (c) placement latency at 1/2/5/10 clusters     vs sequential probing
+  (d) the romil/abbeel scenario wall time through real Airflow
+
+Writes benchmarks/results/<name>.json, results.md and PNG plots. Not part of the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import RESULTS, sandbox_up, save
+
+
+def part_a(args) -> dict:
+    from benchmarks import preemption
+
+    kubeconfig = sandbox_up()
+    return preemption.run(kubeconfig, args.preemptions, args.baseline_preemptions)
+
+
+def part_b(args) -> dict:
+    from benchmarks import trigger_load
+
+    kubeconfig = sandbox_up("bench:nodes=5,gpus=1")
+    return trigger_load.run([int(n) for n in args.n.split(",")], args.window, kubeconfig)
+
+
+def part_c(args) -> dict:
+    from benchmarks import placement_latency
+
+    sizes = [int(k) for k in args.clusters.split(",")]
+    names = ["rise", "bair"] + [f"p{i}" for i in range(3, max(sizes) + 1)]
+    kubeconfig = sandbox_up(*[f"{n}:nodes=1,gpus=2" for n in names[2:max(sizes)]])
+    return placement_latency.run(names, sizes, kubeconfig)
+
+
+def part_d(args) -> dict:
+    from airflow_provider_skyshare.sandbox.api import Sandbox
+
+    from scripts.scenario import Airflow, run_scenario
+
+    sandbox = Sandbox.ensure_up()
+    af = Airflow(home=Path(tempfile.mkdtemp(prefix="skyshare-bench-d-")), port=28282,
+                 kubeconfig=sandbox.kubeconfig)
+    t = time.monotonic()
+    af.start()
+    started = time.monotonic() - t
+
+    def admin_pods(cluster, task_id):
+        pods = sandbox.core_v1(cluster).list_namespaced_pod(
+            "skyshare", label_selector=f"skyshare.dev/task-id={task_id}").items
+        return [(p.metadata.name, p.status.phase) for p in pods]
+
+    try:
+        result = run_scenario(af, admin_pods, {"romil": "10s", "abbeel": "5s"})
+    finally:
+        af.stop()
+    train = result.timelines["romil-train"]
+    return {"airflow_start_s": started, "scenario_wall_s": result.wall_seconds,
+            "abbeel_submitted_to_romil_train_running_s": result.recovery_seconds,
+            "preemption_to_replacement_ms": (train[1]["placed_at"] - train[0]["ended_at"]) * 1000
+            if len(train) > 1 else None, "states": result.states, "timeline": result.table()}
+
+
+PARTS = {"a": ("preemption", part_a), "b": ("trigger_load", part_b),
+         "c": ("placement_latency", part_c), "d": ("scenario", part_d)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default="c,b,a,d", help="parts to run, e.g. a,c")
+    p.add_argument("--preemptions", type=int, default=20)
+    p.add_argument("--baseline-preemptions", type=int, default=5)
+    p.add_argument("--n", default="100,500", help="followed pods for (b)")
+    p.add_argument("--window", type=float, default=60.0, help="seconds per (b) window")
+    p.add_argument("--clusters", default="1,2,5,10")
+    args = p.parse_args()
+    for key in args.only.split(","):
+        name, fn = PARTS[key.strip()]
+        print(f"== ({key}) {name}", flush=True)
+        data = fn(args)
+        path = save(name, data)
+        print(f"   -> {path}", flush=True)
+    from benchmarks.report import write
+
+    print(write(RESULTS))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""(a) Preemption -> replacement pod created, skyshare vs KubernetesPodOperator + retries.
+
+Both run through the same real Airflow (scheduler, triggerer, API server). Each round:
+rise is kept full by an owner's pod, the job lands on bair as a borrower, an owner's pod
+arrives on bair and Kueue preempts the job. Times come from the benchmark's own watches:
+from the moment the evicted pod carries Kueue's TerminationTarget condition to the moment
+the replacement pod is ADDED (skyshare: its next attempt; KPO: its retry's pod).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import admin_api, summary
+from scripts.scenario import Airflow, wait_for
+
+NS = "skyshare"
+GPU_POD = {
+    "apiVersion": "v1", "kind": "Pod",
+    "spec": {"containers": [{"name": "base", "image": "busybox",
+                             "resources": {"limits": {"nvidia.com/gpu": "2"},
+                                           "requests": {"nvidia.com/gpu": "2"}}}],
+             "restartPolicy": "Never", "priorityClassName": "high-priority",
+             "nodeSelector": {"nvidia.com/gpu.product": "Tesla-T4"}},
+}
+
+
+def owner_pod(name: str, duration: str | None) -> dict[str, Any]:
+    pod = {**GPU_POD, "metadata": {"name": name, "labels": {
+        "kueue.x-k8s.io/queue-name": "skyshare-owner",
+        "kueue.x-k8s.io/priority-class": "high-priority", "skyshare-bench": "owner"}}}
+    if duration:
+        pod["metadata"]["annotations"] = {"sandbox.skyshare.dev/duration": duration}
+    return pod
+
+
+class Recorder:
+    """Watches pods of one cluster and remembers when each thing was first seen."""
+
+    def __init__(self, api, selector: str) -> None:
+        self.api, self.selector = api, selector
+        self.seen: dict[str, float] = {}
+        self.evicted: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from kubernetes import watch
+
+        while not self._stop.is_set():
+            w = watch.Watch()
+            for ev in w.stream(self.api.list_namespaced_pod, NS, label_selector=self.selector,
+                               timeout_seconds=5):
+                now = time.time()
+                pod = ev["object"]
+                self.seen.setdefault(pod.metadata.name, now)
+                for c in pod.status.conditions or []:
+                    if c.type == "TerminationTarget" and c.status == "True":
+                        self.evicted.setdefault(pod.metadata.name, now)
+                if self._stop.is_set():
+                    w.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _delete(api, name: str) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        api.delete_namespaced_pod(name, NS, grace_period_seconds=0)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def _create(api, body: dict) -> None:
+    _delete(api, body["metadata"]["name"])
+    wait_for(lambda: not api.list_namespaced_pod(
+        NS, field_selector=f"metadata.name={body['metadata']['name']}").items, 30, "old pod gone")
+    api.create_namespaced_pod(NS, body)
+
+
+def round_trip(af: Airflow, dag_id: str, rise, bair, rec_rise: Recorder, rec_bair: Recorder,
+               i: int) -> float:
+    _create(rise, owner_pod(f"filler-{i}", None))
+    wait_for(lambda: any(p.status.phase == "Running" for p in rise.list_namespaced_pod(
+        NS, label_selector="skyshare-bench=owner").items), 60, "filler running on rise")
+    run = af.trigger(dag_id)
+    first = wait_for(lambda: [p.metadata.name for p in bair.list_namespaced_pod(
+        NS, label_selector=_job_selector(dag_id)).items if p.status.phase == "Running"], 120,
+        f"{dag_id} running on bair")[0]
+    _create(bair, owner_pod(f"preemptor-{i}", "1s"))
+    evicted = wait_for(lambda: rec_bair.evicted.get(first), 60, "eviction seen")
+    rec = rec_rise if dag_id == "bench_skyshare" else rec_bair
+
+    def replacement() -> float | None:
+        times = [t for name, t in rec.seen.items() if name != first and t > evicted
+                 and name.startswith(("bench-", "kpo-bench"))]
+        return min(times) if times else None
+
+    created = wait_for(replacement, 180, f"{dag_id} replacement pod")
+    _delete(rise, f"filler-{i}")
+    wait_for(lambda: af.run_state(dag_id, run) in ("success", "failed"), 180, f"{dag_id} done",
+             interval=0.5)
+    _delete(bair, f"preemptor-{i}")
+    return created - evicted
+
+
+def _job_selector(dag_id: str) -> str:
+    return "skyshare.dev/task-id=bench" if dag_id == "bench_skyshare" else "skyshare-bench=kpo"
+
+
+def run(kubeconfig: str, rounds: int, baseline_rounds: int) -> dict:
+    rise, bair = admin_api(kubeconfig, "rise"), admin_api(kubeconfig, "bair")
+    af = Airflow(home=Path("/tmp/skyshare-bench-airflow"), port=28181,
+                 dags_folder=Path(__file__).resolve().parent / "dags", kubeconfig=kubeconfig)
+    af.start()
+    for dag_id in ("bench_skyshare", "bench_kpo"):
+        wait_for(lambda d=dag_id: af.dag_ready(d), 120, f"{dag_id} parsed")
+        af.unpause(dag_id)
+    rec_rise = Recorder(rise, "")
+    rec_bair = Recorder(bair, "")
+    out: dict[str, Any] = {}
+    try:
+        for dag_id, n in (("bench_skyshare", rounds), ("bench_kpo", baseline_rounds)):
+            samples = []
+            for i in range(n):
+                s = round_trip(af, dag_id, rise, bair, rec_rise, rec_bair, i)
+                samples.append(s * 1000)
+                print(f"  {dag_id} round {i + 1}/{n}: {s * 1000:.0f} ms", flush=True)
+            out[dag_id] = {"ms": summary(samples), "samples_ms": samples}
+    finally:
+        rec_rise.stop()
+        rec_bair.stop()
+        af.stop()
+    ours, base = out["bench_skyshare"]["ms"]["p50"], out["bench_kpo"]["ms"]["p50"]
+    out["ratio_p50"] = base / ours if ours else float("inf")
+    return out

@@ -1,0 +1,157 @@
+"""(b) Triggerer load: N pods followed at once for a window, skyshare vs KubernetesPodTrigger.
+
+Each variant runs in its own process (clean CPU and RSS accounting) and follows N running
+pods for the window; the apiserver's own apiserver_request_total says how many requests
+it served meanwhile (minus an idle window of the same length measured in the same run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+from benchmarks.common import admin_api, request_total
+
+CLUSTER = "bench"
+NS = "skyshare"
+LABEL = "skyshare-bench=load"
+
+
+def make_pods(api, n: int) -> list[str]:
+    from kubernetes.client.exceptions import ApiException
+
+    names = [f"load-{i:04d}" for i in range(n)]
+    for name in names:
+        body = {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {
+                "skyshare-bench": "load",
+                "app.kubernetes.io/managed-by": "airflow-provider-skyshare"}},
+            "spec": {"containers": [{"name": "base", "image": "busybox"}],
+                     "restartPolicy": "Never"},
+        }
+        try:
+            api.create_namespaced_pod(NS, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        pods = api.list_namespaced_pod(NS, label_selector=LABEL).items
+        if sum(p.status.phase == "Running" for p in pods) >= n:
+            return names
+        time.sleep(1)
+    raise RuntimeError("benchmark pods did not all reach Running")
+
+
+def delete_pods(api) -> None:
+    api.delete_collection_namespaced_pod(NS, label_selector=LABEL, grace_period_seconds=0)
+
+
+def _skyshare_trigger(name: str, kubeconfig: str):
+    from airflow_provider_skyshare.fleet import parse
+    from airflow_provider_skyshare.placement import Request
+    from airflow_provider_skyshare.pods import TaskIdentity
+    from airflow_provider_skyshare.supervisor import Settings, Supervisor
+    from airflow_provider_skyshare.timeline import Attempt, Timeline
+    from airflow_provider_skyshare.triggers.pod import MultiClusterPodTrigger
+
+    fleet = parse({"orgs": [{"name": "bench", "members": ["*"]}], "clusters": [
+        {"name": CLUSTER, "owner": "bench", "context": CLUSTER, "kubeconfig": kubeconfig,
+         "gpu_products": {"T4": "Tesla-T4"}}]})
+    sup = Supervisor(fleet, Request("T4", 1, "bench", "x"), {"spec": {"containers": [{}]}},
+                     TaskIdentity("bench", name, "run"), Settings(),
+                     Timeline((Attempt(1, CLUSTER, "owner", name, NS, time.time()),)))
+    return MultiClusterPodTrigger(state=sup.state())
+
+
+def _kpt(name: str, kubeconfig: str):
+    import yaml
+    from airflow.providers.cncf.kubernetes.triggers.pod import KubernetesPodTrigger
+
+    with open(kubeconfig) as fh:
+        config_dict = yaml.safe_load(fh)
+    return KubernetesPodTrigger(
+        pod_name=name, pod_namespace=NS, trigger_start_time=datetime.now(timezone.utc),
+        base_container_name="base", kubernetes_conn_id=None, config_dict=config_dict,
+        cluster_context=CLUSTER, get_logs=False, startup_timeout=3600, schedule_timeout=3600,
+    )
+
+
+async def _follow(variant: str, names: list[str], kubeconfig: str, window: float) -> int:
+    make = _skyshare_trigger if variant == "skyshare" else _kpt
+    triggers = [make(n, kubeconfig) for n in names]
+
+    async def drain(t) -> int:
+        count = 0
+        async for _ in t.run():
+            count += 1
+        return count
+
+    tasks = [asyncio.create_task(drain(t)) for t in triggers]
+    done, pending = await asyncio.wait(tasks, timeout=window)
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return sum(1 for t in done if not t.cancelled() and t.exception() is None)
+
+
+def child(variant: str, n: int, window: float, kubeconfig: str) -> None:
+    """Runs in the measured process."""
+    os.environ.setdefault("AIRFLOW_CONN_KUBERNETES_DEFAULT", '{"conn_type": "kubernetes"}')
+    names = [f"load-{i:04d}" for i in range(n)]
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    fired = asyncio.run(_follow(variant, names, kubeconfig, window))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    print("RESULT " + json.dumps({"cpu_seconds": cpu, "max_rss_mb": after.ru_maxrss / 1024,
+                                  "fired_early": fired}))
+
+
+def measure(variant: str, n: int, window: float, kubeconfig: str, api) -> dict:
+    start = request_total(api)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.trigger_load", "--child", variant,
+                           "--n", str(n), "--window", str(window), "--kubeconfig", kubeconfig],
+                          capture_output=True, text=True, timeout=window + 600)
+    served = request_total(api) - start
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"{variant} child failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return {"variant": variant, "n": n, "window_s": window, "requests_raw": served,
+            **json.loads(line[len("RESULT "):])}
+
+
+def run(ns: list[int], window: float, kubeconfig: str) -> dict:
+    api = admin_api(kubeconfig, CLUSTER)
+    rows = []
+    for n in ns:
+        make_pods(api, n)
+        idle0 = request_total(api)
+        time.sleep(window)  # the idle window: background traffic of the cluster's own parts
+        idle = request_total(api) - idle0
+        for variant in ("skyshare", "kubernetes_pod_trigger"):
+            row = measure(variant, n, window, kubeconfig, api)
+            row["requests"] = max(0.0, row["requests_raw"] - idle)
+            row["idle_requests"] = idle
+            rows.append(row)
+            print(f"  N={n} {variant}: {row['requests']:.0f} requests, "
+                  f"{row['cpu_seconds']:.1f} CPU s, {row['max_rss_mb']:.0f} MB RSS", flush=True)
+        delete_pods(api)
+    return {"rows": rows}
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--child")
+    p.add_argument("--n", type=int)
+    p.add_argument("--window", type=float)
+    p.add_argument("--kubeconfig")
+    a = p.parse_args()
+    child(a.child, a.n, a.window, a.kubeconfig)
