@@ -33,7 +33,7 @@ def admin_api(kubeconfig: str, context: str):
 
 def request_total(api) -> float:
     """Sum of apiserver_request_total on this apiserver (its own count of served requests)."""
-    text = api.api_client.call_api("/metrics", "GET", response_type="str",
+    text = api.api_client.call_api("/metrics", "GET", response_types_map={200: "str"},
                                    _return_http_data_only=True, auth_settings=["BearerToken"])
     total = 0.0
     for line in str(text).splitlines():

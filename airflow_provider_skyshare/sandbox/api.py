@@ -1,0 +1,42 @@
+"""The sandbox for Python callers (tests, demo, benchmarks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from airflow_provider_skyshare.sandbox import cluster, paths
+
+
+@dataclass
+class Sandbox:
+    kubeconfig: str
+    clusters: list[str]
+
+    @classmethod
+    def ensure_up(cls, specs: list[cluster.ClusterSpec] | None = None) -> Sandbox:
+        """Reuse a running sandbox (starting whatever died), or bring it up."""
+        state = cluster.up(specs)
+        return cls(str(paths.state_dir() / "kubeconfig"), list(state.clusters))
+
+    def ensure_cluster(self, name: str, nodes: int = 1, gpus: int = 2,
+                       product: str = "Tesla-T4") -> None:
+        state = cluster.up([cluster.ClusterSpec(name, nodes, gpus, product)])
+        self.clusters = list(state.clusters)
+
+    def admin_context(self, name: str) -> str:
+        return name
+
+    def operator_context(self, name: str) -> str:
+        return f"{name}-operator"
+
+    def core_v1(self, context: str):
+        from kubernetes import client, config
+
+        return client.CoreV1Api(config.new_client_from_config(config_file=self.kubeconfig,
+                                                              context=context))
+
+    def stop_component(self, name: str, component: str) -> None:
+        cluster.stop_component(cluster.State.load(), name, component)
+
+    def start_component(self, name: str, component: str) -> None:
+        cluster.start_component(cluster.State.load(), name, component)

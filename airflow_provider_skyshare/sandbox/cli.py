@@ -1,0 +1,70 @@
+"""`skyshare-sandbox`: local Kubernetes clusters with Kueue and fake T4 nodes, no Docker.
+
+  build                      compile the pinned control plane into the cache (once)
+  up [--cluster SPEC]...     start clusters (default rise and bair: 1 node, 2x Tesla-T4)
+  status                     components, nodes, GPUs, Kueue workloads per cluster
+  kubeconfig                 print the kubeconfig path (contexts NAME and NAME-operator)
+  down                       stop everything and delete the state
+  stop-component CLUSTER C   C in apiserver, scheduler, kueue, kwok (fault tests)
+  start-component CLUSTER C
+SPEC: NAME[:nodes=N,gpus=G,product=Tesla-T4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from airflow_provider_skyshare.sandbox import build, cluster, paths, status
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="skyshare-sandbox", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("build")
+    up = sub.add_parser("up")
+    up.add_argument("--cluster", action="append", default=[], metavar="SPEC")
+    sub.add_parser("status")
+    sub.add_parser("kubeconfig")
+    sub.add_parser("down")
+    for name in ("stop-component", "start-component"):
+        c = sub.add_parser(name)
+        c.add_argument("cluster")
+        c.add_argument("component", choices=cluster.COMPONENTS)
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "build":
+            return build.main()
+        if args.cmd == "up":
+            start = time.monotonic()
+            specs = [cluster.ClusterSpec.parse(s) for s in args.cluster]
+            state = cluster.up(specs)
+            print(f"sandbox up in {time.monotonic() - start:.1f}s: {', '.join(state.clusters)}; "
+                  f"kubeconfig {paths.state_dir() / 'kubeconfig'}")
+            return 0
+        if args.cmd == "status":
+            print(status.table(cluster.State.load()))
+            return 0
+        if args.cmd == "kubeconfig":
+            print(paths.state_dir() / "kubeconfig")
+            return 0
+        if args.cmd == "down":
+            cluster.down()
+            print("sandbox stopped and its state removed")
+            return 0
+        state = cluster.State.load()
+        if args.cmd == "stop-component":
+            cluster.stop_component(state, args.cluster, args.component)
+        else:
+            cluster.start_component(state, args.cluster, args.component)
+        print(f"{args.cluster} {args.component}: {args.cmd.split('-')[0]}ed")
+        return 0
+    except (cluster.SandboxError, build.BuildError) as exc:
+        print(f"skyshare-sandbox: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

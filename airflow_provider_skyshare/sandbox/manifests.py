@@ -1,0 +1,335 @@
+"""Every object the sandbox puts into a cluster, and the config files of its components.
+
+Queue layout per cluster (docs/sandbox.md): ClusterQueues skyshare-owner (the cluster's
+GPUs as nominal quota; reclaims lent quota, preempts lower priority) and skyshare-borrower
+(no quota of its own, borrows everything from cohort `skyshare`), with LocalQueues of the
+same names in namespace skyshare. The owner's high-priority work therefore preempts
+borrowed low-priority work, both through cohort reclaim and through priority.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+NAMESPACE = "skyshare"
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+DURATION = "sandbox.skyshare.dev/duration"
+EXIT_CODE = "sandbox.skyshare.dev/exit-code"
+GPU = "nvidia.com/gpu"
+KUEUE_API = "kueue.x-k8s.io/v1beta2"
+PRIORITIES = {"high-priority": 1000, "low-priority": 100}
+OPERATOR_USER = "skyshare-operator"
+
+
+def namespaces() -> list[dict[str, Any]]:
+    out = []
+    for ns in ("default", "kube-system", "kueue-system", NAMESPACE):
+        out.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        # No kube-controller-manager runs: create each namespace's default ServiceAccount.
+        out.append({"apiVersion": "v1", "kind": "ServiceAccount",
+                    "metadata": {"name": "default", "namespace": ns}})
+    return out
+
+
+def priority_classes() -> list[dict[str, Any]]:
+    out = []
+    for name, value in PRIORITIES.items():
+        out.append({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                    "metadata": {"name": name}, "value": value, "globalDefault": False,
+                    "description": f"skyshare {name.split('-')[0]} tier"})
+    return out
+
+
+def kueue_objects(gpus: int, cpu: int, memory_gi: int, pods: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for name, value in PRIORITIES.items():
+        out.append({"apiVersion": KUEUE_API, "kind": "WorkloadPriorityClass",
+                    "metadata": {"name": name}, "value": value,
+                    "description": f"skyshare {name.split('-')[0]} tier"})
+    out.append({"apiVersion": KUEUE_API, "kind": "ResourceFlavor",
+                "metadata": {"name": "default-flavor"}})
+
+    def quota(share: bool) -> list[dict[str, Any]]:
+        amounts = {"cpu": cpu, "memory": f"{memory_gi}Gi", GPU: gpus, "pods": pods}
+        return [{"name": r, "nominalQuota": v if share else 0} for r, v in amounts.items()]
+
+    for name, share in (("skyshare-owner", True), ("skyshare-borrower", False)):
+        preemption = {"withinClusterQueue": "LowerPriority"}
+        if share:
+            preemption.update(reclaimWithinCohort="Any",
+                              borrowWithinCohort={"policy": "LowerPriority"})
+        out.append({
+            "apiVersion": KUEUE_API, "kind": "ClusterQueue", "metadata": {"name": name},
+            "spec": {
+                "cohortName": "skyshare",
+                "namespaceSelector": {},
+                "queueingStrategy": "BestEffortFIFO",
+                "preemption": preemption,
+                "resourceGroups": [{"coveredResources": ["cpu", "memory", GPU, "pods"],
+                                    "flavors": [{"name": "default-flavor",
+                                                 "resources": quota(share)}]}],
+            },
+        })
+        out.append({"apiVersion": KUEUE_API, "kind": "LocalQueue",
+                    "metadata": {"name": name, "namespace": NAMESPACE},
+                    "spec": {"clusterQueue": name}})
+    return out
+
+
+def operator_rbac() -> list[dict[str, Any]]:
+    """Exactly what the provider needs, and nothing else (docs/operations.md)."""
+    read = ["get", "list", "watch"]
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": "skyshare-operator", "namespace": NAMESPACE},
+         "rules": [
+             {"apiGroups": [""], "resources": ["pods"],
+              "verbs": ["create", "get", "list", "watch", "delete", "patch"]},
+             {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+         ]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": "skyshare-operator", "namespace": NAMESPACE},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                     "name": "skyshare-operator"},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                       "name": OPERATOR_USER}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "skyshare-operator-read"},
+         "rules": [
+             {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": read},
+             {"apiGroups": ["kueue.x-k8s.io"],
+              "resources": ["workloads", "clusterqueues", "localqueues", "resourceflavors",
+                            "workloadpriorityclasses"], "verbs": read},
+             {"apiGroups": ["scheduling.k8s.io"], "resources": ["priorityclasses"],
+              "verbs": read},
+         ]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "skyshare-operator-read"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                     "name": "skyshare-operator-read"},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                       "name": OPERATOR_USER}]},
+    ]
+
+
+def node(cluster: str, index: int, gpus: int, product: str) -> dict[str, Any]:
+    capacity = {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"}
+    if gpus:
+        capacity[GPU] = str(gpus)
+    return {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {
+            "name": f"{cluster}-gpu-{index}",
+            "annotations": {KWOK_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {"kubernetes.io/hostname": f"{cluster}-gpu-{index}",
+                       "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                       "type": "kwok", "nvidia.com/gpu.product": product,
+                       "nvidia.com/gpu.count": str(gpus)},
+        },
+        "spec": {},
+        "status": {"capacity": capacity, "allocatable": dict(capacity)},
+    }
+
+
+def crds(manifests: Path) -> list[dict[str, Any]]:
+    return [yaml.safe_load(p.read_text()) for p in sorted((manifests / "crd").glob("*.yaml"))]
+
+
+# Kueue serves only the webhooks of the frameworks it runs: keep its own types and pods.
+_KEEP = ("pod", "kueue-x-k8s-io")
+
+
+def webhooks(manifests: Path, port: int, ca_bundle: str) -> list[dict[str, Any]]:
+    """Kueue's webhook configurations pointed at https://127.0.0.1:PORT (no Services here)."""
+    out = []
+    for doc in yaml.safe_load_all((manifests / "webhooks.yaml").read_text()):
+        kept = []
+        for hook in doc["webhooks"]:
+            path = hook["clientConfig"]["service"]["path"]
+            if not any(k in path for k in _KEEP):
+                continue
+            hook["clientConfig"] = {"url": f"https://127.0.0.1:{port}{path}",
+                                    "caBundle": ca_bundle}
+            hook["namespaceSelector"] = {"matchExpressions": [{
+                "key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                "values": ["kube-system", "kueue-system"]}]}
+            hook["timeoutSeconds"] = 10
+            kept.append(hook)
+        doc["webhooks"] = kept
+        doc["metadata"] = {"name": f"kueue-{doc['metadata']['name']}"}
+        out.append(doc)
+    return out
+
+
+def kueue_config(ports: dict[str, int], cert_dir: Path) -> dict[str, Any]:
+    return {
+        "apiVersion": "config.kueue.x-k8s.io/v1beta2",
+        "kind": "Configuration",
+        "namespace": "kueue-system",
+        "health": {"healthProbeBindAddress": f"127.0.0.1:{ports['kueue_health']}"},
+        "metrics": {"bindAddress": "0"},
+        "webhook": {"port": ports["webhook"], "host": "127.0.0.1", "certDir": str(cert_dir)},
+        "leaderElection": {"leaderElect": False},
+        "internalCertManagement": {"enable": False},
+        "manageJobsWithoutQueueName": False,
+        "managedJobsNamespaceSelector": {"matchExpressions": [{
+            "key": "kubernetes.io/metadata.name", "operator": "NotIn",
+            "values": ["kube-system", "kueue-system"]}]},
+        "clientConnection": {"qps": 300, "burst": 500},
+        "integrations": {"frameworks": ["pod"]},
+    }
+
+
+# Topology-aware scheduling would add a second scheduling gate to every pod; it and every
+# gate that depends on it are off. The visibility API would need an APIService: off too.
+_TAS_GATES = (
+    "TopologyAwareScheduling", "TASProfileMixed", "TASHandleOverlappingFlavors",
+    "TASFailedNodeReplacement", "TASFailedNodeReplacementFailFast",
+    "TASReplaceNodeOnPodTermination", "TASReplaceNodeDueToNotReadyOverFixedTime",
+    "TASBalancedPlacement", "TASReplaceNodeOnNodeTaints", "TASMultiLayerTopology",
+    "TASRespectNodeAffinityPreferred", "TASRecomputeAssignmentWithinSchedulingCycle",
+    "ElasticJobsViaWorkloadSlicesWithTAS", "VisibilityOnDemand",
+)
+KUEUE_FEATURE_GATES = ",".join(f"{g}=false" for g in _TAS_GATES)
+
+
+def kwok_config() -> str:
+    """KWOK v0.8 run standalone has no default stages: node init, pod lifecycle, completion."""
+    now = "{{ $now := Now }}"
+    stages = [
+        _stage("node-initialize", "Node", [
+            {"key": '.status.conditions.[] | select( .type == "Ready" ) | .status',
+             "operator": "NotIn", "values": ["True"]}],
+            next_={"statusTemplate": _NODE_STATUS}),
+        _stage("pod-ready", "Pod", [
+            {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+            {"key": ".status.phase", "operator": "In", "values": ["Pending"]},
+            {"key": ".spec.nodeName", "operator": "Exists"}],
+            next_={"statusTemplate": now + _POD_RUNNING}),
+        _stage("pod-complete", "Pod", [
+            {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+            {"key": ".status.phase", "operator": "In", "values": ["Running"]},
+            {"key": f'.metadata.annotations["{DURATION}"]', "operator": "Exists"},
+            {"key": f'.metadata.annotations["{EXIT_CODE}"]', "operator": "DoesNotExist"}],
+            delay={"durationMilliseconds": 0,
+                   "durationFrom": {"expressionFrom": f'.metadata.annotations["{DURATION}"]'}},
+            next_={"statusTemplate": now + _pod_done("Succeeded", "0", "Completed")}),
+        _stage("pod-fail", "Pod", [
+            {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+            {"key": ".status.phase", "operator": "In", "values": ["Running"]},
+            {"key": f'.metadata.annotations["{DURATION}"]', "operator": "Exists"},
+            {"key": f'.metadata.annotations["{EXIT_CODE}"]', "operator": "Exists"}],
+            delay={"durationMilliseconds": 0,
+                   "durationFrom": {"expressionFrom": f'.metadata.annotations["{DURATION}"]'}},
+            next_={"statusTemplate": now + _pod_done(
+                "Failed", f'{{{{ index .metadata.annotations "{EXIT_CODE}" }}}}', "Error")}),
+        _stage("pod-delete", "Pod", [
+            {"key": ".metadata.deletionTimestamp", "operator": "Exists"},
+            {"key": ".metadata.finalizers", "operator": "DoesNotExist"}],
+            next_={"delete": True}),
+    ]
+    return yaml.safe_dump_all(stages, sort_keys=False)
+
+
+def _stage(name: str, kind: str, exprs: list[dict[str, Any]], next_: dict[str, Any],
+           delay: dict[str, Any] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"resourceRef": {"apiGroup": "v1", "kind": kind},
+                            "selector": {"matchExpressions": exprs}, "next": next_}
+    if delay:
+        spec["delay"] = delay
+    return {"kind": "Stage", "apiVersion": "kwok.x-k8s.io/v1alpha1", "metadata": {"name": name},
+            "spec": spec}
+
+
+_NODE_STATUS = """{{ $now := Now }}
+conditions:
+{{ range NodeConditions }}
+- lastHeartbeatTime: {{ $now | Quote }}
+  lastTransitionTime: {{ $now | Quote }}
+  message: {{ .message | Quote }}
+  reason: {{ .reason | Quote }}
+  status: {{ .status | Quote }}
+  type: {{ .type | Quote }}
+{{ end }}
+addresses:
+- address: 127.0.0.1
+  type: InternalIP
+- address: {{ .metadata.name | Quote }}
+  type: Hostname
+allocatable:
+{{ YAML .status.allocatable 1 }}
+capacity:
+{{ YAML .status.capacity 1 }}
+nodeInfo:
+  architecture: amd64
+  kubeletVersion: fake
+  operatingSystem: linux
+phase: Running
+"""
+
+_POD_RUNNING = """
+conditions:
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: Initialized
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: Ready
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: ContainersReady
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: PodScheduled
+containerStatuses:
+{{ range .spec.containers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  ready: true
+  restartCount: 0
+  started: true
+  state:
+    running:
+      startedAt: {{ $now | Quote }}
+{{ end }}
+hostIP: 127.0.0.1
+podIP: 10.244.0.1
+phase: Running
+startTime: {{ $now | Quote }}
+"""
+
+
+def _pod_done(phase: str, code: str, reason: str) -> str:
+    return f"""
+{{{{ $root := . }}}}
+conditions:
+- lastTransitionTime: {{{{ $now | Quote }}}}
+  status: "False"
+  type: Ready
+  reason: PodCompleted
+- lastTransitionTime: {{{{ $now | Quote }}}}
+  status: "False"
+  type: ContainersReady
+  reason: PodCompleted
+- lastTransitionTime: {{{{ $now | Quote }}}}
+  status: "True"
+  type: PodScheduled
+containerStatuses:
+{{{{ range .spec.containers }}}}
+- image: {{{{ .image | Quote }}}}
+  name: {{{{ .name | Quote }}}}
+  ready: false
+  restartCount: 0
+  started: false
+  state:
+    terminated:
+      exitCode: {code}
+      finishedAt: {{{{ $now | Quote }}}}
+      reason: {reason}
+      startedAt: {{{{ $now | Quote }}}}
+{{{{ end }}}}
+phase: {phase}
+"""
