@@ -46,7 +46,6 @@ def part_c(args) -> dict:
 
 def part_d(args) -> dict:
     from airflow_provider_skyshare.sandbox.api import Sandbox
-
     from scripts.scenario import Airflow, run_scenario
 
     sandbox = Sandbox.ensure_up()
