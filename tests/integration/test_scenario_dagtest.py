@@ -29,8 +29,11 @@ def start(task_id: str, org: str, owner: str, duration: str, **extra: str) -> su
             "--dag-id", f"it_{task_id.replace('-', '_')}_{uuid.uuid4().hex[:6]}"]
     for key, value in extra.items():
         args += [f"--{key.replace('_', '-')}", value]
+    # dag.test() needs its DAG in a bundle: a folder of its own, not the examples
+    env = {**os.environ,
+           "AIRFLOW__CORE__DAGS_FOLDER": os.path.join(os.environ["AIRFLOW_HOME"], "it-dags")}
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=os.environ.copy(), cwd=ROOT)
+                            env=env, cwd=ROOT)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 180) -> dict:
