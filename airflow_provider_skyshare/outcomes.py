@@ -70,7 +70,10 @@ class Outcome:
         return " ".join(parts)
 
 
-_PREEMPTOR = re.compile(r"(?:workload|JobUID|UID)[:\s(]+([\w./-]+)", re.IGNORECASE)
+# kueue: "Preempted to accommodate a workload (UID: w, JobUID: j) due to reclamation within
+# the cohort; preemptor path: ..."; JobUID is the preempting pod's UID.
+_JOB_UID = re.compile(r"JobUID:\s*([0-9a-fA-F-]{8,})")
+_DUE_TO = re.compile(r"due to ([^;]+)")
 
 
 def _conditions(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -97,10 +100,15 @@ def disruption(pod: dict[str, Any]) -> Outcome | None:
 
 
 def _preemptor(message: str) -> str:
-    # kube-scheduler: "default-scheduler: preempting to accommodate a higher priority pod"
-    # kueue: "Preempted to accommodate a workload (UID: ..., JobUID: ...) due to ..."
-    m = _PREEMPTOR.search(message or "")
-    return m.group(1).rstrip(",)") if m else ""
+    """The preempting pod's UID when the message names it (Kueue does; the scheduler not)."""
+    m = _JOB_UID.search(message or "")
+    return m.group(1) if m else ""
+
+
+def preemption_cause(message: str) -> str:
+    """'reclamation within the cohort', 'prioritization in the ClusterQueue', ..."""
+    m = _DUE_TO.search(message or "")
+    return m.group(1).strip() if m else ""
 
 
 def _terminated(pod: dict[str, Any]) -> dict[str, Any]:

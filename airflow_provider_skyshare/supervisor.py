@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from airflow_provider_skyshare import capacity, kube, outcomes, placement, pods, watch
@@ -257,6 +257,7 @@ class Supervisor:
                         f"{self.settings.max_preemptions}",
                     )
                 seen = time.monotonic()
+                preempted = self.timeline
                 try:
                     await self.place_and_submit()
                 except NoPlacement as exc:
@@ -264,6 +265,14 @@ class Supervisor:
                 self.replacement_latency.append(time.monotonic() - seen)
                 self.log.info("replacement created %.0f ms after the preemption was seen",
                               self.replacement_latency[-1] * 1000)
+                # Off the critical path: name who took the GPUs.
+                who = await self._name_preemptor(last.cluster, outcome)
+                if who:
+                    index = len(preempted.attempts) - 1
+                    attempts = list(self.timeline.attempts)
+                    attempts[index] = replace(attempts[index], preempted_by=who)
+                    self.timeline = Timeline(tuple(attempts))
+                    self.log.warning("attempt %d was preempted by %s", last.number, who)
                 await self.reap_orphans()
         except NoPlacement as exc:
             return await self._event("no_placement", None, str(exc))
@@ -413,6 +422,23 @@ class Supervisor:
             **self.state(),
         }
 
+    async def _name_preemptor(self, cluster_name: str, outcome: Outcome) -> str:
+        """'bair_user/abbeel/<run> via kueue (reclamation within the cohort)', best effort."""
+        if outcome.kind != Kind.PREEMPTED or not outcome.preemptor:
+            return ""
+        try:
+            listing = await kube.request(self.fleet.clusters[cluster_name], "GET", "/api/v1/pods",
+                                         query={"resourceVersion": "0"}, timeout=5)
+        except kube.KubeError:
+            return ""
+        for pod in listing.get("items") or []:
+            meta = pod.get("metadata") or {}
+            if meta.get("uid") == outcome.preemptor:
+                name = (meta.get("annotations") or {}).get(pods.A_TASK) or (
+                    f"pod {meta.get('namespace')}/{meta.get('name')}")
+                return f"{name} via {_preempted_by(outcome)}"
+        return ""
+
     # -- cleaning up ---------------------------------------------------------------------
     async def reap_orphans(self) -> None:
         """Delete pods left on clusters that were unreachable, once they answer again."""
@@ -449,8 +475,8 @@ class Supervisor:
 def _preempted_by(outcome: Outcome) -> str:
     if outcome.kind != Kind.PREEMPTED:
         return ""
-    who = outcome.by + (f" for {outcome.preemptor}" if outcome.preemptor else "")
-    return f"{who}: {outcome.reason}"
+    cause = outcomes.preemption_cause(outcome.message)
+    return f"{outcome.by} ({cause})" if cause else f"{outcome.by} ({outcome.reason})"
 
 
 def _epoch(stamp: str) -> float:

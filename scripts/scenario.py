@@ -76,6 +76,9 @@ class Airflow:
             "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
             "KUBECONFIG": self.kubeconfig or env.get("KUBECONFIG", ""),
         })
+        fleet = self.dags_folder / "fleet.yaml"
+        if fleet.exists():  # the UI plugin's fleet page reads [skyshare] fleet_file
+            env.setdefault("AIRFLOW__SKYSHARE__FLEET_FILE", str(fleet))
         env.update(self.extra_env)
         return env
 

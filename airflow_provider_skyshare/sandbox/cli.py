@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             cluster.stop_component(state, args.cluster, args.component)
         else:
             cluster.start_component(state, args.cluster, args.component)
-        print(f"{args.cluster} {args.component}: {args.cmd.split('-')[0]}ed")
+        done = "stopped" if args.cmd == "stop-component" else "started"
+        print(f"{args.cluster} {args.component}: {done}")
         return 0
     except (cluster.SandboxError, build.BuildError) as exc:
         print(f"skyshare-sandbox: {exc}", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import json
 import os
 import shutil
@@ -118,10 +119,8 @@ def _kill(pid: int | None, timeout: float = 10) -> None:
         time.sleep(0.05)
     if alive(pid):
         os.kill(pid, signal.SIGKILL)
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def _wait(check, timeout: float, what: str) -> None:
@@ -383,6 +382,9 @@ _PLURALS = {
 }
 
 
+_OBJECT = {200: "object", 201: "object"}
+
+
 def object_path(obj: dict[str, Any]) -> str:
     api_version, kind = obj["apiVersion"], obj["kind"]
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
@@ -400,7 +402,8 @@ def apply(api, obj: dict[str, Any], dry_run: bool = False) -> None:
     api.call_api(object_path(obj), "PATCH", query_params=query, body=obj,
                  header_params={"Content-Type": "application/apply-patch+yaml",
                                 "Accept": "application/json"},
-                 response_types_map={200: "object", 201: "object"}, _return_http_data_only=True, auth_settings=["BearerToken"])
+                 response_types_map=_OBJECT, _return_http_data_only=True,
+                 auth_settings=["BearerToken"])
 
 
 def apply_node_status(api, obj: dict[str, Any]) -> None:
@@ -411,7 +414,8 @@ def apply_node_status(api, obj: dict[str, Any]) -> None:
     api.call_api(object_path(obj) + "/status", "PATCH",
                  query_params=[("fieldManager", FIELD_MANAGER), ("force", "true")], body=body,
                  header_params={"Content-Type": "application/apply-patch+yaml"},
-                 response_types_map={200: "object", 201: "object"}, _return_http_data_only=True, auth_settings=["BearerToken"])
+                 response_types_map=_OBJECT, _return_http_data_only=True,
+                 auth_settings=["BearerToken"])
 
 
 def _wait_crds(api) -> None:

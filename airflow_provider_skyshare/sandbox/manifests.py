@@ -225,7 +225,7 @@ def kwok_config() -> str:
             delay={"durationMilliseconds": 0,
                    "durationFrom": {"expressionFrom": f'.metadata.annotations["{DURATION}"]'}},
             next_={"statusTemplate": now + _pod_done(
-                "Failed", f'{{{{ index .metadata.annotations "{EXIT_CODE}" }}}}', "Error")}),
+                "Failed", f"{{{{ index $root.metadata.annotations \"{EXIT_CODE}\" }}}}", "Error")}),
         _stage("pod-delete", "Pod", [
             {"key": ".metadata.deletionTimestamp", "operator": "Exists"},
             {"key": ".metadata.finalizers", "operator": "DoesNotExist"}],
