@@ -1,0 +1,162 @@
+"""The sandbox is a real Kubernetes + Kueue: what the provider relies on, checked live."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from tests.helpers.fixtures import wait_for
+
+pytestmark = pytest.mark.integration
+NS = "skyshare"
+
+
+def gpu_pod(name: str, *, queue: str | None, priority: str, gpus: int = 2,
+            duration: str | None = None) -> dict:
+    labels = {"sandbox-test": "yes"}
+    if queue:
+        labels |= {"kueue.x-k8s.io/queue-name": queue, "kueue.x-k8s.io/priority-class": priority}
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": labels,
+                         "annotations": {"sandbox.skyshare.dev/duration": duration}
+                         if duration else {}},
+            "spec": {"restartPolicy": "Never", "priorityClassName": priority,
+                     "containers": [{"name": "base", "image": "busybox", "resources": {
+                         "limits": {"nvidia.com/gpu": str(gpus)}}}]}}
+
+
+@pytest.fixture
+def bair(admin):
+    api = admin["bair"]
+    yield api
+    api.delete_collection_namespaced_pod(NS, label_selector="sandbox-test=yes",
+                                         grace_period_seconds=0)
+    wait_for(lambda: not api.list_namespaced_pod(NS, label_selector="sandbox-test=yes").items,
+             30, "test pods gone")
+
+
+def phase(api, name):
+    try:
+        return api.read_namespaced_pod(name, NS).status.phase
+    except ApiException as exc:
+        if exc.status == 404:
+            return "Gone"
+        raise
+
+
+def conditions(api, name):
+    try:
+        pod = api.read_namespaced_pod(name, NS)
+    except ApiException:
+        return {}
+    return {c.type: c for c in pod.status.conditions or []}
+
+
+def test_up_is_idempotent_and_status_shows_two_t4_per_cluster(sandbox):
+    cli = [sys.executable, "-m", "airflow_provider_skyshare.sandbox.cli"]
+    start = time.monotonic()
+    subprocess.run([*cli, "up"], check=True, capture_output=True, timeout=300)
+    second = time.monotonic() - start
+    out = subprocess.run([*cli, "status"], check=True, capture_output=True, text=True).stdout
+    for name in ("rise", "bair"):
+        line = next(row for row in out.splitlines() if row.startswith(name + " "))
+        assert "2 Tesla-T4" in line, out
+        assert "DOWN" not in line, out
+    assert second < 30, f"a second `up` took {second:.1f}s"
+
+
+def test_kueue_gates_admits_schedules_runs_and_kwok_finishes(bair):
+    name = f"life-{uuid.uuid4().hex[:6]}"
+    created = bair.create_namespaced_pod(NS, gpu_pod(name, queue="skyshare-owner",
+                                                     priority="low-priority", duration="2s"))
+    assert [g.name for g in created.spec.scheduling_gates or []] == ["kueue.x-k8s.io/admission"]
+    wait_for(lambda: phase(bair, name) == "Running", 30, "running")
+    pod = bair.read_namespaced_pod(name, NS)
+    assert pod.spec.node_name == "bair-gpu-0"
+    assert not pod.spec.scheduling_gates
+    wait_for(lambda: phase(bair, name) == "Succeeded", 30, "succeeded after its duration")
+
+
+def test_kueue_preempts_borrowed_low_priority_work_for_the_owner(bair):
+    bair.create_namespaced_pod(NS, gpu_pod("low", queue="skyshare-borrower",
+                                           priority="low-priority"))
+    wait_for(lambda: phase(bair, "low") == "Running", 30, "low running")
+    term = seen_condition(bair, "low", "TerminationTarget", lambda: bair.create_namespaced_pod(
+        NS, gpu_pod("high", queue="skyshare-owner", priority="high-priority", duration="60s")))
+    assert term.reason == "WorkloadEvictedDueToPreempted"
+    wait_for(lambda: phase(bair, "low") == "Gone", 30, "low deleted")
+    wait_for(lambda: phase(bair, "high") == "Running", 30, "high running")
+
+
+def seen_condition(api, name: str, kind: str, start, timeout: float = 30):
+    """Watch the pod from before `start()` runs and return the first `kind` condition seen.
+
+    The condition can live only milliseconds before the pod is deleted, so polling may miss it.
+    """
+    from kubernetes import watch
+
+    w = watch.Watch()
+    stream = w.stream(api.list_namespaced_pod, NS, field_selector=f"metadata.name={name}",
+                      timeout_seconds=int(timeout))
+    start()
+    for event in stream:
+        for c in event["object"].status.conditions or []:
+            if c.type == kind and c.status == "True":
+                w.stop()
+                return c
+    raise AssertionError(f"no {kind} condition on {name} within {timeout:g}s")
+
+
+def test_kube_scheduler_preempts_without_kueue(bair):
+    bair.create_namespaced_pod(NS, gpu_pod("plain-low", queue=None, priority="low-priority"))
+    wait_for(lambda: phase(bair, "plain-low") == "Running", 30, "plain-low running")
+    cond = seen_condition(bair, "plain-low", "DisruptionTarget", lambda: bair.create_namespaced_pod(
+        NS, gpu_pod("plain-high", queue=None, priority="high-priority", duration="60s")))
+    assert cond.reason == "PreemptionByScheduler"
+    wait_for(lambda: phase(bair, "plain-high") == "Running", 30, "plain-high running")
+
+
+def test_restricted_user_can_do_what_the_operator_needs_and_nothing_else(sandbox, bair):
+    op = client.CoreV1Api(config.new_client_from_config(config_file=sandbox.kubeconfig,
+                                                        context="bair-operator"))
+    name = f"op-{uuid.uuid4().hex[:6]}"
+    op.create_namespaced_pod(NS, gpu_pod(name, queue="skyshare-borrower", priority="low-priority",
+                                         gpus=1, duration="60s"))
+    assert op.read_namespaced_pod(name, NS).metadata.name == name
+    assert op.list_namespaced_pod(NS).items
+    assert op.list_pod_for_all_namespaces().items is not None
+    assert op.list_node().items
+    client.CustomObjectsApi(op.api_client).list_cluster_custom_object(
+        "kueue.x-k8s.io", "v1beta2", "clusterqueues")
+    forbidden = [
+        lambda: op.delete_node("bair-gpu-0"),
+        lambda: op.list_namespaced_secret(NS),
+        lambda: op.create_namespaced_pod("default", gpu_pod("x", queue=None,
+                                                            priority="low-priority")),
+        lambda: op.create_namespace({"metadata": {"name": "evil"}}),
+        lambda: op.patch_node("bair-gpu-0", {"metadata": {"labels": {"x": "y"}}}),
+        lambda: client.CustomObjectsApi(op.api_client).delete_cluster_custom_object(
+            "kueue.x-k8s.io", "v1beta2", "clusterqueues", "skyshare-owner"),
+    ]
+    for attempt in forbidden:
+        with pytest.raises(ApiException) as err:
+            attempt()
+        assert err.value.status == 403
+    op.delete_namespaced_pod(name, NS, grace_period_seconds=0)
+
+
+def test_one_apiserver_down_leaves_the_other_serving(sandbox, admin):
+    sandbox.stop_component("rise", "apiserver")
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - connection refused, whatever the type
+            admin["rise"].list_node(_request_timeout=2)
+        assert admin["bair"].list_node(_request_timeout=5).items
+    finally:
+        sandbox.start_component("rise", "apiserver")
+    assert admin["rise"].list_node(_request_timeout=5).items
