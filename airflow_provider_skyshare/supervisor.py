@@ -199,7 +199,12 @@ class Supervisor:
         ))
 
     async def start(self) -> Attempt:
-        """Worker side: adopt this try's newest pod if one exists, else place attempt 1."""
+        """Worker side: adopt this try's newest pod if one exists, else place attempt 1.
+
+        Pods of earlier tries are dead by Airflow's definition (a cluster that was unreachable
+        when they failed may still hold one): delete them first so no attempt runs twice.
+        """
+        await self.reap_earlier_tries()
         newest = await self.find_newest()
         if newest:
             self._adopt(*newest)
@@ -440,6 +445,32 @@ class Supervisor:
         return ""
 
     # -- cleaning up ---------------------------------------------------------------------
+    async def reap_earlier_tries(self) -> list[str]:
+        """Delete pods of this task left by earlier Airflow tries, on every reachable cluster."""
+        async def one(name: str) -> list[str]:
+            cluster = self.fleet.clusters[name]
+            try:
+                listing = await kube.list_pods(
+                    cluster, cluster.namespace, labelSelector=self.identity.selector(this_try=False))
+                done = []
+                for p in listing.get("items") or []:
+                    meta = p["metadata"]
+                    try_label = (meta.get("labels") or {}).get(pods.L_TRY, "")
+                    stale = try_label.isdigit() and int(try_label) < self.identity.try_number
+                    if stale and await kube.delete_pod(cluster, cluster.namespace, meta["name"], 0):
+                        done.append(f"{name}/{meta['name']}")
+                return done
+            except kube.KubeError:
+                return []
+
+        if self.identity.try_number <= 1:
+            return []
+        reaped = [x for xs in await asyncio.gather(*(one(n) for n in self.fleet.clusters))
+                  for x in xs]
+        if reaped:
+            self.log.info("deleted pods of earlier tries: %s", ", ".join(reaped))
+        return reaped
+
     async def reap_orphans(self) -> None:
         """Delete pods left on clusters that were unreachable, once they answer again."""
         kept = []

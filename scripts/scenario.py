@@ -234,8 +234,12 @@ def placement(af: Airflow, dag_id: str, run_id: str, task_id: str) -> dict[str, 
 
 
 def run_scenario(af: Airflow, admin_pods, durations: dict[str, str] | None = None,
-                 timeout: float = 240, say=print) -> Result:
-    """admin_pods(cluster, task_id) -> list of (pod name, phase) as cluster admin."""
+                 timeout: float = 240, say=print, before_abbeel=None) -> Result:
+    """admin_pods(cluster, task_id) -> list of (pod name, phase) as cluster admin.
+
+    before_abbeel(): called while romil-train runs on its first cluster, before abbeel is
+    triggered (the e2e test looks at the fleet from the CLI and the UI there).
+    """
     durations = {"romil": "30s", "abbeel": "10s", **(durations or {})}
     for dag_id in ("rise_user", "bair_user"):
         wait_for(lambda d=dag_id: af.dag_ready(d), 120, f"DAG {dag_id} parsed")
@@ -252,6 +256,8 @@ def run_scenario(af: Airflow, admin_pods, durations: dict[str, str] | None = Non
     wait_for(lambda: any(phase == "Running" for _, phase in admin_pods(where["cluster"],
                                                                         "romil-train")),
              timeout, "romil-train running")
+    if before_abbeel:
+        before_abbeel()
     abbeel_submitted = time.time()
     bair_run = af.trigger("bair_user", {"duration": durations["abbeel"]})
     say(f"triggered bair_user ({bair_run}): abbeel")

@@ -18,8 +18,4 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 
-import importlib.util  # noqa: E402  TODO(remove once the sandbox plugin has landed)
-
-pytest_plugins = ["tests.helpers.fixtures"]
-if importlib.util.find_spec("airflow_provider_skyshare.sandbox.pytest_plugin"):
-    pytest_plugins.insert(0, "airflow_provider_skyshare.sandbox.pytest_plugin")
+pytest_plugins = ["airflow_provider_skyshare.sandbox.pytest_plugin", "tests.helpers.fixtures"]

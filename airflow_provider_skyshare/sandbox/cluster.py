@@ -433,21 +433,43 @@ def _wait_crds(api) -> None:
     _wait(established, 60, "Kueue CRDs established")
 
 
+def _retrying(name: str, what: str, fn, timeout: float = 60) -> None:
+    """A fresh apiserver (RBAC bootstrap, new namespaces, CRDs) or a warming webhook refuses
+    requests for a moment after /readyz: retry, then fail naming the object and the logs."""
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    while True:
+        try:
+            fn()
+            return
+        except Exception as exc:  # noqa: BLE001 - transient until the deadline
+            if time.monotonic() > deadline:
+                raise SandboxError(f"{name}: applying {what} failed for {timeout:g}s: "
+                                   f"{str(exc)[:600]}; see {paths.state_dir() / 'logs'}") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+def _apply_all(api, name: str, objs: list[dict[str, Any]]) -> None:
+    for obj in objs:
+        what = f"{obj['kind']} {obj['metadata'].get('name')}"
+        _retrying(name, what, lambda o=obj: apply(api, o))
+
+
 def bootstrap_base(state: State, name: str) -> None:
     """Objects that need only the apiserver: namespaces, RBAC, priorities, CRDs, nodes."""
     api = api_client(state, name)
     spec = state.clusters[name]
-    for obj in (manifests.namespaces() + manifests.priority_classes()
-                + manifests.operator_rbac() + manifests.crds(paths.kueue_manifests())):
-        apply(api, obj)
+    _apply_all(api, name, manifests.namespaces() + manifests.priority_classes()
+               + manifests.operator_rbac() + manifests.crds(paths.kueue_manifests()))
     for i in range(spec["nodes"]):
         node = manifests.node(name, i, spec["gpus"], spec["product"])
-        apply(api, {k: v for k, v in node.items() if k != "status"})
-        apply_node_status(api, node)
+        _apply_all(api, name, [{k: v for k, v in node.items() if k != "status"}])
+        _retrying(name, f"status of node {node['metadata']['name']}",
+                  lambda n=node: apply_node_status(api, n))
     pki = paths.state_dir() / "pki"
     port = paths.cluster_ports(state.index(name))["webhook"]
-    for obj in manifests.webhooks(paths.kueue_manifests(), port, _b64(pki / "ca.crt")):
-        apply(api, obj)
+    _apply_all(api, name, manifests.webhooks(paths.kueue_manifests(), port, _b64(pki / "ca.crt")))
     _wait_crds(api)
 
 
@@ -456,18 +478,8 @@ def bootstrap_queues(state: State, name: str) -> None:
     api = api_client(state, name)
     spec = state.clusters[name]
     gpus = spec["gpus"] * spec["nodes"]
-    objs = manifests.kueue_objects(gpus, 8 * spec["nodes"], 32 * spec["nodes"],
-                                   110 * spec["nodes"])
-    deadline = time.monotonic() + 60
-    for obj in objs:
-        while True:
-            try:
-                apply(api, obj)
-                break
-            except Exception as exc:  # noqa: BLE001 - webhook endpoint warming up
-                if time.monotonic() > deadline:
-                    raise SandboxError(f"{name}: applying {obj['kind']} failed: {exc}") from None
-                time.sleep(0.2)
+    _apply_all(api, name, manifests.kueue_objects(gpus, 8 * spec["nodes"], 32 * spec["nodes"],
+                                                  110 * spec["nodes"]))
 
 
 # -- up / down --------------------------------------------------------------------------
@@ -499,6 +511,16 @@ def up(specs: list[ClusterSpec] | None = None) -> State:
 
 
 def _up_cluster(state: State, name: str) -> None:
+    try:
+        _up_cluster_steps(state, name)
+    except SandboxError:
+        raise
+    except Exception as exc:  # one readable line instead of a thread traceback
+        raise SandboxError(f"{name}: {type(exc).__name__}: {str(exc)[:600]}; "
+                           f"see {paths.state_dir() / 'logs'}") from exc
+
+
+def _up_cluster_steps(state: State, name: str) -> None:
     marker = _cdir(name) / ".bootstrapped"
     fresh = not component_alive(state, name, "apiserver")
     start_component(state, name, "apiserver")

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from scripts.scenario import run_scenario, run_team_queues
@@ -13,8 +20,55 @@ def placements(timeline):
     return [(a["cluster"], a["tier"], a["outcome"]) for a in timeline]
 
 
-def test_seed_scenario_through_real_airflow(airflow_server, admin_pods, no_leaks):
-    result = run_scenario(airflow_server, admin_pods, {"romil": "20s", "abbeel": "5s"})
+def skyshare(af, *args: str) -> str:
+    """The `skyshare` CLI as a user runs it next to this Airflow."""
+    out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "skyshare"), *args],
+                         env=af.env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def lent(af) -> dict[str, dict[str, int]]:
+    return {r["cluster"]: r["lent"] for r in json.loads(skyshare(af, "fleet", "--json"))}
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert exe, "Debian's chromium is needed for the UI test (./dev test installs it)"
+    return subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu",
+                           "--hide-scrollbars", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def check_ui(af, shots: Path) -> None:
+    page = f"{af.url}/skyshare/"
+    dom = chromium("--virtual-time-budget=3000", "--dump-dom", page).stdout
+    assert "Skyshare fleet" in dom and "2 to rise" in dom, dom[:2000]
+    shot = shots / "skyshare-fleet.png"
+    chromium("--window-size=1100,500", f"--screenshot={shot}", page)
+    from matplotlib.image import imread
+
+    pixels = imread(shot)
+    assert pixels.shape[0] == 500 and pixels.shape[1] == 1100
+    assert pixels.std() > 0.02, "the screenshot is blank"
+    api = af.get("/skyshare/api/fleet")
+    assert {r["cluster"]: r["lent"] for r in api}["bair"] == {"rise": 2}
+
+
+def test_seed_scenario_through_real_airflow(airflow_server, admin_pods, no_leaks, tmp_path):
+    seen: dict[str, object] = {}
+
+    def before_abbeel():
+        # Visibility during the scenario: bair lends its 2 T4 to rise, abbeel would preempt.
+        seen["lent"] = lent(airflow_server)
+        seen["explain"] = json.loads(skyshare(airflow_server, "explain", "--gpus", "T4:2",
+                                              "--org", "bair", "--user", "abbeel", "--json"))
+        seen["explain_text"] = skyshare(airflow_server, "explain", "--gpus", "T4:2",
+                                        "--org", "bair", "--user", "abbeel")
+        check_ui(airflow_server, tmp_path)
+
+    result = run_scenario(airflow_server, admin_pods, {"romil": "20s", "abbeel": "5s"},
+                          before_abbeel=before_abbeel)
     assert result.states == {"romil": "success", "romil_placed": "success",
                              "romil-train": "success", "abbeel": "success"}
     assert placements(result.timelines["romil"]) == [("rise", "owner", "Succeeded")]
@@ -22,11 +76,24 @@ def test_seed_scenario_through_real_airflow(airflow_server, admin_pods, no_leaks
     train = result.timelines["romil-train"]
     assert placements(train) == [("bair", "borrower", "Preempted"), ("rise", "owner", "Succeeded")]
     assert train[0]["reason"] == "WorkloadEvictedDueToPreempted"
+    assert "abbeel" in train[0]["preempted_by"]
     assert sum(a["outcome"] == "Preempted" for a in train) == 1
     # the replacement was created right after the preemption was seen
     assert train[1]["placed_at"] - train[0]["ended_at"] < 5
+    # what the CLI said before abbeel: bair lends 2 T4 to rise; abbeel would take them back
+    assert seen["lent"]["bair"] == {"rise": 2}, seen["lent"]
+    explain = seen["explain"]
+    assert " on bair as owner " in explain["summary"], explain["summary"]
+    assert any("romil-train" in v["task"] for v in explain["preempts"]), explain["preempts"]
+    assert "romil-train" in seen["explain_text"]
+    # and after: nothing lent
+    assert lent(airflow_server) == {"rise": {}, "bair": {}}
+    timeline = skyshare(airflow_server, "timeline", "rise_user", result.runs["rise_user"],
+                        "romil-train")
+    assert "Preempted" in timeline and "Succeeded" in timeline
     print(f"scenario wall time {result.wall_seconds:.1f}s; abbeel submitted -> romil-train "
           f"running again {result.recovery_seconds:.1f}s")
+    print(result.table())
 
 
 def test_team_queues_through_real_airflow(sandbox, airflow_server, admin_pods, no_leaks):

@@ -34,16 +34,40 @@ def kube_env(sandbox) -> str:
     return sandbox.kubeconfig
 
 
-@pytest.fixture(scope="session")
-def admin(sandbox, kube_env):
-    """name -> CoreV1Api as cluster admin (for assertions, never for the code under test)."""
-    from kubernetes import client, config
+class AdminClients:
+    """cluster name -> CoreV1Api as cluster admin, for every cluster the sandbox has *now*.
 
-    apis = {}
-    for name in sandbox.clusters:
-        api_client = config.new_client_from_config(config_file=sandbox.kubeconfig, context=name)
-        apis[name] = client.CoreV1Api(api_client)
-    return apis
+    Tests may add clusters (e.g. `campus`) mid-session; the leak check must see them too.
+    For assertions only, never for the code under test.
+    """
+
+    def __init__(self, kubeconfig: str) -> None:
+        self.kubeconfig = kubeconfig
+        self._apis: dict = {}
+
+    def _names(self) -> list[str]:
+        from airflow_provider_skyshare.sandbox.cluster import State
+
+        return list(State.load().clusters)
+
+    def __getitem__(self, name: str):
+        from kubernetes import client, config
+
+        if name not in self._apis:
+            api_client = config.new_client_from_config(config_file=self.kubeconfig, context=name)
+            self._apis[name] = client.CoreV1Api(api_client)
+        return self._apis[name]
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def items(self):
+        return [(name, self[name]) for name in self._names()]
+
+
+@pytest.fixture(scope="session")
+def admin(sandbox, kube_env) -> AdminClients:
+    return AdminClients(sandbox.kubeconfig)
 
 
 def provider_pods(admin) -> dict[str, list[str]]:
