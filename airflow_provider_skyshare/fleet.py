@@ -7,6 +7,7 @@ the file, the key and the fix, because a fleet file is edited by people, not pro
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -19,6 +20,8 @@ TIER_NAMES = (OWNER, BORROWER)
 ANYONE = "*"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # what placement.parse_gpus accepts
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
 
@@ -187,21 +190,27 @@ class _Reader:
     def keys(self, value: Mapping[str, Any], allowed: set[str], key: str) -> None:
         for k in value:
             if k not in allowed:
-                raise self.fail(f"{key}.{k}" if key else str(k), "unknown key",
+                name = k if isinstance(k, str) and k.strip() else repr(k)  # '' must show
+                raise self.fail(f"{key}.{name}" if key else name, "unknown key",
                                 _choices(str(k), allowed, "key"))
 
     def text(self, value: Any, key: str, *, dns: bool = False) -> str:
         if not isinstance(value, str) or not value.strip():
             raise self.fail(key, f"expected a non-empty string, got {value!r}",
                             f"set {key} to a name")
-        if dns and not _DNS_LABEL.match(value):
+        if dns and (not _DNS_LABEL.fullmatch(value) or len(value) > 63):
             raise self.fail(key, f"{value!r} is not a valid Kubernetes name",
-                            "use lower-case letters, digits and '-', starting and ending with "
-                            "a letter or digit")
+                            "use at most 63 lower-case letters, digits and '-', starting and "
+                            "ending with a letter or digit")
         return value
 
     def number(self, value: Any, key: str, *, minimum: float = 0.0, integer: bool = False) -> Any:
         ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+        if ok and not integer:
+            try:
+                ok = math.isfinite(float(value))  # .nan/.inf (and ints too big for a float)
+            except OverflowError:
+                ok = False
         if not ok or value < minimum:
             kind = "a whole number" if integer else "a number"
             raise self.fail(key, f"expected {kind} >= {minimum:g}, got {value!r}",
@@ -217,6 +226,9 @@ def load(path: str | os.PathLike[str]) -> Fleet:
     try:
         with open(source, encoding="utf-8") as fh:
             text = fh.read()
+    except UnicodeDecodeError as exc:
+        raise FleetError(source, "(file)", f"is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                         "save the fleet file as UTF-8") from None
     except FileNotFoundError:
         raise FleetError(source, "(file)", "file not found",
                          "pass fleet_file=... or set [skyshare] fleet_file "
@@ -321,7 +333,7 @@ def _cluster(
         r.text(kubeconfig, f"{key}.kubeconfig")
     namespace = r.text(raw.get("namespace", defaults["namespace"]), f"{key}.namespace", dns=True)
     gpu_label = r.text(raw.get("gpu_label", defaults["gpu_label"]), f"{key}.gpu_label")
-    if not _LABEL_KEY.match(gpu_label):
+    if not _LABEL_KEY.fullmatch(gpu_label):
         raise r.fail(f"{key}.gpu_label", f"{gpu_label!r} is not a valid label key",
                      "use a node label key such as nvidia.com/gpu.product")
     products = raw.get("gpu_products", defaults.get("gpu_products"))
@@ -331,7 +343,14 @@ def _cluster(
                      "map each GPU alias to its node label value, e.g. {T4: Tesla-T4}")
     for alias, value in products.items():
         r.text(alias, f"{key}.gpu_products")
+        if not _ALIAS.fullmatch(alias):
+            raise r.fail(f"{key}.gpu_products.{alias}", f"{alias!r} is not usable as gpus='{alias}:N'",
+                         "name the GPU with letters, digits, '_', '.' and '-' (e.g. T4, A100-80GB)")
         r.text(value, f"{key}.gpu_products.{alias}")
+        if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
+            raise r.fail(f"{key}.gpu_products.{alias}", f"{value!r} is not a valid node label value",
+                         "use the node's label value as is, e.g. Tesla-T4 (at most 63 letters, "
+                         "digits, '-', '_', '.')")
     tiers = _tiers(r, key, raw.get("tiers"), defaults["tiers"])
     cost = raw.get("cost_per_gpu_hour")
     if cost is not None:

@@ -16,7 +16,7 @@ nobody can preempt it. The tier is derived from ownership, never requested.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from airflow_provider_skyshare.fleet import BORROWER, OWNER, Cluster, Fleet, FleetError, Tier
@@ -147,12 +147,16 @@ def choose(
     snapshot: Snapshot,
     history: Timeline | None = None,
     now: float = 0.0,
-    exclude: Iterable[str] = (),
+    exclude: Iterable[str] | Mapping[str, str] = (),
 ) -> Decision:
-    """Rank every cluster for the request. ``exclude``: clusters that just refused the pod."""
+    """Rank every cluster for the request. ``exclude``: clusters that just refused the pod
+    (names, or a mapping name -> why, which the explanation then shows)."""
     validate(request, fleet)
     history = history or Timeline()
-    excluded = dict.fromkeys(exclude, "")
+    excluded = (
+        {k: str(v or "") for k, v in exclude.items()} if isinstance(exclude, Mapping)
+        else dict.fromkeys(exclude, "")
+    )
     owned_any = any(
         request.gpu_product in c.gpu_products for c in fleet.owned_by(request.org)
     )

@@ -130,7 +130,10 @@ def summarize(
         meta = node.get("metadata") or {}
         product = (meta.get("labels") or {}).get(cluster.gpu_label)
         alloc = (node.get("status") or {}).get("allocatable") or {}
-        count = int(str(alloc.get(GPU_RESOURCE, "0") or 0))
+        try:
+            count = int(str(alloc.get(GPU_RESOURCE, "0") or 0))
+        except ValueError:  # not a whole number ("1500m"): no usable GPUs, not a failed probe
+            count = 0
         if product in label_to_product and count > 0 and _schedulable(node):
             node_info[meta.get("name", "")] = (product, count)
     used: dict[str, int] = {}
