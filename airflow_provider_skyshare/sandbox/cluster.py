@@ -11,12 +11,14 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import contextlib
+import copy
 import json
 import os
 import shutil
 import signal
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -62,6 +64,9 @@ class ClusterSpec:
 DEFAULT_CLUSTERS = (ClusterSpec("rise"), ClusterSpec("bair"))
 
 
+_SAVE_LOCK = threading.Lock()
+
+
 @dataclass
 class State:
     clusters: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> spec + index
@@ -75,11 +80,14 @@ class State:
         return cls(**json.loads(path.read_text()))
 
     def save(self) -> None:
+        """Atomic, and safe when clusters come up in parallel threads."""
         d = paths.state_dir()
         d.mkdir(parents=True, exist_ok=True)
-        tmp = d / "state.json.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(d / "state.json")
+        with _SAVE_LOCK:
+            data = {"clusters": copy.deepcopy(dict(self.clusters)), "pids": dict(self.pids)}
+            tmp = d / f"state.json.{os.getpid()}.{threading.get_ident()}.tmp"
+            tmp.write_text(json.dumps(data, indent=2))
+            tmp.replace(d / "state.json")
 
     def index(self, name: str) -> int:
         return self.clusters[name]["index"]
