@@ -128,6 +128,12 @@ def test_apiserver_down_configured_to_stay_fails_clearly_and_the_retry_cleans_up
     retry = make("apiserver-stay", duration="300s", try_number=2, run_id=run_id)
     attempt = asyncio.run(closing(retry.start()))
     assert attempt.pod.endswith("-t2-a1")
+    old = [p for p in pods_of(admin, "rise", sup) if p.metadata.name.endswith("-t1-a1")]
+    assert all(p.metadata.deletion_timestamp for p in old), "the old try's pod is not terminating"
+    # Its removal waits for Kueue to drop its finalizer, and Kueue's watches come back from the
+    # apiserver outage after client-go's back-off (seen: ~40 s).
+    wait_for(lambda: not [p for p in pods_of(admin, "rise", sup)
+                          if p.metadata.name.endswith("-t1-a1")], 120, "the old try's pod gone")
     names = wait_for(lambda: (lambda ns: ns if ns == [attempt.pod] else None)(
         [p.metadata.name for p in pods_of(admin, attempt.cluster, retry)
          if p.metadata.deletion_timestamp is None]), 30, "only the retry's pod left")
@@ -192,7 +198,7 @@ def test_on_kill_deletes_the_pod_wherever_it_runs(sandbox, admin, kube_env, no_l
     sup = make("killed", org="bair", user="abbeel", duration="300s")
     attempt = asyncio.run(closing(sup.start()))
     assert (attempt.cluster, attempt.tier) == ("bair", "owner")
-    op = MultiClusterGpuOperator(task_id="killed", image="busybox", gpus="T4:2", org="bair",
+    op = MultiClusterGpuOperator(task_id="killed", image="busybox", gpus="T4:2", org="bair", user="abbeel",
                                  fleet_file=str(FLEET))
     op._state = sup.state()
     op.on_kill()
