@@ -261,12 +261,17 @@ def _candidate(
     nodes = cap.nodes_of(label)
     cost = cluster.cost_per_gpu_hour if cluster.cost_per_gpu_hour is not None else float("inf")
     free = cap.free(label)
-    if any(n.free >= need for n in nodes):
+    # Pods already waiting there (gated by Kueue, or admitted and not yet bound) take the free
+    # GPUs before a new pod would: count them, or two tasks placed a moment apart both "fit".
+    unclaimed = free - cap.pending_gpus
+    if any(n.free >= need for n in nodes) and unclaimed >= need:
         group = 0 if owner else 2
-        reason = f"{'owns' if owner else 'borrows'} it; {free} {label} free"
-        return Candidate(cluster, tier, "now", reason, (group, -free, cost, cluster.name))
+        waiting = f", {cap.pending_gpus} claimed by pods waiting there" if cap.pending_gpus else ""
+        reason = f"{'owns' if owner else 'borrows'} it; {free} {label} free{waiting}"
+        return Candidate(cluster, tier, "now", reason, (group, -unclaimed, cost, cluster.name))
     reclaim = min(
-        (need - n.free for n in nodes if owner and n.free + n.borrowed >= need), default=None
+        (need - n.free for n in nodes
+         if owner and n.borrowed and n.free < need <= n.free + n.borrowed), default=None
     )
     if reclaim is not None:
         reason = f"owns it; reclaims {reclaim} GPU(s) lent to other orgs (Kueue preempts them)"

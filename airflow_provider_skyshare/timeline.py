@@ -7,7 +7,7 @@ annotations (so a restarted trigger can rebuild it from the cluster) and XCom.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -68,7 +68,11 @@ class Timeline:
 
     @classmethod
     def from_list(cls, items: list[dict[str, Any]] | None) -> Timeline:
-        return cls(tuple(Attempt(**a) for a in items or []))
+        # Ignore keys this version does not know: a newer provider may have written the
+        # history annotation of a pod we adopt.
+        known = {f.name for f in fields(Attempt)}
+        return cls(tuple(Attempt(**{k: v for k, v in a.items() if k in known})
+                         for a in items or []))
 
     def to_json(self) -> str:
         return json.dumps(self.to_list(), separators=(",", ":"), sort_keys=True)

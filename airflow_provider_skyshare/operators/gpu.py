@@ -288,7 +288,7 @@ class MultiClusterGpuOperator(BaseOperator):
             raise SkyshareTaskError(str(exc)) from None
         identity = TaskIdentity(dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id,
                                 try_number=ti.try_number,
-                                map_index=getattr(ti, "map_index", -1) or -1)
+                                map_index=_map_index(ti))
         settings = Settings(max_preemptions=self.max_preemptions, queue_timeout=self.queue_timeout,
                             unreachable_grace=float(self.unreachable_grace),
                             on_unreachable=self.on_unreachable)
@@ -411,3 +411,9 @@ async def _start_and_follow(sup: Supervisor) -> dict[str, Any]:
 
 
 __all__ = ["MultiClusterGpuOperator", "SkyshareTaskError", "kube"]
+
+
+def _map_index(ti: Any) -> int:
+    """-1 for an unmapped task; 0 is a real map index (not falsy here)."""
+    value = getattr(ti, "map_index", None)
+    return -1 if value is None else int(value)

@@ -86,3 +86,12 @@ def test_template_keeps_kubernetes_pod_operator_meanings():
 def test_deferrable_by_default():
     assert MultiClusterGpuOperator(**GOOD).deferrable is True
     assert MultiClusterGpuOperator(**GOOD, deferrable=False).deferrable is False
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, -1), (-1, -1), (0, 0), (3, 3)])
+def test_map_index_zero_is_a_real_map_index(value, expected) -> None:
+    from types import SimpleNamespace
+
+    from airflow_provider_skyshare.operators.gpu import _map_index
+
+    assert _map_index(SimpleNamespace(map_index=value)) == expected

@@ -83,6 +83,10 @@ SEED_STEPS = [
         [("bair", BORROWER, "now"), ("rise", OWNER, "queue")], {},
         id="2-romil-train-borrows-bair-while-rise-is-full"),
     pytest.param(
+        ROMIL, snap(rise={"nodes": [(2, 0, 0)], "pending": 2}, bair=[(2, 0, 0)]), Timeline(),
+        [("bair", BORROWER, "now"), ("rise", OWNER, "queue")], {},
+        id="2b-romil-train-while-romil-still-waits-for-admission-on-rise"),
+    pytest.param(
         ABBEEL, snap(rise=[(2, 2, 0)], bair=[(2, 2, 2)]), Timeline(),
         [("bair", OWNER, "reclaim"), ("rise", BORROWER, "queue")], {},
         id="3-abbeel-reclaims-own-bair-from-rise"),
@@ -209,6 +213,16 @@ def test_partial_reclaim_counts_free_plus_borrowed_on_one_node() -> None:
     decision = choose(ROMIL, f, snap(rise=[(4, 3, 1)]), now=NOW)
     assert order(decision) == [("rise", OWNER, "reclaim")]  # 1 free + 1 borrowed
     assert "reclaims 1 GPU(s)" in decision.candidates[0].reason
+
+
+def test_gpus_claimed_by_waiting_pods_are_not_free() -> None:
+    """Free GPUs that pods already waiting on the cluster will take do not count as free."""
+    f = fleet({"name": "rise", "owner": "rise"})
+    decision = choose(ROMIL, f, snap(rise={"nodes": [(4, 0, 0)], "pending": 2}), now=NOW)
+    assert order(decision) == [("rise", OWNER, "now")]
+    assert decision.candidates[0].reason == "owns it; 4 Tesla-T4 free, 2 claimed by pods waiting there"
+    decision = choose(ROMIL, f, snap(rise={"nodes": [(4, 0, 0)], "pending": 3}), now=NOW)
+    assert order(decision) == [("rise", OWNER, "queue")]
 
 
 def test_borrowers_never_reclaim() -> None:

@@ -176,3 +176,11 @@ def test_format_table() -> None:
 def test_format_table_refuses_ragged_rows() -> None:
     with pytest.raises(ValueError):
         format_table([["only one"]], ["h1", "h2"])
+
+
+def test_history_written_by_a_newer_version_still_loads() -> None:
+    """Adopting a pod whose history annotation has keys this version does not know."""
+    item = {"number": 1, "cluster": "bair", "tier": "borrower", "pod": "p-a1",
+            "namespace": "skyshare", "placed_at": 1.0, "gpu_seconds": 42}
+    tl = Timeline.from_list([item])
+    assert [(a.number, a.cluster, a.pod) for a in tl.attempts] == [(1, "bair", "p-a1")]
