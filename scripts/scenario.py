@@ -52,6 +52,7 @@ class Airflow:
     dags_folder: Path = ROOT / "dags"
     kubeconfig: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
+    _ready: set[str] = field(default_factory=set, repr=False)
 
     @property
     def url(self) -> str:
@@ -154,7 +155,16 @@ class Airflow:
     def unpause(self, dag_id: str) -> None:
         self.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
 
+    def ensure_ready(self, dag_id: str, timeout: float = 120) -> None:
+        """Wait until the DAG processor has parsed the DAG, then unpause it (once)."""
+        if dag_id in self._ready:
+            return
+        wait_for(lambda: self.dag_ready(dag_id), timeout, f"DAG {dag_id} parsed")
+        self.unpause(dag_id)
+        self._ready.add(dag_id)
+
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        self.ensure_ready(dag_id)
         run = self.call("POST", f"/api/v2/dags/{dag_id}/dagRuns",
                         {"logical_date": None, "conf": conf or {}})
         return run["dag_run_id"]
