@@ -19,7 +19,7 @@ with DAG("bench_skyshare", start_date=datetime(2026, 1, 1), schedule=None, catch
          default_args=ARGS, max_active_runs=1):
     MultiClusterGpuOperator(
         task_id="bench", org="rise", gpus="T4:2", fleet_file=FLEET, image="busybox",
-        annotations={"sandbox.skyshare.dev/duration": "1s"}, get_logs=False,
+        annotations={"sandbox.skyshare.dev/duration": "300s"}, get_logs=False,
         max_preemptions=3, retries=0,
     )
 
@@ -31,7 +31,7 @@ with DAG("bench_kpo", start_date=datetime(2026, 1, 1), schedule=None, catchup=Fa
         in_cluster=False,
         labels={"kueue.x-k8s.io/queue-name": "skyshare-borrower",
                 "kueue.x-k8s.io/priority-class": "low-priority", "skyshare-bench": "kpo"},
-        annotations={"sandbox.skyshare.dev/duration": "1s"},
+        annotations={"sandbox.skyshare.dev/duration": "300s"},
         priority_class_name="low-priority",
         node_selector={"nvidia.com/gpu.product": "Tesla-T4"},
         container_resources=k8s.V1ResourceRequirements(limits={"nvidia.com/gpu": "2"},
