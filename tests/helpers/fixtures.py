@@ -21,8 +21,9 @@ def airflow_db() -> str:
     home = os.environ["AIRFLOW_HOME"]
     marker = Path(home) / ".migrated"
     if not marker.exists():
-        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
-                       capture_output=True, env=os.environ.copy(), timeout=300)
+        out = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"],
+                             capture_output=True, text=True, env=os.environ.copy(), timeout=300)
+        assert out.returncode == 0, f"airflow db migrate failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
         marker.touch()
     return home
 
