@@ -7,6 +7,7 @@ seed's order, wait on the APIs (never on a clock), and collect every task's time
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -53,6 +54,7 @@ class Airflow:
     kubeconfig: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
     _ready: set[str] = field(default_factory=set, repr=False)
+    extra_pids: list[int] = field(default_factory=list, repr=False)  # stopped with standalone
 
     @property
     def url(self) -> str:
@@ -108,6 +110,10 @@ class Airflow:
             raise ScenarioError(f"airflow standalone exited; see {self.home / 'standalone.log'}")
 
     def stop(self) -> None:
+        for pid in self.extra_pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+        self.extra_pids.clear()
         pid_file = self.home / "standalone.pid"
         if not pid_file.exists():
             return

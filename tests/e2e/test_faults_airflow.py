@@ -45,15 +45,21 @@ def test_triggerer_killed_mid_watch_task_completes_one_pod_per_attempt(
     new = subprocess.Popen([os.path.join(os.path.dirname(os.sys.executable), "airflow"),
                             "triggerer"], env=af.env(), stdout=log, stderr=subprocess.STDOUT,
                            start_new_session=True)
-    try:
-        wait_for(lambda: af.run_state("skyshare_job", run) in ("success", "failed"), 150,
-                 "run finished after the triggerer restart", interval=0.5)
-        assert af.run_state("skyshare_job", run) == "success"
-        timeline = af.xcom("skyshare_job", run, "job")
-        assert [(a["number"], a["cluster"], a["outcome"]) for a in timeline] == [
-            (1, "rise", "Succeeded")]
-    finally:
-        os.killpg(new.pid, signal.SIGTERM)
+    af.extra_pids.append(new.pid)  # it serves the following tests; stopped with Airflow
+    wait_for(lambda: af.run_state("skyshare_job", run) in ("success", "failed"), 150,
+             "run finished after the triggerer restart", interval=0.5)
+    assert af.run_state("skyshare_job", run) == "success"
+    timeline = af.xcom("skyshare_job", run, "job")
+    assert [(a["number"], a["cluster"], a["outcome"]) for a in timeline] == [
+        (1, "rise", "Succeeded")]
+    # Exactly one pod was ever created for this task (no duplicate after the restart): the
+    # apiserver's own events name every pod that existed, on every cluster.
+    pod = timeline[0]["pod"]
+    prefix = pod[: pod.rindex("-a") + 2]
+    seen = {e.involved_object.name for name in ("rise", "bair")
+            for e in admin[name].list_namespaced_event("skyshare").items
+            if e.involved_object.name.startswith(prefix)}
+    assert seen == {pod}, seen
 
 
 def test_mark_failed_from_the_api_deletes_the_pod(airflow_server, admin, no_leaks):

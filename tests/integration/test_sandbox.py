@@ -101,11 +101,13 @@ def seen_condition(api, name: str, kind: str, start, timeout: float = 30):
     """
     from kubernetes import watch
 
-    w = watch.Watch()
-    stream = w.stream(api.list_namespaced_pod, NS, field_selector=f"metadata.name={name}",
-                      timeout_seconds=int(timeout))
+    selector = f"metadata.name={name}"
+    # Watch from the resourceVersion before start(): the apiserver replays every change since.
+    rv = api.list_namespaced_pod(NS, field_selector=selector).metadata.resource_version
     start()
-    for event in stream:
+    w = watch.Watch()
+    for event in w.stream(api.list_namespaced_pod, NS, field_selector=selector,
+                          resource_version=rv, timeout_seconds=int(timeout)):
         for c in event["object"].status.conditions or []:
             if c.type == kind and c.status == "True":
                 w.stop()
