@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,9 @@ def _create(api, body: dict) -> None:
 
 def round_trip(af: Airflow, dag_id: str, rise, bair, rec_rise: Recorder, rec_bair: Recorder,
                i: int) -> float:
+    # Fresh names each run: Kueue names Workloads after pods, and a finished Workload of an
+    # earlier same-named pod holds a new one where no garbage collector runs.
+    i = f"{i}-{uuid.uuid4().hex[:6]}"
     _create(rise, owner_pod(f"filler-{i}", None))
     wait_for(lambda: any(p.status.phase == "Running" for p in rise.list_namespaced_pod(
         NS, label_selector="skyshare-bench=owner").items), 60, "filler running on rise")

@@ -1,6 +1,6 @@
 """`skyshare-sandbox build`: compile the pinned control plane into the versioned cache.
 
-kube-apiserver, kube-scheduler and etcd come from the wrapper module in gowrap/ (the
+kube-apiserver, kube-scheduler, kube-controller-manager and etcd come from the wrapper module in gowrap/ (the
 Kubernetes module replaces its staging modules with local paths, which only resolve inside
 its own repository; `go install` of etcd fails on its replace directives). KWOK and Kueue
 are built inside their own module (their go.mod pins their dependencies; `go install
@@ -77,6 +77,8 @@ def build(force: bool = False) -> Path:
     targets = {
         "kube-apiserver": ("k8s.io/kubernetes/cmd/kube-apiserver", _ldflags_kubernetes()),
         "kube-scheduler": ("k8s.io/kubernetes/cmd/kube-scheduler", _ldflags_kubernetes()),
+        "kube-controller-manager": ("k8s.io/kubernetes/cmd/kube-controller-manager",
+                                    _ldflags_kubernetes()),
         "etcd": ("go.etcd.io/etcd/server/v3", "-s -w"),
     }
     for name, (pkg, ldflags) in targets.items():

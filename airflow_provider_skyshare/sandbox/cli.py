@@ -5,7 +5,7 @@
   status                     components, nodes, GPUs, Kueue workloads per cluster
   kubeconfig                 print the kubeconfig path (contexts NAME and NAME-operator)
   down                       stop everything and delete the state
-  stop-component CLUSTER C   C in apiserver, scheduler, kueue, kwok (fault tests)
+  stop-component CLUSTER C   C in apiserver, scheduler, gc, kueue, kwok (fault tests)
   start-component CLUSTER C
 SPEC: NAME[:nodes=N,gpus=G,product=Tesla-T4]
 """

@@ -30,7 +30,7 @@ import yaml
 
 from airflow_provider_skyshare.sandbox import certs, manifests, paths
 
-COMPONENTS = ("apiserver", "scheduler", "kwok", "kueue")
+COMPONENTS = ("apiserver", "scheduler", "gc", "kwok", "kueue")
 FIELD_MANAGER = "skyshare-sandbox"
 
 
@@ -284,6 +284,22 @@ def _start_scheduler(state: State, name: str) -> None:
     ])
 
 
+def _start_gc(state: State, name: str) -> None:
+    """kube-controller-manager with only the garbage collector: Kueue's Workloads are owned by
+    their pods, and without the collector a finished Workload outlives its pod and holds the
+    next pod of the same name. The other controllers stay off (see the admission flags)."""
+    ports = paths.cluster_ports(state.index(name))
+    kc = _admin_kubeconfig(name, ports["apiserver"])
+    state.pids[f"{name}/gc"] = _spawn(f"{name}/gc", [
+        str(paths.bin_dir() / "kube-controller-manager"), f"--kubeconfig={kc}",
+        f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
+        "--controllers=garbagecollector", "--leader-elect=false",
+        "--use-service-account-credentials=false",
+        "--bind-address=127.0.0.1", f"--secure-port={ports['gc']}",
+        f"--cert-dir={_cdir(name) / 'gc-certs'}",
+    ])
+
+
 def _start_kwok(state: State, name: str) -> None:
     ports = paths.cluster_ports(state.index(name))
     kc = _admin_kubeconfig(name, ports["apiserver"])
@@ -336,6 +352,8 @@ def _health(state: State, name: str, component: str) -> bool:
         return _https_ok(f"{_apiserver_url(state, name)}/readyz")
     if component == "scheduler":
         return _https_ok(f"https://127.0.0.1:{ports['scheduler']}/healthz", admin=False)
+    if component == "gc":
+        return _https_ok(f"https://127.0.0.1:{ports['gc']}/healthz", admin=False)
     if component == "kwok":
         return _http_ok(f"http://127.0.0.1:{ports['kwok']}/healthz")
     if component == "kueue":
@@ -343,7 +361,7 @@ def _health(state: State, name: str, component: str) -> bool:
     raise SandboxError(f"unknown component {component!r} (use {', '.join(COMPONENTS)})")
 
 
-_STARTERS = {"apiserver": _start_apiserver, "scheduler": _start_scheduler,
+_STARTERS = {"apiserver": _start_apiserver, "scheduler": _start_scheduler, "gc": _start_gc,
              "kwok": _start_kwok, "kueue": _start_kueue}
 
 
@@ -534,8 +552,9 @@ def _up_cluster_steps(state: State, name: str) -> None:
     start_component(state, name, "apiserver")
     if fresh or not marker.exists():
         bootstrap_base(state, name)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
-        list(pool.map(lambda c: start_component(state, name, c), ("scheduler", "kwok", "kueue")))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda c: start_component(state, name, c),
+                      ("scheduler", "gc", "kwok", "kueue")))
     if fresh or not marker.exists():
         bootstrap_queues(state, name)
         marker.touch()

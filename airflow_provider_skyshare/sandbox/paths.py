@@ -10,7 +10,7 @@ ETCD = "v3.6.8"
 KWOK = "v0.8.0"
 KUEUE = "v0.19.2"
 VERSIONS_KEY = f"k8s-{KUBERNETES}_etcd-{ETCD}_kwok-{KWOK}_kueue-{KUEUE}"
-BINARIES = ("kube-apiserver", "kube-scheduler", "etcd", "kwok", "kueue")
+BINARIES = ("kube-apiserver", "kube-scheduler", "kube-controller-manager", "etcd", "kwok", "kueue")
 GOWRAP = Path(__file__).resolve().parent / "gowrap"
 # Kueue (with internal cert management off) reads its metrics certificate from this fixed path.
 KUEUE_METRICS_CERTS = Path("/etc/kueue/metrics/certs")
@@ -50,4 +50,4 @@ def cluster_ports(index: int) -> dict[str, int]:
     """A block of ports per cluster, from its stable index in the sandbox."""
     start = port_base() + 100 + index * 10
     return {"apiserver": start, "scheduler": start + 1, "webhook": start + 2,
-            "kueue_health": start + 3, "kwok": start + 4}
+            "kueue_health": start + 3, "kwok": start + 4, "gc": start + 5}

@@ -83,15 +83,22 @@ def test_kueue_gates_admits_schedules_runs_and_kwok_finishes(bair):
     wait_for(lambda: phase(bair, name) == "Succeeded", 30, "succeeded after its duration")
 
 
+def unique(name: str) -> str:
+    """Fresh pod names: Kueue names a pod's Workload after the pod, and a finished Workload of
+    an earlier same-named pod would hold the new one (unless the garbage collector ran)."""
+    return f"{name}-{uuid.uuid4().hex[:6]}"
+
+
 def test_kueue_preempts_borrowed_low_priority_work_for_the_owner(bair):
-    bair.create_namespaced_pod(NS, gpu_pod("low", queue="skyshare-borrower",
+    low, high = unique("low"), unique("high")
+    bair.create_namespaced_pod(NS, gpu_pod(low, queue="skyshare-borrower",
                                            priority="low-priority"))
-    wait_for(lambda: phase(bair, "low") == "Running", 30, "low running")
-    term = seen_condition(bair, "low", "TerminationTarget", lambda: bair.create_namespaced_pod(
-        NS, gpu_pod("high", queue="skyshare-owner", priority="high-priority", duration="60s")))
+    wait_for(lambda: phase(bair, low) == "Running", 30, "low running")
+    term = seen_condition(bair, low, "TerminationTarget", lambda: bair.create_namespaced_pod(
+        NS, gpu_pod(high, queue="skyshare-owner", priority="high-priority", duration="60s")))
     assert term.reason == "WorkloadEvictedDueToPreempted"
-    wait_for(lambda: phase(bair, "low") == "Gone", 30, "low deleted")
-    wait_for(lambda: phase(bair, "high") == "Running", 30, "high running")
+    wait_for(lambda: phase(bair, low) == "Gone", 30, "low deleted")
+    wait_for(lambda: phase(bair, high) == "Running", 30, "high running")
 
 
 def seen_condition(api, name: str, kind: str, start, timeout: float = 30):
@@ -116,12 +123,13 @@ def seen_condition(api, name: str, kind: str, start, timeout: float = 30):
 
 
 def test_kube_scheduler_preempts_without_kueue(bair):
-    bair.create_namespaced_pod(NS, gpu_pod("plain-low", queue=None, priority="low-priority"))
-    wait_for(lambda: phase(bair, "plain-low") == "Running", 30, "plain-low running")
-    cond = seen_condition(bair, "plain-low", "DisruptionTarget", lambda: bair.create_namespaced_pod(
-        NS, gpu_pod("plain-high", queue=None, priority="high-priority", duration="60s")))
+    low, high = unique("plain-low"), unique("plain-high")
+    bair.create_namespaced_pod(NS, gpu_pod(low, queue=None, priority="low-priority"))
+    wait_for(lambda: phase(bair, low) == "Running", 30, "plain-low running")
+    cond = seen_condition(bair, low, "DisruptionTarget", lambda: bair.create_namespaced_pod(
+        NS, gpu_pod(high, queue=None, priority="high-priority", duration="60s")))
     assert cond.reason == "PreemptionByScheduler"
-    wait_for(lambda: phase(bair, "plain-high") == "Running", 30, "plain-high running")
+    wait_for(lambda: phase(bair, high) == "Running", 30, "plain-high running")
 
 
 def test_restricted_user_can_do_what_the_operator_needs_and_nothing_else(sandbox, bair):
@@ -162,3 +170,20 @@ def test_one_apiserver_down_leaves_the_other_serving(sandbox, admin):
     finally:
         sandbox.start_component("rise", "apiserver")
     assert admin["rise"].list_node(_request_timeout=5).items
+
+
+def test_garbage_collector_removes_what_a_deleted_pod_owned(bair):
+    """Kueue's Workloads are owned by their pods: the sandbox runs the garbage collector (only)
+    so that what a deleted pod owned goes too, as on a real cluster."""
+    name = unique("owner")
+    pod = bair.create_namespaced_pod(NS, gpu_pod(name, queue=None, priority="low-priority",
+                                                 gpus=0))
+    owned = client.V1ConfigMap(metadata=client.V1ObjectMeta(
+        name=f"{name}-owned", labels={"sandbox-test": "yes"},
+        owner_references=[client.V1OwnerReference(api_version="v1", kind="Pod", name=name,
+                                                  uid=pod.metadata.uid)]))
+    bair.create_namespaced_config_map(NS, owned)
+    bair.delete_namespaced_pod(name, NS, grace_period_seconds=0)
+    wait_for(lambda: phase(bair, name) == "Gone", 30, "pod gone")
+    wait_for(lambda: not bair.list_namespaced_config_map(
+        NS, field_selector=f"metadata.name={name}-owned").items, 30, "owned object collected")
