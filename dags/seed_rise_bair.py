@@ -57,7 +57,9 @@ with DAG(
     romil = job("romil", org="rise")
     romil_placed = PythonSensor(
         task_id="romil_placed", python_callable=placed, op_args=["romil"],
-        poke_interval=1, timeout=300, mode="reschedule",
+        # poke, not reschedule: a reschedule every second trips an Airflow race (the executor
+        # reports the finished poke while the TI is already queued again -> marked failed).
+        poke_interval=1, timeout=300, mode="poke",
     )
     romil_train = job("romil-train", org="rise")
     romil_placed >> romil_train

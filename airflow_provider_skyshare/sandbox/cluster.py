@@ -525,6 +525,10 @@ def up(specs: list[ClusterSpec] | None = None) -> State:
             index = next(i for i in range(1000) if i not in used)
             state.clusters[spec.name] = {**asdict(spec), "index": index}
     state.save()
+    known = {pid for pid in state.pids.values() if alive(pid)}
+    for pid in _strays():  # lost track of: they would hold the ports of the new ones
+        if pid not in known:
+            _kill(pid)
     certs.ensure_all(paths.state_dir() / "pki")
     _ensure_kueue_certs()
     ensure_etcd(state)
@@ -560,12 +564,34 @@ def _up_cluster_steps(state: State, name: str) -> None:
         marker.touch()
 
 
+def _strays() -> list[int]:
+    """Processes started from this state dir that state.json lost track of (e.g. two `up`s
+    racing): every component's command line names a file under the state dir."""
+    marker = str(paths.state_dir())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline and str(paths.bin_dir()) in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
 def down() -> None:
     state = State.load()
     for key, pid in list(state.pids.items()):
         if key != "etcd":
             _kill(pid)
+    for pid in _strays():
+        if pid != state.pids.get("etcd"):
+            _kill(pid)
     _kill(state.pids.get("etcd"))
+    for pid in _strays():
+        _kill(pid)
     d = paths.state_dir()
     if d.exists():
         shutil.rmtree(d)
