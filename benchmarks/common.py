@@ -33,10 +33,11 @@ def admin_api(kubeconfig: str, context: str):
 
 def request_total(api) -> float:
     """Sum of apiserver_request_total on this apiserver (its own count of served requests)."""
-    text = api.api_client.call_api("/metrics", "GET", response_types_map={200: "str"},
+    resp = api.api_client.call_api("/metrics", "GET", _preload_content=False,
                                    _return_http_data_only=True, auth_settings=["BearerToken"])
+    text = resp.data.decode()
     total = 0.0
-    for line in str(text).splitlines():
+    for line in text.splitlines():
         if line.startswith("apiserver_request_total{"):
             total += float(line.rsplit(" ", 1)[1])
     return total

@@ -62,9 +62,10 @@ class Recorder:
                                    allow_watch_bookmarks=True):
                     now = time.time()
                     pod = ev["object"]
-                    rv = pod.metadata.resource_version
-                    if ev["type"] == "BOOKMARK":
+                    if ev["type"] == "BOOKMARK":  # a plain dict, only the resourceVersion
+                        rv = ev["raw_object"]["metadata"]["resourceVersion"]
                         continue
+                    rv = pod.metadata.resource_version
                     self.seen.setdefault(pod.metadata.name, now)
                     for c in pod.status.conditions or []:
                         if c.type == "TerminationTarget" and c.status == "True":

@@ -85,34 +85,37 @@ def _kpt(name: str, kubeconfig: str):
     )
 
 
-async def _follow(variant: str, names: list[str], kubeconfig: str, window: float) -> int:
+WARMUP = 15.0  # seconds: imports, client set-up and the first list/get of every trigger
+
+
+async def _follow(variant: str, names: list[str], kubeconfig: str, window: float) -> dict:
+    """Start N triggers, let them settle, then measure CPU over the window (steady state)."""
     make = _skyshare_trigger if variant == "skyshare" else _kpt
     triggers = [make(n, kubeconfig) for n in names]
+    fired = 0
 
-    async def drain(t) -> int:
-        count = 0
+    async def drain(t) -> None:
+        nonlocal fired
         async for _ in t.run():
-            count += 1
-        return count
+            fired += 1
 
     tasks = [asyncio.create_task(drain(t)) for t in triggers]
-    done, pending = await asyncio.wait(tasks, timeout=window)
-    for t in pending:
+    await asyncio.sleep(WARMUP)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    await asyncio.sleep(window)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    for t in tasks:
         t.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    return sum(1 for t in done if not t.cancelled() and t.exception() is None)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"cpu_seconds": cpu, "max_rss_mb": after.ru_maxrss / 1024, "fired_early": fired}
 
 
 def child(variant: str, n: int, window: float, kubeconfig: str) -> None:
     """Runs in the measured process."""
     os.environ.setdefault("AIRFLOW_CONN_KUBERNETES_DEFAULT", '{"conn_type": "kubernetes"}')
     names = [f"load-{i:04d}" for i in range(n)]
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    fired = asyncio.run(_follow(variant, names, kubeconfig, window))
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    print("RESULT " + json.dumps({"cpu_seconds": cpu, "max_rss_mb": after.ru_maxrss / 1024,
-                                  "fired_early": fired}))
+    print("RESULT " + json.dumps(asyncio.run(_follow(variant, names, kubeconfig, window))))
 
 
 def measure(variant: str, n: int, window: float, kubeconfig: str, api) -> dict:
