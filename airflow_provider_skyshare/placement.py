@@ -130,11 +130,20 @@ class Decision:
         return f"{r.gpu_product}:{r.gpu_count} for org {r.org}"
 
 
+_VANISHED = ("Deleted", "NotFound")
+
+
 def _cooldowns(history: Timeline, now: float, seconds: float) -> dict[str, float]:
-    """Borrowed clusters that preempted this task recently -> seconds ago."""
+    """Borrowed clusters that preempted this task recently -> seconds ago.
+
+    A pod that vanished from a borrowed cluster before its preemption could be seen (Lost,
+    deleted) counts too: on a borrowed cluster that is nearly always the owner taking it back.
+    """
     out: dict[str, float] = {}
     for a in history.attempts:
-        if a.outcome == "Preempted" and a.tier == BORROWER and a.ended_at is not None:
+        vanished = a.outcome == "Lost" and a.reason in _VANISHED
+        taken = a.outcome == "Preempted" or vanished
+        if taken and a.tier == BORROWER and a.ended_at is not None:
             ago = now - a.ended_at
             if ago < seconds:
                 out[a.cluster] = ago

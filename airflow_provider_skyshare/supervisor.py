@@ -172,8 +172,19 @@ class Supervisor:
     # -- finding what already exists -----------------------------------------------------
     async def find_newest(self) -> tuple[str, dict[str, Any]] | None:
         """The newest attempt's pod of this task and try, across all clusters."""
+        key, try_ = self.identity.key, str(self.identity.try_number)
+
+        def mine(pod: dict[str, Any]) -> bool:
+            labels = (pod.get("metadata") or {}).get("labels") or {}
+            return labels.get(pods.L_TASK_KEY) == key and labels.get(pods.L_TRY) == try_
+
         async def one(name: str) -> list[tuple[str, dict[str, Any]]]:
             cluster = self.fleet.clusters[name]
+            # the shared watch's cache: one list per cluster however many tasks resume
+            cached = await watch.hub(cluster, cluster.namespace).snapshot(
+                self.fleet.policy.probe_timeout_seconds)
+            if cached is not None:
+                return [(name, p) for p in cached.values() if mine(p)]
             try:
                 listing = await kube.list_pods(cluster, cluster.namespace,
                                                labelSelector=self.identity.selector())
@@ -292,7 +303,11 @@ class Supervisor:
         down_since: float | None = None
         try:
             try:
-                last_pod = await kube.get_pod(cluster, att.namespace, att.pod)
+                # Known to the shared watch: no request. Not (yet) in its cache: ask, since a
+                # pod created a moment ago may not have reached the watch.
+                last_pod = hub.cache.get(att.pod) if hub.synced else None
+                if last_pod is None:
+                    last_pod = await kube.get_pod(cluster, att.namespace, att.pod)
                 if last_pod is None:
                     return outcomes.classify(None)
                 verdict = self._note(last_pod, "MODIFIED")

@@ -38,6 +38,7 @@ class PodWatchHub:
         self.requests = 0  # list + watch calls made (benchmark figure)
         self._task: asyncio.Task[None] | None = None
         self._idle_since: float | None = None
+        self._synced = asyncio.Event()  # the cache reflects a list (and the watch since)
 
     def subscribe(self, pod: str) -> asyncio.Queue[Event]:
         queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -50,6 +51,24 @@ class PodWatchHub:
         if not self.connected and self.error:
             queue.put_nowait(("UNREACHABLE", None, self.error))
         return queue
+
+    @property
+    def synced(self) -> bool:
+        return self._synced.is_set()
+
+    async def snapshot(self, timeout: float) -> dict[str, dict[str, Any]] | None:
+        """The provider's pods in this namespace, from the shared cache (starting the watch if
+        needed): a triggerer resuming 500 tasks makes one list, not 500. None when the cluster
+        does not answer within the timeout."""
+        if self._task is None or self._task.done():
+            if not self.subscribers:
+                self._idle_since = time.monotonic()  # linger, then stop, if nobody subscribes
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        try:
+            await asyncio.wait_for(self._synced.wait(), timeout)
+        except asyncio.TimeoutError:
+            return None
+        return dict(self.cache)
 
     def unsubscribe(self, pod: str, queue: asyncio.Queue[Event]) -> None:
         subs = self.subscribers.get(pod)
@@ -76,6 +95,12 @@ class PodWatchHub:
         )
 
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        finally:
+            self._synced.clear()  # a stopped hub's cache goes stale
+
+    async def _loop(self) -> None:
         backoff = 0.1
         while not self._idle():
             try:
@@ -88,6 +113,7 @@ class PodWatchHub:
                 if self.connected or not self.error:
                     log.warning("watch of %s/%s lost: %s", self.cluster.name, self.namespace, exc)
                 self.connected = False
+                self._synced.clear()
                 self.error = exc.message if exc.unreachable else str(exc)
                 self._broadcast("UNREACHABLE", self.error)
                 await asyncio.sleep(backoff)
@@ -97,6 +123,7 @@ class PodWatchHub:
             except Exception as exc:
                 log.exception("watch of %s/%s failed", self.cluster.name, self.namespace)
                 self.connected = False
+                self._synced.clear()
                 self.error = f"{type(exc).__name__}: {exc}"
                 self._broadcast("UNREACHABLE", self.error)
                 await asyncio.sleep(backoff)
@@ -109,6 +136,7 @@ class PodWatchHub:
         was_connected = self.connected or not self.error
         self.cache = fresh
         self.connected, self.error = True, ""
+        self._synced.set()
         if not was_connected:
             self._broadcast("RECONNECTED", "")
         for name in list(self.subscribers):

@@ -110,6 +110,9 @@ def round_trip(af: Airflow, dag_id: str, rise, bair, rec_rise: Recorder, rec_bai
     first = wait_for(lambda: [p.metadata.name for p in bair.list_namespaced_pod(
         NS, label_selector=_job_selector(dag_id)).items if p.status.phase == "Running"], 120,
         f"{dag_id} running on bair")[0]
+    # Preempt once the trigger follows the pod (as in real use), not in the second between
+    # deferral and the triggerer picking the trigger up.
+    wait_for(lambda: _trigger_started(af, dag_id, run), 60, f"{dag_id} trigger running")
     _create(bair, owner_pod(f"preemptor-{i}", "1s"))
     evicted = wait_for(lambda: rec_bair.evicted.get(first), 60, "eviction seen")
     rec = rec_rise if dag_id == "bench_skyshare" else rec_bair
@@ -131,6 +134,12 @@ def round_trip(af: Airflow, dag_id: str, rise, bair, rec_rise: Recorder, rec_bai
     _delete(rise, f"filler-{i}")
     _delete(bair, f"preemptor-{i}")
     return created - evicted
+
+
+def _trigger_started(af: Airflow, dag_id: str, run: str) -> bool:
+    return any("starting" in p.read_text(errors="replace")
+               for p in (af.home / "logs" / f"dag_id={dag_id}").rglob("*.trigger.*.log")
+               if run in str(p))
 
 
 def _job_selector(dag_id: str) -> str:

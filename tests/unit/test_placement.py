@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -290,6 +291,17 @@ def test_only_borrowed_preemptions_cool_down(tier: str, outcome: str) -> None:
     history = Timeline((preempted("bair", tier=tier, outcome=outcome),))
     decision = choose(ROMIL, fleet(), snap(rise=[(2, 2, 0)], bair=[(2, 0, 0)]), history, now=NOW)
     assert order(decision)[0] == ("bair", BORROWER, "now")
+
+
+@pytest.mark.parametrize(("reason", "cools"), [("NotFound", True), ("Deleted", True),
+                                               ("ClusterUnreachable", False)])
+def test_a_pod_that_vanished_from_a_borrowed_cluster_cools_it_down(reason: str,
+                                                                   cools: bool) -> None:
+    attempt = replace(preempted("bair", outcome="Lost"), reason=reason)
+    decision = choose(ROMIL, fleet(), snap(rise=[(2, 2, 0)], bair=[(2, 0, 0)]),
+                      Timeline((attempt,)), now=NOW)
+    first = ("rise", OWNER, "queue") if cools else ("bair", BORROWER, "now")
+    assert order(decision)[0] == first
 
 
 def test_unfinished_attempt_does_not_cool_down() -> None:
