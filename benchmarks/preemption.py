@@ -154,6 +154,11 @@ def run(kubeconfig: str, rounds: int, baseline_rounds: int) -> dict:
     for dag_id in ("bench_skyshare", "bench_kpo"):
         wait_for(lambda d=dag_id: af.dag_ready(d), 120, f"{dag_id} parsed")
         af.unpause(dag_id)
+    # Leftovers of an interrupted earlier run would keep rise or bair full.
+    for api in (rise, bair):
+        for sel in ("skyshare.dev/task-id=bench", "skyshare-bench=kpo", "skyshare-bench=owner"):
+            for pod in api.list_namespaced_pod(NS, label_selector=sel).items:
+                _delete(api, pod.metadata.name)
     rec_rise = Recorder(rise, "")
     rec_bair = Recorder(bair, "")
     out: dict[str, Any] = {}
