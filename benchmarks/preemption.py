@@ -9,6 +9,7 @@ the replacement pod is ADDED (skyshare: its next attempt; KPO: its retry's pod).
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 import uuid
@@ -148,7 +149,9 @@ def _job_selector(dag_id: str) -> str:
 
 def run(kubeconfig: str, rounds: int, baseline_rounds: int) -> dict:
     rise, bair = admin_api(kubeconfig, "rise"), admin_api(kubeconfig, "bair")
-    af = Airflow(home=Path("/tmp/skyshare-bench-airflow"), port=28181,
+    # A fresh Airflow home each run: a deferred task left in an old one would resume and
+    # keep placing pods on the clusters under measurement.
+    af = Airflow(home=Path(tempfile.mkdtemp(prefix="skyshare-bench-a-")), port=28181,
                  dags_folder=Path(__file__).resolve().parent / "dags", kubeconfig=kubeconfig)
     af.start()
     for dag_id in ("bench_skyshare", "bench_kpo"):
