@@ -63,11 +63,13 @@ async def api_fleet() -> list[dict[str, Any]]:
 
 
 @app.get("/", response_class=HTMLResponse)
-async def fleet_page() -> HTMLResponse:
+async def fleet_page(refresh: int = Query(3, ge=0, le=3600)) -> HTMLResponse:
+    """The live fleet table; `?refresh=0` stops the reload (for printing or a screenshot)."""
     try:
         fleet = _fleet()
     except Exception as exc:  # noqa: BLE001 - show the configuration problem on the page
-        return _page("skyshare", f"<h1>Skyshare fleet</h1><p class=bad>{html.escape(str(exc))}</p>")
+        return _page("skyshare", f"<h1>Skyshare fleet</h1><p class=bad>{html.escape(str(exc))}</p>",
+                     refresh)
     rows, classes = [], []
     for r in views.fleet_rows(fleet, await capacity.probe(fleet)):
         lent = ", ".join(f"{n} to {org}" for org, n in sorted(r["lent"].items())) or "-"
@@ -83,9 +85,10 @@ async def fleet_page() -> HTMLResponse:
     table = _table(["cluster", "owner", "gpu", "total", "free", "owner uses", "lent", "queued"],
                    rows, classes)
     stamp = time.strftime("%H:%M:%S", time.gmtime())
+    every = f"refreshes every {refresh} s" if refresh else "no refresh"
     return _page("skyshare fleet", f"<h1>Skyshare fleet</h1>{table}"
                  f"<p class=muted>fleet file {html.escape(fleet.source)}; live at {stamp} UTC; "
-                 "refreshes every 3 s</p>")
+                 f"{every}</p>", refresh)
 
 
 async def _timeline(dag_id: str, run_id: str, task_id: str, map_index: int) -> tuple[str, Timeline]:

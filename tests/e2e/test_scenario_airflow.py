@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -32,20 +34,45 @@ def lent(af) -> dict[str, dict[str, int]]:
     return {r["cluster"]: r["lent"] for r in json.loads(skyshare(af, "fleet", "--json"))}
 
 
-def chromium(*args: str) -> subprocess.CompletedProcess:
+def chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess:
+    """Headless Debian chromium with the flags this closed network needs.
+
+    Without the background-networking flags chromium spends its start on refused connections;
+    a fresh profile per call keeps one run from locking or warming the next.
+    """
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     assert exe, "Debian's chromium is needed for the UI test (./dev test installs it)"
+    profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp)
     return subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu",
+                           "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update",
+                           "--disable-sync", f"--user-data-dir={profile}",
                            "--hide-scrollbars", *args], capture_output=True, text=True,
                           timeout=120)
 
 
+def dump_dom(page: str, tmp: Path, want: tuple[str, ...]) -> str:
+    """The rendered page, which must show every string in `want`.
+
+    The page is rendered on the server; `?refresh=0` drops its reload so chromium dumps the
+    document it loaded rather than racing a reload (which once gave an empty dump in CI).
+    """
+    out = chromium("--dump-dom", page, tmp=tmp)
+    assert all(w in out.stdout for w in want), (
+        f"{page} does not show {want}: exit {out.returncode}\n"
+        f"dom: {out.stdout[:1500]}\nstderr: {out.stderr[-1500:]}")
+    return out.stdout
+
+
 def check_ui(af, shots: Path) -> None:
-    page = f"{af.url}/skyshare/"
-    dom = chromium("--virtual-time-budget=3000", "--dump-dom", page).stdout
-    assert "Skyshare fleet" in dom and "2 to rise" in dom, dom[:2000]
+    page = f"{af.url}/skyshare/?refresh=0"
+    dom = dump_dom(page, shots, ("Skyshare fleet", "2 to rise", "no refresh"))
+    assert "http-equiv" not in dom
+    with urllib.request.urlopen(f"{af.url}/skyshare/", timeout=30) as resp:
+        assert '<meta http-equiv="refresh" content="3">' in resp.read().decode()
     shot = shots / "skyshare-fleet.png"
-    chromium("--window-size=1100,500", f"--screenshot={shot}", page)
+    out = chromium("--window-size=1100,500", f"--screenshot={shot}", page, tmp=shots)
+    assert shot.exists(), out.stderr[-1500:]
     from matplotlib.image import imread
 
     pixels = imread(shot)
