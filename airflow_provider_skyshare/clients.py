@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
+import sys
 import threading
 from typing import Any
 
@@ -103,11 +105,21 @@ async def async_api(cluster: Cluster) -> Any:
         raise
 
 
+async def _import_off_loop(*modules: str) -> None:
+    """Import heavy client packages in a thread: ``kubernetes_asyncio.client`` loads every API
+    model (about 1.5 s), which on the loop would stall every trigger of a triggerer."""
+    missing = [m for m in modules if m not in sys.modules]
+    if missing:
+        await asyncio.to_thread(lambda: [importlib.import_module(m) for m in missing])
+
+
 async def _new_async(cluster: Cluster) -> Any:
+    await _import_off_loop("kubernetes_asyncio.client", "kubernetes_asyncio.config")
     from kubernetes_asyncio import client, config
 
     configuration = client.Configuration()
     if cluster.connection_id:
+        await _import_off_loop("airflow.providers.cncf.kubernetes.hooks.kubernetes")
         from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook
 
         hook = AsyncKubernetesHook(conn_id=cluster.connection_id, cluster_context=cluster.context,

@@ -337,7 +337,7 @@ def _cluster(
         raise r.fail(f"{key}.gpu_label", f"{gpu_label!r} is not a valid label key",
                      "use a node label key such as nvidia.com/gpu.product")
     products = raw.get("gpu_products", defaults.get("gpu_products"))
-    products = r.mapping(products if products is not None else None, f"{key}.gpu_products")
+    products = r.mapping(products if products is not None else {}, f"{key}.gpu_products")
     if not products:
         raise r.fail(f"{key}.gpu_products", "no GPU products",
                      "map each GPU alias to its node label value, e.g. {T4: Tesla-T4}")
