@@ -199,15 +199,7 @@ class Supervisor:
         return max(found, key=lambda item: pods.attempt_of(item[1]))
 
     def _adopt(self, cluster: str, pod: dict[str, Any]) -> None:
-        meta = pod["metadata"]
-        history = Timeline.from_json(meta.get("annotations", {}).get(pods.A_HISTORY))
-        labels = meta.get("labels") or {}
-        created = meta.get("creationTimestamp")
-        self.timeline = history.add(Attempt(
-            number=pods.attempt_of(pod), cluster=cluster, tier=labels.get(pods.L_TIER, ""),
-            pod=meta["name"], namespace=meta["namespace"],
-            placed_at=_epoch(created) if created else time.time(), why="adopted",
-        ))
+        self.timeline = pods.timeline_from_pod(cluster, pod)
 
     async def start(self) -> Attempt:
         """Worker side: adopt this try's newest pod if one exists, else place attempt 1.
@@ -523,9 +515,3 @@ def _preempted_by(outcome: Outcome) -> str:
         return ""
     cause = outcomes.preemption_cause(outcome.message)
     return f"{outcome.by} ({cause})" if cause else f"{outcome.by} ({outcome.reason})"
-
-
-def _epoch(stamp: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
