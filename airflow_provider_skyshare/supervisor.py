@@ -24,6 +24,7 @@ from airflow_provider_skyshare.pods import TaskIdentity
 from airflow_provider_skyshare.timeline import Attempt, Timeline
 
 HOUSEKEEPING_SECONDS = 10.0
+REBALANCE_PROBE_AGE = 2.0  # queued tasks of one triggerer share a capacity probe this long
 REBALANCED = "Rebalanced"
 MOVED = "Moved"
 
@@ -383,7 +384,7 @@ class Supervisor:
             return None
         if time.time() - last.placed_at < after:
             return None
-        snapshot = await capacity.probe(self.fleet)
+        snapshot = await capacity.probe_shared(self.fleet, REBALANCE_PROBE_AGE)
         decision = placement.choose(self.request, self.fleet, snapshot, self.timeline,
                                     now=time.time())
         best = decision.chosen
