@@ -52,3 +52,26 @@ async def probe_sequential(fleet: Fleet) -> Snapshot:
     timeout = fleet.policy.probe_timeout_seconds
     results = [await probe_cluster(c, timeout) for c in fleet.clusters.values()]
     return Snapshot({r.cluster: r for r in results}, taken_at=time.time())
+
+
+_shared: dict[tuple, tuple[float, asyncio.Task[Snapshot]]] = {}
+
+
+async def probe_shared(fleet: Fleet, max_age: float) -> Snapshot:
+    """A probe shared by every caller of this event loop for `max_age` seconds.
+
+    For checks that only decide whether to act (is a queued task better off elsewhere?):
+    a triggerer with 500 queued tasks then probes each cluster once per `max_age`, not 500
+    times. Placement itself always calls probe(), since it acts on what it sees.
+    """
+    loop = asyncio.get_running_loop()
+    key = (id(loop), *((c.name, c.context, c.kubeconfig, c.connection_id, c.namespace)
+                       for c in fleet.clusters.values()))
+    now = time.monotonic()
+    for k in [k for k, (at, _) in _shared.items() if now - at > max(max_age, 60.0)]:
+        del _shared[k]  # old entries (other loops, other fleets) do not pile up
+    made = _shared.get(key)
+    if (made is None or now - made[0] > max_age or made[1].get_loop() is not loop
+            or (made[1].done() and made[1].cancelled())):  # a dead loop's id can be reused
+        made = _shared[key] = (now, loop.create_task(probe(fleet)))
+    return await asyncio.shield(made[1])

@@ -18,8 +18,8 @@ from typing import Any
 from airflow_provider_skyshare import capacity, clients, kube, views, watch
 from airflow_provider_skyshare.fleet import Fleet, FleetError, load
 from airflow_provider_skyshare.placement import PlacementError, Request, choose, parse_gpus
-from airflow_provider_skyshare.pods import A_HISTORY, TaskIdentity, attempt_of
-from airflow_provider_skyshare.timeline import Attempt, Timeline
+from airflow_provider_skyshare.pods import TaskIdentity, attempt_of, timeline_from_pod
+from airflow_provider_skyshare.timeline import Timeline
 
 
 def _fleet(path: str | None) -> Fleet:
@@ -91,17 +91,13 @@ async def find_timeline(fleet: Fleet, identity: TaskIdentity) -> Timeline | None
         return None
     cluster, pod = max(found, key=lambda item: (
         int(item[1]["metadata"]["labels"].get("skyshare.dev/try", 0)), attempt_of(item[1])))
-    meta = pod["metadata"]
     from airflow_provider_skyshare import outcomes
 
     outcome = outcomes.classify(pod)
-    history = Timeline.from_json(meta.get("annotations", {}).get(A_HISTORY))
-    return history.add(Attempt(
-        number=attempt_of(pod), cluster=cluster, tier=meta["labels"].get("skyshare.dev/tier", ""),
-        pod=meta["name"], namespace=meta["namespace"], placed_at=0.0,
+    return timeline_from_pod(cluster, pod, why="").update_last(
         outcome="" if outcome.kind.value in ("Pending", "Running") else outcome.kind.value,
         reason=outcome.reason,
-    ))
+    )
 
 
 def _timeline_from_airflow(dag_id: str, run_id: str, task_id: str) -> list[dict] | None:

@@ -272,10 +272,11 @@ def _candidate(
     free = cap.free(label)
     # Pods already waiting there (gated by Kueue, or admitted and not yet bound) take the free
     # GPUs before a new pod would: count them, or two tasks placed a moment apart both "fit".
-    unclaimed = free - cap.pending_gpus
+    pending = cap.pending(label)
+    unclaimed = free - pending
     if any(n.free >= need for n in nodes) and unclaimed >= need:
         group = 0 if owner else 2
-        waiting = f", {cap.pending_gpus} claimed by pods waiting there" if cap.pending_gpus else ""
+        waiting = f", {pending} claimed by pods waiting there" if pending else ""
         reason = f"{'owns' if owner else 'borrows'} it; {free} {label} free{waiting}"
         return Candidate(cluster, tier, "now", reason, (group, -unclaimed, cost, cluster.name))
     reclaim = min(
@@ -287,8 +288,8 @@ def _candidate(
         return Candidate(cluster, tier, "reclaim", reason, (1, reclaim, cost, cluster.name))
     group = 3 if owner else 4
     reason = (
-        f"full; queues as {tier.name} behind {cap.pending_gpus} pending GPU(s)"
-        if cap.pending_gpus
+        f"full; queues as {tier.name} behind {pending} pending GPU(s)"
+        if pending
         else f"full; queues as {tier.name} (no queue ahead)"
     )
-    return Candidate(cluster, tier, "queue", reason, (group, cap.pending_gpus, cost, cluster.name))
+    return Candidate(cluster, tier, "queue", reason, (group, pending, cost, cluster.name))

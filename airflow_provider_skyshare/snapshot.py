@@ -42,6 +42,7 @@ class Holder:
     org: str = ""
     task: str = ""
     node: str = ""
+    product: str = ""  # the GPU label value it runs on or asks for ("" if it names none)
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,14 @@ class ClusterCapacity:
     error: str = ""
     nodes: tuple[NodeGpus, ...] = ()
     pending_gpus: int = 0  # GPUs requested by pods not yet on a node (queued)
+    pending_by_product: tuple[tuple[str, int], ...] = ()  # the part of it naming a product
     holders: tuple[Holder, ...] = ()
     latency_ms: float = 0.0
+
+    def pending(self, product: str) -> int:
+        """GPUs a pod of `product` would queue behind: every pending GPU but those asking for
+        another product (a pod naming none may take any)."""
+        return self.pending_gpus - sum(n for p, n in self.pending_by_product if p != product)
 
     def nodes_of(self, product: str) -> list[NodeGpus]:
         return [n for n in self.nodes if n.product == product]
@@ -139,6 +146,7 @@ def summarize(
     used: dict[str, int] = {}
     borrowed: dict[str, int] = {}
     pending = 0
+    by_product: dict[str, int] = {}
     holders = []
     for pod in pods:
         status = pod.get("status") or {}
@@ -151,13 +159,17 @@ def summarize(
         labels = meta.get("labels") or {}
         node = (pod.get("spec") or {}).get("nodeName") or ""
         tier = tier_of(pod, cluster)
+        wanted = ((pod.get("spec") or {}).get("nodeSelector") or {}).get(cluster.gpu_label, "")
         holders.append(Holder(
             namespace=meta.get("namespace", ""), pod=meta.get("name", ""), gpus=gpus, tier=tier,
             org=labels.get("skyshare.dev/org", ""),
             task=(meta.get("annotations") or {}).get("skyshare.dev/task", ""), node=node,
+            product=node_info[node][0] if node in node_info else str(wanted),
         ))
         if not node:
             pending += gpus
+            if wanted:
+                by_product[str(wanted)] = by_product.get(str(wanted), 0) + gpus
             continue
         used[node] = used.get(node, 0) + gpus
         if tier == "borrower":
@@ -170,6 +182,7 @@ def summarize(
             for name, (product, count) in sorted(node_info.items())
         ),
         pending_gpus=pending,
+        pending_by_product=tuple(sorted(by_product.items())),
         holders=tuple(holders),
         latency_ms=latency_ms,
     )

@@ -24,6 +24,7 @@ from airflow_provider_skyshare.pods import TaskIdentity
 from airflow_provider_skyshare.timeline import Attempt, Timeline
 
 HOUSEKEEPING_SECONDS = 10.0
+REBALANCE_PROBE_AGE = 2.0  # queued tasks of one triggerer share a capacity probe this long
 REBALANCED = "Rebalanced"
 MOVED = "Moved"
 
@@ -199,15 +200,7 @@ class Supervisor:
         return max(found, key=lambda item: pods.attempt_of(item[1]))
 
     def _adopt(self, cluster: str, pod: dict[str, Any]) -> None:
-        meta = pod["metadata"]
-        history = Timeline.from_json(meta.get("annotations", {}).get(pods.A_HISTORY))
-        labels = meta.get("labels") or {}
-        created = meta.get("creationTimestamp")
-        self.timeline = history.add(Attempt(
-            number=pods.attempt_of(pod), cluster=cluster, tier=labels.get(pods.L_TIER, ""),
-            pod=meta["name"], namespace=meta["namespace"],
-            placed_at=_epoch(created) if created else time.time(), why="adopted",
-        ))
+        self.timeline = pods.timeline_from_pod(cluster, pod)
 
     async def start(self) -> Attempt:
         """Worker side: adopt this try's newest pod if one exists, else place attempt 1.
@@ -391,7 +384,7 @@ class Supervisor:
             return None
         if time.time() - last.placed_at < after:
             return None
-        snapshot = await capacity.probe(self.fleet)
+        snapshot = await capacity.probe_shared(self.fleet, REBALANCE_PROBE_AGE)
         decision = placement.choose(self.request, self.fleet, snapshot, self.timeline,
                                     now=time.time())
         best = decision.chosen
@@ -523,9 +516,3 @@ def _preempted_by(outcome: Outcome) -> str:
         return ""
     cause = outcomes.preemption_cause(outcome.message)
     return f"{outcome.by} ({cause})" if cause else f"{outcome.by} ({outcome.reason})"
-
-
-def _epoch(stamp: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()

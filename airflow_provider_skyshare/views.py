@@ -16,6 +16,7 @@ def fleet_rows(fleet: Fleet, snapshot: Snapshot) -> list[dict[str, Any]]:
     rows = []
     for cluster in fleet.clusters.values():
         cap = snapshot.get(cluster.name)
+        first = next(iter(cluster.gpu_products.values()), "")
         for alias, label in cluster.gpu_products.items():
             row: dict[str, Any] = {
                 "cluster": cluster.name, "owner": cluster.owner, "product": alias,
@@ -28,6 +29,9 @@ def fleet_rows(fleet: Fleet, snapshot: Snapshot) -> list[dict[str, Any]]:
                 if h.node and h.node not in nodes:
                     continue
                 if not h.node:
+                    # Queued for this product; one naming none is listed once, on the first row.
+                    if h.product != label and (h.product or label != first):
+                        continue
                     key = f"{h.org or '?'}/{h.tier}"
                     row["queued"][key] = row["queued"].get(key, 0) + h.gpus
                 elif h.tier == "borrower" or (h.org and h.org != cluster.owner):

@@ -84,8 +84,8 @@ def node_json(name: str, gpus: int | str | None = 2, product: str | None = "Tesl
 def pod_json(name: str, gpus: int | str | None = 1, *, node: str | None = None,
              phase: str = "Running", queue: str | None = OWNER_Q, priority: str | None = None,
              org: str | None = None, task: str | None = None, namespace: str = "skyshare",
-             containers: list[dict[str, Any]] | None = None, use_limits_only: bool = False
-             ) -> dict[str, Any]:
+             containers: list[dict[str, Any]] | None = None, use_limits_only: bool = False,
+             selector: str | None = None) -> dict[str, Any]:
     labels: dict[str, str] = {}
     if queue:
         labels["kueue.x-k8s.io/queue-name"] = queue
@@ -104,6 +104,8 @@ def pod_json(name: str, gpus: int | str | None = 1, *, node: str | None = None,
     spec: dict[str, Any] = {"containers": containers}
     if node:
         spec["nodeName"] = node
+    if selector:
+        spec["nodeSelector"] = {"nvidia.com/gpu.product": selector}
     return {
         "metadata": {"name": name, "namespace": namespace, "labels": labels,
                      "annotations": annotations},

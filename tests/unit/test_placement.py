@@ -374,6 +374,20 @@ def test_no_pin_when_own_clusters_lack_the_product() -> None:
     assert skipped(decision) == {"rise": "has no T4"}
 
 
+def test_pods_queued_for_another_product_do_not_block() -> None:
+    """Eight A100 GPUs waiting on rise do not make its free T4s look claimed."""
+    f = fleet({"name": "rise", "owner": "rise",
+               "gpu_products": {"T4": "Tesla-T4", "A100": "NVIDIA-A100"}})
+    cap = ClusterCapacity("rise", True, nodes=(NodeGpus("t4", "Tesla-T4", 2, 0, 0),
+                                               NodeGpus("a100", "NVIDIA-A100", 8, 8, 0)),
+                          pending_gpus=9, pending_by_product=(("NVIDIA-A100", 8),))
+    decision = choose(ROMIL, f, Snapshot({"rise": cap}, taken_at=NOW), now=NOW)
+    assert order(decision) == [("rise", OWNER, "queue")]  # the 1 GPU naming no product counts
+    cap = replace(cap, pending_gpus=8)
+    decision = choose(ROMIL, f, Snapshot({"rise": cap}, taken_at=NOW), now=NOW)
+    assert order(decision) == [("rise", OWNER, "now")]
+
+
 # -- clusters that cannot take the work ------------------------------------------------------
 
 SKIP_CASES = [

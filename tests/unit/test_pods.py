@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from airflow_provider_skyshare.fleet import BORROWER, OWNER, Cluster, Fleet
 from airflow_provider_skyshare.placement import Request
-from airflow_provider_skyshare.pods import TaskIdentity, attempt_of, build, label_value
+from airflow_provider_skyshare.pods import TaskIdentity, attempt_of, build, label_value, timeline_from_pod
 from airflow_provider_skyshare.timeline import Attempt, Timeline
 
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -375,3 +376,26 @@ def test_attempt_of(bair: Cluster) -> None:
     assert attempt_of({}) == 0
     assert attempt_of({"metadata": {"labels": None}}) == 0
     assert attempt_of({"metadata": {"labels": {"skyshare.dev/attempt": "x"}}}) == 0
+
+
+def test_timeline_from_pod_keeps_history_and_creation_time() -> None:
+    """How the CLI and a restarted trigger rebuild a task's story from its newest pod."""
+    earlier = Timeline().add(Attempt(number=1, cluster="bair", tier="borrower", pod="p-a1",
+                                     namespace="skyshare", placed_at=100.0, outcome="Preempted"))
+    pod = {"metadata": {
+        "name": "p-a2", "namespace": "skyshare",
+        "creationTimestamp": "2026-11-23T10:00:05Z",
+        "labels": {"skyshare.dev/attempt": "2", "skyshare.dev/tier": "owner"},
+        "annotations": {"skyshare.dev/history": earlier.to_json()},
+    }}
+    t = timeline_from_pod("rise", pod)
+    assert [(a.number, a.cluster, a.tier, a.outcome) for a in t.attempts] == [
+        (1, "bair", "borrower", "Preempted"), (2, "rise", "owner", "")]
+    assert t.last.placed_at == datetime(2026, 11, 23, 10, 0, 5, tzinfo=timezone.utc).timestamp()
+    assert t.last.why == "adopted"
+
+
+def test_timeline_from_a_bare_pod() -> None:
+    t = timeline_from_pod("rise", {"metadata": {"name": "p", "namespace": "ns"}})
+    assert [(a.number, a.tier, a.pod) for a in t.attempts] == [(0, "", "p")]
+    assert t.last.placed_at > 1_700_000_000

@@ -175,13 +175,34 @@ def test_overcommitted_node_has_zero_free(cluster: Cluster, node: Node, pod: Pod
     assert cap.nodes[0].used == 4 and cap.nodes[0].free == 0 and cap.free(T4) == 0
 
 
+def test_pending_gpus_count_for_the_product_they_ask_for(cluster: Cluster, node: Node,
+                                                         pod: Pod) -> None:
+    """A queued A100 job does not stand in front of a T4 job; one naming no product might."""
+    nodes = [node("t4-0", 2, T4), node("a100-0", 8, A100)]
+    cap = summarize(cluster, nodes, [
+        pod("wants-a100", 8, phase="Pending", selector=A100),
+        pod("wants-t4", 1, phase="Pending", selector=T4),
+        pod("wants-any", 2, phase="Pending"),
+        pod("runs", 1, node="t4-0", selector=T4),
+    ])
+    assert cap.pending_gpus == 11
+    assert (cap.pending(T4), cap.pending(A100), cap.pending("Tesla-V100")) == (3, 10, 2)
+    assert {h.pod: h.product for h in cap.holders} == {
+        "wants-a100": A100, "wants-t4": T4, "wants-any": "", "runs": T4}
+
+
+def test_a_total_without_products_counts_for_every_product() -> None:
+    cap = ClusterCapacity("c", True, pending_gpus=4)
+    assert cap.pending(T4) == cap.pending(A100) == 4
+
+
 def test_holders_describe_who_holds_what(cluster: Cluster, node: Node, pod: Pod) -> None:
     cap = summarize(cluster, [node("n0", 2)], [
         pod("guest", 2, node="n0", queue="skyshare-borrower", org="rise", task="d/romil-train/r1",
             namespace="skyshare"),
     ])
     assert cap.holders == (Holder("skyshare", "guest", 2, "borrower", org="rise",
-                                  task="d/romil-train/r1", node="n0"),)
+                                  task="d/romil-train/r1", node="n0", product=T4),)
 
 
 @pytest.mark.parametrize(("queue", "priority", "tier"), [
@@ -237,4 +258,4 @@ def test_summarize_tolerates_sparse_json(cluster: Cluster) -> None:
         {"resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}, {}]
     cap = summarize(cluster, nodes, pods)
     assert by_node(cap) == {"n0": (T4, 2, 1, 0, 1)}
-    assert cap.holders[0] == Holder("", "", 1, "other", node="n0")
+    assert cap.holders[0] == Holder("", "", 1, "other", node="n0", product=T4)

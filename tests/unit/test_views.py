@@ -17,8 +17,9 @@ ABBEEL = Request("T4", 2, "bair", "abbeel")
 ROMIL = Request("T4", 2, "rise", "romil")
 
 
-def holder(pod: str, gpus: int, tier: str, org: str = "", node: str = "", task: str = "") -> Holder:
-    return Holder("skyshare", pod, gpus, tier, org=org, task=task, node=node)
+def holder(pod: str, gpus: int, tier: str, org: str = "", node: str = "", task: str = "",
+           product: str = "") -> Holder:
+    return Holder("skyshare", pod, gpus, tier, org=org, task=task, node=node, product=product)
 
 
 def cap(cluster: str, nodes: list[tuple[str, str, int, int, int]], holders: list[Holder],
@@ -85,6 +86,19 @@ def test_fleet_rows_per_product(fleet_of: Callable[..., Fleet]) -> None:
         2, 1, 1, {})
     assert (rows["A100"]["total"], rows["A100"]["free"], rows["A100"]["owner_use"],
             rows["A100"]["lent"]) == (8, 4, 0, {"bair": 4})
+
+
+def test_fleet_rows_queue_per_product(fleet_of: Callable[..., Fleet]) -> None:
+    """Each queued pod is listed once: on its product's row, or the first row if it names none."""
+    f = fleet_of([{"name": "rise", "owner": "rise", "gpu_products": {"T4": T4, "A100": A100}}])
+    snapshot = Snapshot({"rise": cap("rise", [("t4-0", T4, 2, 2, 0), ("a100-0", A100, 8, 8, 0)], [
+        holder("q-a100", 8, "borrower", "bair", product=A100),
+        holder("q-t4", 2, "owner", "rise", product=T4),
+        holder("q-any", 1, "owner", "rise"),
+    ])})
+    rows = {r["product"]: r for r in fleet_rows(f, snapshot)}
+    assert rows["T4"]["queued"] == {"rise/owner": 3}
+    assert rows["A100"]["queued"] == {"bair/borrower": 8}
 
 
 def test_fleet_rows_unreachable(seed_fleet: Fleet) -> None:
