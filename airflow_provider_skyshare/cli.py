@@ -3,6 +3,7 @@
   skyshare fleet                         who uses which GPUs, who lends to whom, what queues
   skyshare explain --gpus T4:2 --org X   where a request would go now, and what it would preempt
   skyshare timeline DAG RUN TASK         every attempt of a task, across clusters
+  skyshare orphans [--delete]            pods whose task no longer follows them (Airflow DB)
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from airflow_provider_skyshare import capacity, clients, kube, views, watch
+from airflow_provider_skyshare import capacity, clients, kube, orphans, views, watch
 from airflow_provider_skyshare.fleet import Fleet, FleetError, load
 from airflow_provider_skyshare.placement import PlacementError, Request, choose, parse_gpus
 from airflow_provider_skyshare.pods import TaskIdentity, attempt_of, timeline_from_pod
-from airflow_provider_skyshare.timeline import Timeline
+from airflow_provider_skyshare.timeline import Timeline, format_table
 
 
 def _fleet(path: str | None) -> Fleet:
@@ -133,6 +134,92 @@ def cmd_timeline(args: argparse.Namespace) -> int:
     return 1
 
 
+async def _live_pods(fleet: Fleet) -> tuple[list[tuple[str, dict]], dict[str, str]]:
+    """Every non-terminal provider pod on every cluster, and the clusters that did not answer."""
+    async def one(name: str) -> list[tuple[str, dict]]:
+        c = fleet.clusters[name]
+        listing = await kube.list_pods(c, c.namespace, labelSelector=watch.SELECTOR,
+                                       fieldSelector=capacity.NON_TERMINAL)
+        return [(name, p) for p in listing.get("items") or []]
+
+    found: list[tuple[str, dict]] = []
+    down: dict[str, str] = {}
+    results = await asyncio.gather(*(one(n) for n in fleet.clusters), return_exceptions=True)
+    for name, result in zip(fleet.clusters, results, strict=True):
+        if isinstance(result, BaseException):
+            down[name] = str(result)[:200]
+        else:
+            found.extend(result)
+    return found, down
+
+
+def _task_states(keys: set[tuple[str, str, str, int]]) -> dict[tuple, orphans.TaskState | None]:
+    """Each task instance's state and try from Airflow's metadata DB."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    states: dict[tuple, orphans.TaskState | None] = {}
+    with create_session() as session:
+        for dag_id, task_id, run_id, map_index in sorted(keys):
+            row = session.query(TaskInstance.state, TaskInstance.try_number).filter_by(
+                dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=map_index).first()
+            states[(dag_id, task_id, run_id, map_index)] = (
+                orphans.TaskState(str(row[0]) if row[0] else None, int(row[1] or 0))
+                if row else None)
+    return states
+
+
+def cmd_orphans(args: argparse.Namespace) -> int:
+    fleet = _fleet(args.fleet)
+    found, down = asyncio.run(_run(_live_pods(fleet)))  # pods first, then the DB: see orphans
+    owned = {id(pod): orphans.task_of(pod) for _, pod in found}
+    keys = {(t.dag_id, t.task_id, t.run_id, t.map_index) for t, _ in filter(None, owned.values())}
+    try:
+        states = _task_states(keys)
+    except Exception as exc:  # noqa: BLE001 - say what is missing, not a traceback
+        print(f"skyshare: cannot read Airflow's metadata DB ({type(exc).__name__}: {exc}). "
+              "Run this where Airflow is configured (AIRFLOW_HOME / sql_alchemy_conn).",
+              file=sys.stderr)
+        return 2
+    rows = []
+    for cluster, pod in found:
+        meta = pod["metadata"]
+        task = owned[id(pod)]
+        if task is None:
+            why = "no readable skyshare.dev/task annotation or try label"
+        else:
+            t, pod_try = task
+            why = orphans.why_orphaned(pod_try, states[(t.dag_id, t.task_id, t.run_id,
+                                                        t.map_index)])
+        if why:
+            rows.append({"cluster": cluster, "namespace": meta["namespace"], "pod": meta["name"],
+                         "phase": (pod.get("status") or {}).get("phase", ""),
+                         "task": (meta.get("annotations") or {}).get("skyshare.dev/task", ""),
+                         "why": why, "deleted": False})
+    if args.delete:
+        async def delete_all() -> None:
+            for r in rows:
+                r["deleted"] = await kube.delete_pod(fleet.clusters[r["cluster"]],
+                                                     r["namespace"], r["pod"])
+        asyncio.run(_run(delete_all()))
+    if args.json:
+        print(json.dumps({"orphans": rows, "unreachable": down}, indent=2))
+    else:
+        if rows:
+            print(format_table([[r["cluster"], r["pod"], r["phase"], r["task"], r["why"]]
+                                + (["deleted" if r["deleted"] else "gone"] if args.delete else [])
+                                for r in rows],
+                               ["cluster", "pod", "phase", "task", "why"]
+                               + (["action"] if args.delete else [])))
+        else:
+            print(f"no orphaned pods among {len(found)} live provider pod(s)")
+        for name, error in down.items():
+            print(f"{name}: not checked, unreachable: {error}", file=sys.stderr)
+        if rows and not args.delete:
+            print("run again with --delete to delete them", file=sys.stderr)
+    return 1 if down else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="skyshare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -153,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("task_id")
     p.add_argument("--map-index", type=int, default=-1)
     p.set_defaults(func=cmd_timeline)
+    p = sub.add_parser("orphans", help="pods whose task no longer follows them")
+    p.add_argument("--delete", action="store_true", help="delete them")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_orphans)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -200,6 +200,14 @@ class Airflow:
                 return ast.literal_eval(value)
         return value
 
+    def db(self, sql: str, *params: Any) -> list[tuple]:
+        """Read this Airflow's SQLite metadata DB (for what the REST API does not show)."""
+        import contextlib
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(self.home / "airflow.db", timeout=30)) as con:
+            return con.execute(sql, params).fetchall()
+
     def patch_task(self, dag_id: str, run_id: str, task_id: str, state: str) -> None:
         self.call("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{_q(run_id)}/taskInstances/"
                            f"{_q(task_id)}", {"new_state": state})

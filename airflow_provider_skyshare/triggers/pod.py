@@ -7,12 +7,18 @@ the supervisor's JSON state; the event carries the same state, because dag.test(
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_skyshare.supervisor import Supervisor
+
+# Task states that end the try this trigger serves: its pods have nobody to report to. (Not
+# queued/scheduled: dag.test() runs triggers in-line while the task is in those states.)
+FINISHED = frozenset({"success", "failed", "skipped", "upstream_failed", "removed",
+                      "up_for_retry"})
 
 
 class MultiClusterPodTrigger(BaseTrigger):
@@ -28,6 +34,17 @@ class MultiClusterPodTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         sup = self._supervisor = Supervisor.from_state(self.state, log=self.log)
+        state = await self._task_state(sup)
+        if state in FINISHED:
+            # Marked failed/success (or cleared) before any triggerer ran this trigger; Airflow
+            # can still start it once. Following or moving the work now would revive it.
+            deleted = await sup.delete_all(grace=0)
+            self.log.warning("the task is %s, no longer deferred: not following it; deleted %s",
+                             state, ", ".join(deleted) or "no pod")
+            yield TriggerEvent({**sup.state(), "status": "abandoned", "outcome": None,
+                                "message": f"the task was {state} before its trigger ran",
+                                "cluster": None, "namespace": None, "pod": None})
+            return
         try:
             await sup.resume()
             event = await sup.follow()
@@ -36,6 +53,24 @@ class MultiClusterPodTrigger(BaseTrigger):
             event = {**sup.state(), "status": "error", "message": f"{type(exc).__name__}: {exc}",
                      "outcome": None, "cluster": None, "namespace": None, "pod": None}
         yield TriggerEvent(event)
+
+    async def _task_state(self, sup: Supervisor) -> str | None:
+        """This task's state as Airflow has it, asked through the triggerer's supervisor;
+        None where nobody can be asked (dag.test runs triggers in-process)."""
+        ident = sup.identity
+        try:
+            from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+            states = await asyncio.wait_for(asyncio.to_thread(
+                RuntimeTaskInstance.get_task_states, dag_id=ident.dag_id,
+                task_ids=[ident.task_id], run_ids=[ident.run_id],
+                map_index=ident.map_index if ident.map_index >= 0 else None), 10)
+        except Exception as exc:  # noqa: BLE001 - only a safeguard: never block the work on it
+            self.log.debug("task state not available here: %s", exc)
+            return None
+        key = ident.task_id if ident.map_index < 0 else f"{ident.task_id}_{ident.map_index}"
+        state = (states or {}).get(ident.run_id, {}).get(key)
+        return str(getattr(state, "value", state)) if state else None
 
     async def on_kill(self) -> None:
         """A user marked the task failed/success or cleared it: delete its pod wherever it is."""

@@ -58,6 +58,23 @@ def running(admin, cluster: str, sup: Supervisor) -> list:
     return [p for p in pods_of(admin, cluster, sup) if p.status.phase == "Running"]
 
 
+def wait_kueue_admits(admin, cluster: str, timeout: float = 120) -> None:
+    """After an apiserver restart Kueue's watches come back only after client-go's back-off
+    (seen: ~40 s). Wait until Kueue admits a pod there again, so the next test starts on a
+    working cluster instead of racing that back-off."""
+    api = admin[cluster]
+    name = f"kueue-probe-{uuid.uuid4().hex[:6]}"
+    api.create_namespaced_pod("skyshare", {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"kueue.x-k8s.io/queue-name": "skyshare-owner"}},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}})
+    try:
+        wait_for(lambda: not api.read_namespaced_pod(name, "skyshare").spec.scheduling_gates,
+                 timeout, f"Kueue on {cluster} admitting again")
+    finally:
+        api.delete_namespaced_pod(name, "skyshare", grace_period_seconds=0)
+
+
 @pytest.fixture
 def restore(sandbox):
     """Whatever a test stops is started again, even when it fails."""
@@ -96,8 +113,9 @@ def test_apiserver_down_moves_the_work_within_the_bound_and_never_runs_it_twice(
         ("rise", "owner", "Lost", "ClusterUnreachable"),
         ("bair", "borrower", "Succeeded", "Completed")]
     # The rise attempt was deleted once rise answered again: it cannot finish a second copy.
-    wait_for(lambda: not pods_of(admin, "rise", sup), 30, "orphan on rise deleted")
+    wait_for(lambda: not pods_of(admin, "rise", sup), 120, "orphan on rise deleted")
     assert event["orphans"] == []
+    wait_kueue_admits(admin, "rise")
     asyncio.run(closing(sup.delete_all(0)))
 
 
@@ -139,6 +157,7 @@ def test_apiserver_down_configured_to_stay_fails_clearly_and_the_retry_cleans_up
          if p.metadata.deletion_timestamp is None]), 30, "only the retry's pod left")
     assert names == [attempt.pod]
     asyncio.run(closing(retry.delete_all(0)))
+    wait_kueue_admits(admin, "rise")
 
 
 def test_kueue_down_placement_skips_the_cluster_and_says_why(

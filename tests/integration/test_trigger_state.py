@@ -1,0 +1,74 @@
+"""A trigger Airflow starts for a task that already left deferral must not revive its work.
+
+The pods and clusters are the sandbox's; the task's state is what Airflow's triggerer would
+answer to `get_task_states` (standing in here for the triggerer's supervisor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+from airflow_provider_skyshare.triggers.pod import MultiClusterPodTrigger
+from tests.integration.test_reliability import closing, make, pods_of
+
+pytestmark = pytest.mark.integration
+
+
+def answer(monkeypatch, states: dict) -> list[dict]:
+    asked: list[dict] = []
+
+    def get_task_states(**kwargs):
+        asked.append(kwargs)
+        return states
+
+    monkeypatch.setattr(RuntimeTaskInstance, "get_task_states", staticmethod(get_task_states))
+    return asked
+
+
+async def first_event(trigger: MultiClusterPodTrigger, timeout: float = 60) -> dict:
+    async def first() -> dict:
+        async for event in trigger.run():
+            return event.payload
+        raise AssertionError("the trigger ended without an event")
+
+    return await asyncio.wait_for(first(), timeout)
+
+
+@pytest.mark.parametrize("state", ["failed", "success", "up_for_retry"])
+def test_a_finished_task_gets_its_pods_deleted_not_followed(
+        state, monkeypatch, admin, kube_env, no_leaks):
+    sup = make("late-trigger", duration="300s")
+    attempt = asyncio.run(closing(sup.start()))
+    assert [p.metadata.name for p in pods_of(admin, attempt.cluster, sup)] == [attempt.pod]
+    ident = sup.identity
+    asked = answer(monkeypatch, {ident.run_id: {ident.task_id: state}})
+    event = asyncio.run(closing(first_event(MultiClusterPodTrigger(sup.state()))))
+    assert asked == [{"dag_id": ident.dag_id, "task_ids": [ident.task_id],
+                      "run_ids": [ident.run_id], "map_index": None}]
+    assert event["status"] == "abandoned"
+    assert event["message"] == f"the task was {state} before its trigger ran"
+    left = [p for c in ("rise", "bair") for p in pods_of(admin, c, sup)
+            if p.metadata.deletion_timestamp is None]
+    assert left == []
+
+
+def test_a_deferred_task_is_followed(monkeypatch, admin, kube_env, no_leaks):
+    sup = make("deferred-trigger", duration="2s")
+    asyncio.run(closing(sup.start()))
+    ident = sup.identity
+    answer(monkeypatch, {ident.run_id: {ident.task_id: "deferred"}})
+    event = asyncio.run(closing(first_event(MultiClusterPodTrigger(sup.state()))))
+    assert event["status"] == "success"
+    asyncio.run(closing(sup.delete_all(0)))
+
+
+def test_where_nobody_can_be_asked_the_task_is_followed(admin, kube_env, no_leaks):
+    """dag.test() and plain processes have no triggerer supervisor to ask."""
+    sup = make("unasked-trigger", duration="2s")
+    asyncio.run(closing(sup.start()))
+    event = asyncio.run(closing(first_event(MultiClusterPodTrigger(sup.state()))))
+    assert event["status"] == "success"
+    asyncio.run(closing(sup.delete_all(0)))
