@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
@@ -121,6 +122,43 @@ def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
         if term:
             return term
     return {}
+
+
+def _epoch(stamp: Any) -> float | None:
+    if not isinstance(stamp, str) or not stamp:
+        return None
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def pod_times(pod: dict[str, Any] | None) -> tuple[float | None, float | None]:
+    """When the pod's containers started and finished, as the kubelet reports them (whole
+    seconds): the earliest start, and the latest finish once every container has one."""
+    statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
+    starts, ends = [], []
+    for cs in statuses:
+        state = cs.get("state") or {}
+        run = state.get("running") or state.get("terminated") or {}
+        starts.append(_epoch(run.get("startedAt")))
+        ends.append(_epoch((state.get("terminated") or {}).get("finishedAt")))
+    known_starts = [t for t in starts if t is not None]
+    known_ends = [t for t in ends if t is not None]
+    started = min(known_starts) if known_starts else None
+    ended = max(known_ends) if known_ends and len(known_ends) == len(ends) else None
+    return started, ended
+
+
+LIVE_WINDOW = 2.0  # stamps are whole seconds (truncated): closer than this, the watch saw it live
+
+
+def observed(reported: float | None, now: float) -> float:
+    """The time of a change: when it was seen, to the millisecond, unless it was seen late
+    (a triggerer that started or restarted after it): then the pod's own whole-second stamp."""
+    if reported is None or reported + LIVE_WINDOW >= now:
+        return now
+    return reported
 
 
 def classify(pod: dict[str, Any] | None, event_type: str = "MODIFIED") -> Outcome:

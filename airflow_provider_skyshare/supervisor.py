@@ -18,7 +18,7 @@ from typing import Any
 
 from airflow_provider_skyshare import capacity, kube, outcomes, placement, pods, watch
 from airflow_provider_skyshare.fleet import Fleet, parse
-from airflow_provider_skyshare.outcomes import Kind, Outcome
+from airflow_provider_skyshare.outcomes import Kind, Outcome, observed
 from airflow_provider_skyshare.placement import Decision, Request
 from airflow_provider_skyshare.pods import TaskIdentity
 from airflow_provider_skyshare.timeline import Attempt, Timeline
@@ -78,6 +78,7 @@ class Supervisor:
         self.orphans: list[Orphan] = orphans or []
         self.last_decision: Decision | None = None
         self.replacement_latency: list[float] = []  # preemption seen -> replacement created
+        self._last_pod: dict[str, Any] | None = None  # the current attempt's pod, last seen
 
     # -- state that crosses the defer boundary ------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -238,8 +239,15 @@ class Supervisor:
                 now = time.time()
                 last = self.timeline.last
                 assert last is not None
+                started, finished = outcomes.pod_times(self._last_pod)
+                if last.started_at is None and started is not None:
+                    # whole-second stamps: never before the pod was created
+                    started = max(started, last.placed_at)
+                    self.timeline = self.timeline.update_last(started_at=started)
+                ended = observed(finished, now) if outcome.kind.terminal else now
+                ended = max(ended, self.timeline.last.started_at or ended)
                 self.timeline = self.timeline.update_last(
-                    ended_at=now, outcome=outcome.kind.value, reason=outcome.reason,
+                    ended_at=ended, outcome=outcome.kind.value, reason=outcome.reason,
                     message=outcome.message[:500], exit_code=outcome.exit_code,
                     preempted_by=_preempted_by(outcome),
                 )
@@ -292,6 +300,7 @@ class Supervisor:
         cluster = self.fleet.clusters[att.cluster]
         hub = watch.hub(cluster, att.namespace)
         queue = hub.subscribe(att.pod)
+        self._last_pod = None
         last_pod: dict[str, Any] | None = None
         down_since: float | None = None
         try:
@@ -357,8 +366,11 @@ class Supervisor:
         outcome = outcomes.classify(pod, event_type)
         last = self.timeline.last
         assert last is not None
+        self._last_pod = pod
         if outcome.kind == Kind.RUNNING and last.started_at is None:
-            self.timeline = self.timeline.update_last(started_at=time.time())
+            started, _ = outcomes.pod_times(pod)
+            self.timeline = self.timeline.update_last(
+                started_at=max(observed(started, time.time()), last.placed_at))
             self.log.info("attempt %d running on %s", last.number, last.cluster)
         if outcome.kind.terminal or outcome.kind.moves:
             return outcome

@@ -105,6 +105,9 @@ def test_seed_scenario_through_real_airflow(airflow_server, admin_pods, no_leaks
     assert train[0]["reason"] == "WorkloadEvictedDueToPreempted"
     assert "abbeel" in train[0]["preempted_by"]
     assert sum(a["outcome"] == "Preempted" for a in train) == 1
+    for task, timeline in result.timelines.items():  # one consistent clock per attempt
+        for a in timeline:
+            assert a["placed_at"] <= a["started_at"] <= a["ended_at"], (task, a)
     # the replacement was created right after the preemption was seen
     assert train[1]["placed_at"] - train[0]["ended_at"] < 5
     # what the CLI said before abbeel: bair lends 2 T4 to rise; abbeel would take them back

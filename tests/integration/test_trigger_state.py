@@ -7,11 +7,13 @@ answer to `get_task_states` (standing in here for the triggerer's supervisor).
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
 from airflow_provider_skyshare.triggers.pod import MultiClusterPodTrigger
+from tests.helpers.fixtures import wait_for
 from tests.integration.test_reliability import closing, make, pods_of
 
 pytestmark = pytest.mark.integration
@@ -71,4 +73,26 @@ def test_where_nobody_can_be_asked_the_task_is_followed(admin, kube_env, no_leak
     asyncio.run(closing(sup.start()))
     event = asyncio.run(closing(first_event(MultiClusterPodTrigger(sup.state()))))
     assert event["status"] == "success"
+    asyncio.run(closing(sup.delete_all(0)))
+
+
+def test_a_late_trigger_records_when_the_pod_really_started(admin, kube_env, no_leaks):
+    """A triggerer that picks the task up (or restarts) after the pod started takes the pod's
+    own start stamp for the timeline, not the moment it looked."""
+    sup = make("late-start", duration="6s")
+    attempt = asyncio.run(closing(sup.start()))
+
+    def started_stamp():
+        for p in pods_of(admin, attempt.cluster, sup):
+            for cs in p.status.container_statuses or []:
+                if cs.state.running and time.time() - cs.state.running.started_at.timestamp() > 3:
+                    return cs.state.running.started_at.timestamp()
+        return None
+
+    stamp = wait_for(started_stamp, 60, "the pod running for more than 3 s")
+    event = asyncio.run(closing(first_event(MultiClusterPodTrigger(sup.state()))))
+    assert event["status"] == "success"
+    (only,) = event["timeline"]
+    assert only["started_at"] == max(stamp, only["placed_at"])
+    assert only["placed_at"] <= only["started_at"] < only["ended_at"]
     asyncio.run(closing(sup.delete_all(0)))

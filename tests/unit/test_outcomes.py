@@ -15,6 +15,8 @@ from airflow_provider_skyshare.outcomes import (
     Outcome,
     classify,
     disruption,
+    observed,
+    pod_times,
     preemption_cause,
 )
 
@@ -317,3 +319,52 @@ def test_kueue_preemptor_uid(message: str, preemptor: str) -> None:
         {"type": "TerminationTarget", "status": "True", "reason": "WorkloadEvictedDueToPreempted",
          "message": message}]}}
     assert classify(pod).preemptor == preemptor
+
+
+# -- when things happened ------------------------------------------------------------------
+def _at(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.mark.parametrize(("name", "started", "ended"), [
+    ("running", "2026-11-22T16:28:41Z", None),
+    ("succeeded", "2026-11-22T16:28:38Z", "2026-11-22T16:28:38Z"),
+    ("pending_gated", None, None),
+])
+def test_pod_times_from_recorded_pods(pod_fixture: Load, name: str, started: str | None,
+                                      ended: str | None) -> None:
+    assert pod_times(pod_of(pod_fixture, name)) == (
+        _at(started) if started else None, _at(ended) if ended else None)
+
+
+def test_pod_times_takes_the_earliest_start_and_waits_for_every_finish() -> None:
+    def cs(state: dict) -> dict:
+        return {"state": state}
+
+    pod = {"status": {"containerStatuses": [
+        cs({"terminated": {"startedAt": "2026-01-01T00:00:05Z", "finishedAt": "2026-01-01T00:00:09Z"}}),
+        cs({"running": {"startedAt": "2026-01-01T00:00:03Z"}}),
+    ]}}
+    assert pod_times(pod) == (_at("2026-01-01T00:00:03Z"), None)
+    pod["status"]["containerStatuses"][1] = cs({"terminated": {
+        "startedAt": "2026-01-01T00:00:03Z", "finishedAt": "2026-01-01T00:00:12Z"}})
+    assert pod_times(pod) == (_at("2026-01-01T00:00:03Z"), _at("2026-01-01T00:00:12Z"))
+
+
+@pytest.mark.parametrize("pod", [
+    None, {}, {"status": None}, {"status": {"containerStatuses": [{"state": {"waiting": {}}}]}},
+    {"status": {"containerStatuses": [{"state": {"running": {"startedAt": "yesterday"}}}]}},
+    {"status": {"containerStatuses": [{"state": {"running": {"startedAt": 12}}}]}},
+])
+def test_pod_times_unknown(pod: Any) -> None:
+    assert pod_times(pod) == (None, None)
+
+
+def test_observed_keeps_live_milliseconds_and_trusts_the_pod_when_seen_late() -> None:
+    now = 1_800_000_000.437
+    assert observed(None, now) == now
+    assert observed(1_800_000_000.0, now) == now  # seen live: the watch's own clock
+    assert observed(1_799_999_999.0, now) == now  # within the stamps' resolution
+    assert observed(1_799_999_990.0, now) == 1_799_999_990.0  # seen 10 s late
