@@ -41,17 +41,14 @@ class MultiClusterPodTrigger(BaseTrigger):
             deleted = await sup.delete_all(grace=0)
             self.log.warning("the task is %s, no longer deferred: not following it; deleted %s",
                              state, ", ".join(deleted) or "no pod")
-            yield TriggerEvent({**sup.state(), "status": "abandoned", "outcome": None,
-                                "message": f"the task was {state} before its trigger ran",
-                                "cluster": None, "namespace": None, "pod": None})
-            return
-        try:
-            await sup.resume()
-            event = await sup.follow()
-        except Exception as exc:
-            self.log.exception("skyshare trigger failed")
-            event = {**sup.state(), "status": "error", "message": f"{type(exc).__name__}: {exc}",
-                     "outcome": None, "cluster": None, "namespace": None, "pod": None}
+            event = _without_pod(sup, "abandoned", f"the task was {state} before its trigger ran")
+        else:
+            try:
+                await sup.resume()
+                event = await sup.follow()
+            except Exception as exc:
+                self.log.exception("skyshare trigger failed")
+                event = _without_pod(sup, "error", f"{type(exc).__name__}: {exc}")
         yield TriggerEvent(event)
 
     async def _task_state(self, sup: Supervisor) -> str | None:
@@ -77,3 +74,9 @@ class MultiClusterPodTrigger(BaseTrigger):
         sup = self._supervisor or Supervisor.from_state(self.state, log=self.log)
         deleted = await sup.delete_all(grace=0)
         self.log.info("on_kill deleted %s", ", ".join(deleted) or "no pod")
+
+
+def _without_pod(sup: Supervisor, status: str, message: str) -> dict[str, Any]:
+    """An event that names no current pod (the supervisor did not reach a verdict on one)."""
+    return {**sup.state(), "status": status, "message": message, "outcome": None,
+            "cluster": None, "namespace": None, "pod": None}
