@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from enum import Enum
 from typing import Any
+
+from airflow_provider_skyshare.timeline import epoch
 
 KUEUE_GATE = "kueue.x-k8s.io/admission"
 KUEUE_PREEMPTED = "WorkloadEvictedDueToPreempted"
@@ -124,15 +125,6 @@ def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def _epoch(stamp: Any) -> float | None:
-    if not isinstance(stamp, str) or not stamp:
-        return None
-    try:
-        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 def pod_times(pod: dict[str, Any] | None) -> tuple[float | None, float | None]:
     """When the pod's containers started and finished, as the kubelet reports them (whole
     seconds): the earliest start, and the latest finish once every container has one."""
@@ -141,8 +133,8 @@ def pod_times(pod: dict[str, Any] | None) -> tuple[float | None, float | None]:
     for cs in statuses:
         state = cs.get("state") or {}
         run = state.get("running") or state.get("terminated") or {}
-        starts.append(_epoch(run.get("startedAt")))
-        ends.append(_epoch((state.get("terminated") or {}).get("finishedAt")))
+        starts.append(epoch(run.get("startedAt")))
+        ends.append(epoch((state.get("terminated") or {}).get("finishedAt")))
     known_starts = [t for t in starts if t is not None]
     known_ends = [t for t in ends if t is not None]
     started = min(known_starts) if known_starts else None

@@ -13,13 +13,12 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from airflow_provider_skyshare.fleet import Cluster, Tier
 from airflow_provider_skyshare.placement import Request
 from airflow_provider_skyshare.snapshot import GPU_RESOURCE, PRIORITY_LABEL, QUEUE_LABEL
-from airflow_provider_skyshare.timeline import Attempt, Timeline
+from airflow_provider_skyshare.timeline import Attempt, Timeline, epoch
 
 PREFIX = "skyshare.dev"
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -161,9 +160,7 @@ def timeline_from_pod(cluster: str, pod: dict[str, Any], why: str = "adopted") -
     """The timeline a pod carries (its history annotation) plus the attempt it is itself, placed
     when the pod was created: how a restarted process or the CLI picks up a task's story."""
     meta = pod["metadata"]
-    created = meta.get("creationTimestamp")
-    placed = (datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
-              if created else time.time())
+    placed = epoch(meta.get("creationTimestamp")) or time.time()
     history = Timeline.from_json((meta.get("annotations") or {}).get(A_HISTORY))
     return history.add(Attempt(
         number=attempt_of(pod), cluster=cluster, tier=(meta.get("labels") or {}).get(L_TIER, ""),

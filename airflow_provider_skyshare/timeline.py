@@ -12,6 +12,16 @@ from datetime import datetime, timezone
 from typing import Any
 
 
+def epoch(stamp: Any) -> float | None:
+    """Seconds since the epoch from a Kubernetes timestamp ("2026-11-22T16:28:41Z"), or None."""
+    if not isinstance(stamp, str) or not stamp:
+        return None
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class Attempt:
     number: int

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_skyshare.timeline import HEADERS, Attempt, Timeline, format_table
+from airflow_provider_skyshare.timeline import HEADERS, Attempt, Timeline, epoch, format_table
 
 T0 = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
 
@@ -184,3 +184,12 @@ def test_history_written_by_a_newer_version_still_loads() -> None:
             "namespace": "skyshare", "placed_at": 1.0, "gpu_seconds": 42}
     tl = Timeline.from_list([item])
     assert [(a.number, a.cluster, a.pod) for a in tl.attempts] == [(1, "bair", "p-a1")]
+
+
+@pytest.mark.parametrize(("stamp", "expected"), [
+    ("2026-11-22T16:28:41Z", 1_795_364_921.0),
+    ("2026-11-22T16:28:41+00:00", 1_795_364_921.0),
+    ("", None), (None, None), (12, None), ("yesterday", None),
+])
+def test_epoch_of_kubernetes_timestamps(stamp, expected) -> None:
+    assert epoch(stamp) == expected
