@@ -39,7 +39,10 @@ class Settings:
     queue_timeout: float | None = None  # seconds an attempt may stay queued
     unreachable_grace: float = 30.0  # seconds a cluster may be unreachable before moving
     on_unreachable: str = "move"  # move | fail
-    min_event_delay: float = 2.5  # upstream race: an event within ~2 s of defer can be lost
+    # Airflow 3.3.2 fails a resumed task when the executor's stale "success" for the deferral
+    # exit is processed after the trigger fired (apache/airflow#67287, #72716; seen here 6 s
+    # after deferral under load). The verdict waits this long after deferral (short jobs only).
+    min_event_delay: float = 15.0
     placement_retry_seconds: float = 30.0  # keep retrying when every cluster is unreachable
     rebalance_after: float = 5.0  # a queued attempt moves when another cluster is free now
 
