@@ -153,6 +153,10 @@ async def _live_pods(fleet: Fleet) -> tuple[list[tuple[str, dict]], dict[str, st
     return found, down
 
 
+def _ti(t: TaskIdentity) -> tuple[str, str, str, int]:
+    return (t.dag_id, t.task_id, t.run_id, t.map_index)
+
+
 def _task_states(keys: set[tuple[str, str, str, int]]) -> dict[tuple, orphans.TaskState | None]:
     """Each task instance's state and try from Airflow's metadata DB."""
     from airflow.models.taskinstance import TaskInstance
@@ -172,8 +176,8 @@ def _task_states(keys: set[tuple[str, str, str, int]]) -> dict[tuple, orphans.Ta
 def cmd_orphans(args: argparse.Namespace) -> int:
     fleet = _fleet(args.fleet)
     found, down = asyncio.run(_run(_live_pods(fleet)))  # pods first, then the DB: see orphans
-    owned = {id(pod): orphans.task_of(pod) for _, pod in found}
-    keys = {(t.dag_id, t.task_id, t.run_id, t.map_index) for t, _ in filter(None, owned.values())}
+    owned = [(cluster, pod, orphans.task_of(pod)) for cluster, pod in found]
+    keys = {_ti(task[0]) for _, _, task in owned if task}
     try:
         states = _task_states(keys)
     except Exception as exc:  # noqa: BLE001 - say what is missing, not a traceback
@@ -182,15 +186,13 @@ def cmd_orphans(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     rows = []
-    for cluster, pod in found:
+    for cluster, pod, task in owned:
         meta = pod["metadata"]
-        task = owned[id(pod)]
         if task is None:
             why = "no readable skyshare.dev/task annotation or try label"
         else:
             t, pod_try = task
-            why = orphans.why_orphaned(pod_try, states[(t.dag_id, t.task_id, t.run_id,
-                                                        t.map_index)])
+            why = orphans.why_orphaned(pod_try, states[_ti(t)])
         if why:
             rows.append({"cluster": cluster, "namespace": meta["namespace"], "pod": meta["name"],
                          "phase": (pod.get("status") or {}).get("phase", ""),
