@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import Iterable
 
-from airflow_provider_skyshare import kube
+from airflow_provider_skyshare import clients, kube
 from airflow_provider_skyshare.fleet import Cluster, Fleet
 from airflow_provider_skyshare.snapshot import ClusterCapacity, Snapshot, summarize
 
@@ -19,8 +19,10 @@ NON_TERMINAL = "status.phase!=Succeeded,status.phase!=Failed"
 
 
 async def probe_cluster(cluster: Cluster, timeout: float) -> ClusterCapacity:
-    start = time.monotonic()
+    """`timeout` bounds the cluster's answer; the client's start-up comes before it."""
     try:
+        await clients.ready(cluster)
+        start = time.monotonic()
         nodes, pods = await asyncio.wait_for(
             asyncio.gather(
                 kube.list_nodes(cluster, timeout),
@@ -31,6 +33,8 @@ async def probe_cluster(cluster: Cluster, timeout: float) -> ClusterCapacity:
         )
     except asyncio.TimeoutError:
         return ClusterCapacity(cluster.name, False, f"no answer within {timeout:g}s")
+    except clients.ClusterConfigError as exc:
+        return ClusterCapacity(cluster.name, False, f"ClusterConfigError: {exc}"[:200])
     except kube.KubeError as exc:
         why = exc.message if exc.unreachable else f"HTTP {exc.status} {exc.reason}: {exc.message}"
         return ClusterCapacity(cluster.name, False, why[:200])

@@ -105,6 +105,24 @@ async def async_api(cluster: Cluster) -> Any:
         raise
 
 
+SETUP_SECONDS = 60.0  # bound on making a client (imports, kubeconfig or connection look-up)
+
+
+async def ready(cluster: Cluster) -> Any:
+    """This cluster's client, made before any deadline that times the cluster's answer.
+
+    In a fresh process (a worker's task, an API server's first page, a new triggerer) making
+    the first client imports kubernetes_asyncio and reads the kubeconfig or the connection:
+    seconds on a busy machine, which a 3 s probe deadline must not count against the cluster.
+    """
+    try:
+        return await asyncio.wait_for(async_api(cluster), SETUP_SECONDS)
+    except asyncio.TimeoutError:
+        raise ClusterConfigError(
+            f"cluster {cluster.name!r}: its client was not ready within {SETUP_SECONDS:g}s "
+            "(the kubeconfig or the Airflow connection look-up hangs)") from None
+
+
 async def _import_off_loop(*modules: str) -> None:
     """Import heavy client packages in a thread: ``kubernetes_asyncio.client`` loads every API
     model (about 1.5 s), which on the loop would stall every trigger of a triggerer."""

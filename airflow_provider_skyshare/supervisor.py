@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from airflow_provider_skyshare import capacity, kube, outcomes, placement, pods, watch
+from airflow_provider_skyshare import capacity, clients, kube, outcomes, placement, pods, watch
 from airflow_provider_skyshare.fleet import Fleet, parse
 from airflow_provider_skyshare.outcomes import Kind, Outcome, observed
 from airflow_provider_skyshare.placement import Decision, Request
@@ -185,6 +185,11 @@ class Supervisor:
 
         async def one(name: str) -> list[tuple[str, dict[str, Any]]]:
             cluster = self.fleet.clusters[name]
+            try:
+                await clients.ready(cluster)  # start-up is not the cluster's answer time
+            except clients.ClusterConfigError as exc:
+                self.log.warning("cannot look for this task's pods on %s: %s", name, exc)
+                return []
             # the shared watch's cache: one list per cluster however many tasks resume
             cached = await watch.hub(cluster, cluster.namespace).snapshot(
                 self.fleet.policy.probe_timeout_seconds)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,3 +20,31 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 
 pytest_plugins = ["airflow_provider_skyshare.sandbox.pytest_plugin", "tests.helpers.fixtures"]
+
+
+
+# -- per-folder timing: `./dev test` shows which folder is slow or stuck ----------------------
+_spans: dict[str, list[float]] = {}  # folder -> [first test started, last test finished]
+
+
+def _folder(nodeid: str) -> str:
+    parts = nodeid.split("::")[0].split("/")
+    return "/".join(parts[:2]) if len(parts) > 2 else parts[0]
+
+
+def pytest_runtest_logstart(nodeid: str, location) -> None:
+    folder = _folder(nodeid)
+    if folder not in _spans:
+        print(f"\n==> {folder}", flush=True)
+        _spans[folder] = [time.monotonic(), time.monotonic()]
+
+
+def pytest_runtest_logfinish(nodeid: str, location) -> None:
+    _spans[_folder(nodeid)][1] = time.monotonic()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _spans:
+        terminalreporter.write_sep("-", "time per folder")
+        for folder, (start, end) in _spans.items():
+            terminalreporter.write_line(f"{folder:<20} {end - start:7.1f}s")

@@ -94,7 +94,7 @@ def test_seed_scenario_through_real_airflow(airflow_server, admin_pods, no_leaks
                                         "--org", "bair", "--user", "abbeel")
         check_ui(airflow_server, tmp_path)
 
-    result = run_scenario(airflow_server, admin_pods, {"romil": "20s", "abbeel": "5s"},
+    result = run_scenario(airflow_server, admin_pods, {"romil": "30s", "abbeel": "5s"},
                           before_abbeel=before_abbeel)
     assert result.states == {"romil": "success", "romil_placed": "success",
                              "romil-train": "success", "abbeel": "success"}

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import urllib3
+from kubernetes import client, config
 
 ROOT = Path(__file__).resolve().parents[2]
 MANAGED = "app.kubernetes.io/managed-by=airflow-provider-skyshare"
@@ -36,6 +38,20 @@ def kube_env(sandbox) -> str:
     return sandbox.kubeconfig
 
 
+REQUEST_TIMEOUT = (5, 15)  # (connect, read) seconds for every call a test makes
+
+
+class TimedApiClient(client.ApiClient):
+    """Every call of a test gets a deadline: a call that hangs on a stale connection must fail
+    the wait that made it, not let it sleep past the wait's own deadline. Streams (watches)
+    set their own."""
+
+    def call_api(self, *args, **kwargs):
+        if kwargs.get("_request_timeout") is None and kwargs.get("_preload_content", True):
+            kwargs["_request_timeout"] = REQUEST_TIMEOUT
+        return super().call_api(*args, **kwargs)
+
+
 class AdminClients:
     """cluster name -> CoreV1Api as cluster admin, for every cluster the sandbox has *now*.
 
@@ -53,11 +69,11 @@ class AdminClients:
         return list(State.load().clusters)
 
     def __getitem__(self, name: str):
-        from kubernetes import client, config
-
         if name not in self._apis:
-            api_client = config.new_client_from_config(config_file=self.kubeconfig, context=name)
-            self._apis[name] = client.CoreV1Api(api_client)
+            configuration = client.Configuration()
+            config.load_kube_config(config_file=self.kubeconfig, context=name,
+                                    client_configuration=configuration, persist_config=False)
+            self._apis[name] = client.CoreV1Api(TimedApiClient(configuration))
         return self._apis[name]
 
     def __iter__(self):
@@ -112,8 +128,12 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
+        try:
+            last = predicate()
+        except urllib3.exceptions.HTTPError as exc:  # a call that timed out or lost its
+            last = exc                                # connection: ask again until the deadline
+        else:
+            if last:
+                return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")

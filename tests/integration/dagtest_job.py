@@ -2,7 +2,8 @@
 
 The seed scenario needs tasks that overlap in time, and dag.test() runs one DAG run at a
 time in-process, so each job is its own process. Prints one JSON line with the task's
-state and its XCom (timeline) for the test to read.
+state and its XCom (timeline) for the test to read. It prints READY once started and runs
+the DAG when a line arrives on stdin.
 """
 
 from __future__ import annotations
@@ -52,11 +53,15 @@ def main() -> int:
     os.replace(path + ".tmp", path)
     module = runpy.run_path(path)
     dag = module["dag"]
-    dr = dag.test(logical_date=datetime.now(timezone.utc))
-
     from airflow.models.taskinstance import TaskInstance
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
+
+    # Start-up (imports, parsing) takes seconds on a busy machine: the test says when to run,
+    # so its scenario's timing does not depend on how fast a process starts.
+    print("READY", flush=True)
+    sys.stdin.readline()
+    dr = dag.test(logical_date=datetime.now(timezone.utc))
 
     with create_session() as session:
         ti = session.query(TaskInstance).filter_by(dag_id=args.dag_id, run_id=dr.run_id).one()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +63,46 @@ def test_placement_probes_are_never_shared(requests) -> None:
 
     asyncio.run(main())
     assert len(requests) == 8
+
+
+FRESH_PROBE = """
+import asyncio, json, sys, time
+assert "kubernetes_asyncio" not in sys.modules
+from airflow_provider_skyshare import capacity, clients
+from airflow_provider_skyshare.fleet import load
+
+async def main():
+    start = time.monotonic()
+    snap = await capacity.probe(load(sys.argv[1]))
+    await clients.close_async_clients()
+    return snap, time.monotonic() - start
+
+snap, took = asyncio.run(main())
+print(json.dumps({"took": took, "clusters": {n: [c.reachable, c.error] for n, c in snap.clusters.items()}}))
+"""
+
+
+def test_first_probe_of_a_fresh_process_on_a_busy_machine_sees_every_cluster(kube_env, tmp_path):
+    """A worker's task or an API server's first page is a fresh process: making its clients
+    (importing kubernetes_asyncio, reading the kubeconfig) takes seconds on a busy machine and
+    must not count as the clusters' answer time. As on a fresh machine, no module has its
+    bytecode yet (an empty PYTHONPYCACHEPREFIX: the import alone then takes about 3 s), the
+    deadline is 1 s and one core is kept busy: every cluster must still answer."""
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(FLEET.read_text().replace("probe_timeout_seconds: 3", "probe_timeout_seconds: 1"))
+    assert "probe_timeout_seconds: 1" in fleet.read_text()
+    hog = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])  # one core, 120 s at most
+    try:
+        out = subprocess.run([sys.executable, "-c", FRESH_PROBE, str(fleet)], capture_output=True,
+                             text=True, timeout=120, cwd=FLEET.parents[1],
+                             env={**os.environ, "PYTHONPYCACHEPREFIX": str(tmp_path / "pyc")})
+    finally:
+        hog.kill()
+        hog.wait()
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.splitlines()[-1])
+    print(f"fresh process, one core busy: probe took {result['took']:.2f}s")
+    assert result["clusters"] == {"rise": [True, ""], "bair": [True, ""]}, result
+
+
+BUSY_LOOP = "import time\nend = time.monotonic() + 120\nwhile time.monotonic() < end:\n    pass\n"

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -23,25 +24,68 @@ FLEET = str(ROOT / "dags" / "fleet.yaml")
 JOB = str(Path(__file__).with_name("dagtest_job.py"))
 
 
-def start(task_id: str, org: str, owner: str, duration: str, **extra: str) -> subprocess.Popen:
-    args = [sys.executable, JOB, "--task-id", task_id, "--org", org, "--owner", owner,
-            "--fleet", FLEET, "--duration", duration,
-            "--dag-id", f"it_{task_id.replace('-', '_')}_{uuid.uuid4().hex[:6]}"]
-    for key, value in extra.items():
-        args += [f"--{key.replace('_', '-')}", value]
-    # dag.test() needs its DAG in a bundle: a folder of its own, not the examples
-    env = {**os.environ,
-           "AIRFLOW__CORE__DAGS_FOLDER": os.path.join(os.environ["AIRFLOW_HOME"], "it-dags")}
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, cwd=ROOT)
+class Job:
+    """One dag.test() process, started ahead and run on `go()`: the scenario's timing must not
+    depend on how long a process takes to start on a busy machine."""
+
+    def __init__(self, task_id: str, org: str, owner: str, duration: str, **extra: str) -> None:
+        args = [sys.executable, JOB, "--task-id", task_id, "--org", org, "--owner", owner,
+                "--fleet", FLEET, "--duration", duration,
+                "--dag-id", f"it_{task_id.replace('-', '_')}_{uuid.uuid4().hex[:6]}"]
+        for key, value in extra.items():
+            args += [f"--{key.replace('_', '-')}", value]
+        # dag.test() needs its DAG in a bundle: a folder of its own, not the examples
+        env = {**os.environ,
+               "AIRFLOW__CORE__DAGS_FOLDER": os.path.join(os.environ["AIRFLOW_HOME"], "it-dags")}
+        self.name = task_id
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def go(self, timeout: float = 120) -> Job:
+        wait_for(lambda: "READY" in self.lines or self.proc.poll() is not None, timeout,
+                 f"{self.name}'s process started")
+        assert "READY" in self.lines, self.output()
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.close()
+        return self
+
+    def output(self) -> str:
+        return f"{self.name} (exit {self.proc.returncode}):\n" + "\n".join(self.lines[-200:])
+
+    def finish(self, timeout: float = 180) -> dict:
+        try:
+            self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self._reader.join(10)
+        for line in self.lines:
+            if line.startswith("RESULT "):
+                return json.loads(line[len("RESULT "):])
+        raise AssertionError(f"job printed no result: {self.output()}")
 
 
-def finish(proc: subprocess.Popen, timeout: float = 180) -> dict:
-    out, _ = proc.communicate(timeout=timeout)
-    for line in out.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    raise AssertionError(f"job printed no result (exit {proc.returncode}):\n{out[-4000:]}")
+@pytest.fixture
+def jobs():
+    """Every job a test started is ended with it; a failure shows what each job printed."""
+    started: list[Job] = []
+
+    def start(*args, **kwargs) -> Job:
+        started.append(Job(*args, **kwargs))
+        return started[-1]
+
+    yield start
+    for job in started:
+        if job.proc.poll() is None:
+            job.proc.kill()
+            print(job.output())
 
 
 def pod_of(admin, cluster: str, task_id: str, phase: str | None = "Running"):
@@ -53,22 +97,23 @@ def pod_of(admin, cluster: str, task_id: str, phase: str | None = "Running"):
     return None
 
 
-def test_seed_scenario(admin, airflow_db, kube_env, no_leaks):
-    romil = start("romil", "rise", "romil", "25s")
+def test_seed_scenario(admin, airflow_db, kube_env, no_leaks, jobs):
+    romil, train = jobs("romil", "rise", "romil", "25s"), jobs("romil-train", "rise", "romil", "20s")
+    abbeel = jobs("abbeel", "bair", "abbeel", "5s")
+    romil.go()
     wait_for(lambda: pod_of(admin, "rise", "romil"), 90, "romil running on rise")
 
-    train = start("romil-train", "rise", "romil", "20s")
+    train.go()
     pod = wait_for(lambda: pod_of(admin, "bair", "romil-train"), 90, "romil-train on bair")
     assert pod.metadata.labels["skyshare.dev/tier"] == "borrower"
     assert pod.metadata.labels["kueue.x-k8s.io/priority-class"] == "low-priority"
 
-    abbeel = start("abbeel", "bair", "abbeel", "5s")
+    abbeel.go()
     wait_for(lambda: pod_of(admin, "bair", "abbeel"), 90, "abbeel running on bair")
     wait_for(lambda: pod_of(admin, "rise", "romil-train", phase=None), 30,
              "romil-train placed again on rise")
 
-    results = {name: finish(p) for name, p in
-               (("romil", romil), ("abbeel", abbeel), ("romil-train", train))}
+    results = {job.name: job.finish() for job in (romil, abbeel, train)}
     for name, result in results.items():
         assert result["state"] == "success", (name, result)
 
@@ -86,15 +131,18 @@ def test_seed_scenario(admin, airflow_db, kube_env, no_leaks):
     assert train_attempts[0]["reason"] == "WorkloadEvictedDueToPreempted"
 
 
-def test_max_preemptions_exceeded_fails_clearly(admin, airflow_db, kube_env, no_leaks):
-    romil = start("romil", "rise", "romil", "15s")
+def test_max_preemptions_exceeded_fails_clearly(admin, airflow_db, kube_env, no_leaks, jobs):
+    romil = jobs("romil", "rise", "romil", "15s")
+    train = jobs("romil-train", "rise", "romil", "60s", max_preemptions="0")
+    abbeel = jobs("abbeel", "bair", "abbeel", "3s")
+    romil.go()
     wait_for(lambda: pod_of(admin, "rise", "romil"), 90, "romil running on rise")
-    train = start("romil-train", "rise", "romil", "60s", max_preemptions="0")
+    train.go()
     wait_for(lambda: pod_of(admin, "bair", "romil-train"), 90, "romil-train on bair")
-    abbeel = start("abbeel", "bair", "abbeel", "3s")
-    result = finish(train)
+    abbeel.go()
+    result = train.finish()
     assert result["state"] == "failed"
     timeline = result["xcom"]["skyshare_timeline"]
     assert [(a["cluster"], a["outcome"]) for a in timeline] == [("bair", "Preempted")]
-    assert finish(abbeel)["state"] == "success"
-    assert finish(romil)["state"] == "success"
+    assert abbeel.finish()["state"] == "success"
+    assert romil.finish()["state"] == "success"

@@ -7,6 +7,7 @@ answer to `get_task_states` (standing in here for the triggerer's supervisor).
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -96,3 +97,52 @@ def test_a_late_trigger_records_when_the_pod_really_started(admin, kube_env, no_
     assert only["started_at"] == max(stamp, only["placed_at"])
     assert only["placed_at"] <= only["started_at"] < only["ended_at"]
     asyncio.run(closing(sup.delete_all(0)))
+
+
+def test_a_slow_answer_does_not_hold_up_following(monkeypatch, admin, kube_env, no_leaks):
+    """A fresh triggerer's first task-state answer takes seconds (Airflow builds its in-process
+    API then): the trigger follows meanwhile, so a verdict or a move is not held up by it."""
+    sup = make("slow-answer", duration="2s")
+    asyncio.run(closing(sup.start()))
+    release = threading.Event()
+
+    def get_task_states(**kwargs):
+        release.wait(120)  # answers only once the test is over
+        return {}
+
+    monkeypatch.setattr(RuntimeTaskInstance, "get_task_states", staticmethod(get_task_states))
+    async def timed() -> tuple[dict, float]:
+        started = time.monotonic()
+        event = await first_event(MultiClusterPodTrigger(sup.state()))
+        release.set()  # asyncio.run's shutdown waits for the asking thread
+        return event, time.monotonic() - started
+
+    try:
+        event, took = asyncio.run(closing(timed()))
+    finally:
+        release.set()
+    assert event["status"] == "success"
+    assert took < 9, f"the verdict waited for the task-state answer ({took:.1f}s)"
+    asyncio.run(closing(sup.delete_all(0)))
+
+
+def test_a_finished_answer_arriving_late_stops_following(monkeypatch, admin, kube_env, no_leaks):
+    sup = make("late-answer", duration="300s")
+    attempt = asyncio.run(closing(sup.start()))
+    ident = sup.identity
+    running = threading.Event()
+
+    def get_task_states(**kwargs):
+        # answer once the trigger follows the running pod
+        wait_for(lambda: any(p.status.phase == "Running"
+                             for p in pods_of(admin, attempt.cluster, sup)), 60, "pod running")
+        running.set()
+        return {ident.run_id: {ident.task_id: "failed"}}
+
+    monkeypatch.setattr(RuntimeTaskInstance, "get_task_states", staticmethod(get_task_states))
+    event = asyncio.run(closing(first_event(MultiClusterPodTrigger(sup.state()))))
+    assert running.is_set()
+    assert event["status"] == "abandoned"
+    left = [p for c in ("rise", "bair") for p in pods_of(admin, c, sup)
+            if p.metadata.deletion_timestamp is None]
+    assert left == []
