@@ -39,19 +39,26 @@ class MultiClusterPodTrigger(BaseTrigger):
         # measured), and a preemption in that window must move at once, not after it.
         asked = asyncio.create_task(self._task_state(sup))
         following = asyncio.create_task(self._follow(sup))
-        await asyncio.wait({asked, following}, return_when=asyncio.FIRST_COMPLETED)
-        state = asked.result() if asked.done() else None
-        if state in FINISHED:
-            # Marked failed/success (or cleared) before any triggerer ran this trigger; Airflow
-            # can still start it once. Following or moving the work now would revive it.
+        try:
+            await asyncio.wait({asked, following}, return_when=asyncio.FIRST_COMPLETED)
+            state = asked.result() if asked.done() else None
+            if state in FINISHED:
+                # Marked failed/success (or cleared) before any triggerer ran this trigger;
+                # Airflow can still start it once. Following or moving the work now would
+                # revive it.
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
+                deleted = await sup.delete_all(grace=0)
+                self.log.warning("the task is %s, no longer deferred: not following it; "
+                                 "deleted %s", state, ", ".join(deleted) or "no pod")
+                event = _without_pod(sup, "abandoned",
+                                     f"the task was {state} before its trigger ran")
+            else:
+                event = await following
+        finally:
+            # Cancelled by Airflow (the task was marked or cleared; on_kill follows): neither
+            # the follower nor the question may outlive the trigger.
             following.cancel()
-            await asyncio.gather(following, return_exceptions=True)
-            deleted = await sup.delete_all(grace=0)
-            self.log.warning("the task is %s, no longer deferred: not following it; deleted %s",
-                             state, ", ".join(deleted) or "no pod")
-            event = _without_pod(sup, "abandoned", f"the task was {state} before its trigger ran")
-        else:
-            event = await following
             asked.cancel()
         yield TriggerEvent(event)
 

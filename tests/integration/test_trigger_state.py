@@ -146,3 +146,35 @@ def test_a_finished_answer_arriving_late_stops_following(monkeypatch, admin, kub
     left = [p for c in ("rise", "bair") for p in pods_of(admin, c, sup)
             if p.metadata.deletion_timestamp is None]
     assert left == []
+
+
+def test_a_cancelled_trigger_leaves_no_follower_behind(monkeypatch, admin, kube_env, no_leaks):
+    """Airflow cancels the trigger of a task marked failed or success (then calls on_kill),
+    possibly before its task-state question is answered: the follower must end with it, or it
+    would see the pod deleted and place the work again."""
+    sup = make("cancelled-trigger", duration="300s")
+    asyncio.run(closing(sup.start()))
+    release = threading.Event()
+    monkeypatch.setattr(RuntimeTaskInstance, "get_task_states",
+                        staticmethod(lambda **kw: release.wait(120) and {}))
+
+    async def scenario() -> tuple[list[asyncio.Task], list[asyncio.Task]]:
+        trigger = MultiClusterPodTrigger(sup.state())
+        run = asyncio.create_task(first_event(trigger))
+        await asyncio.to_thread(wait_for, lambda: trigger._supervisor and trigger._supervisor._last_pod,
+                                30, "the trigger following the pod")
+        mine = [t for t in asyncio.all_tasks()
+                if "MultiClusterPodTrigger" in t.get_coro().__qualname__]
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        await asyncio.wait(mine, timeout=5)
+        release.set()  # asyncio.run's shutdown waits for the asking thread
+        return mine, [t for t in mine if not t.done()]
+
+    try:
+        mine, left = asyncio.run(closing(scenario()))
+    finally:
+        release.set()
+        asyncio.run(closing(sup.delete_all(0)))
+    assert len(mine) == 2, f"expected the follower and the question: {mine}"
+    assert left == [], f"still running after the trigger was cancelled: {left}"
