@@ -33,8 +33,6 @@ async def probe_cluster(cluster: Cluster, timeout: float) -> ClusterCapacity:
         )
     except asyncio.TimeoutError:
         return ClusterCapacity(cluster.name, False, f"no answer within {timeout:g}s")
-    except clients.ClusterConfigError as exc:
-        return ClusterCapacity(cluster.name, False, f"ClusterConfigError: {exc}"[:200])
     except kube.KubeError as exc:
         why = exc.message if exc.unreachable else f"HTTP {exc.status} {exc.reason}: {exc.message}"
         return ClusterCapacity(cluster.name, False, why[:200])

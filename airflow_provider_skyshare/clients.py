@@ -113,14 +113,21 @@ async def ready(cluster: Cluster) -> Any:
 
     In a fresh process (a worker's task, an API server's first page, a new triggerer) making
     the first client imports kubernetes_asyncio and reads the kubeconfig or the connection:
-    seconds on a busy machine, which a 3 s probe deadline must not count against the cluster.
+    seconds on a busy machine, which a probe's deadline must not count against the cluster.
+    Whatever stops the client from being made is a ClusterConfigError naming the cluster.
     """
     try:
         return await asyncio.wait_for(async_api(cluster), SETUP_SECONDS)
+    except ClusterConfigError:
+        raise
     except asyncio.TimeoutError:
         raise ClusterConfigError(
             f"cluster {cluster.name!r}: its client was not ready within {SETUP_SECONDS:g}s "
             "(the kubeconfig or the Airflow connection look-up hangs)") from None
+    except Exception as exc:  # the kubeconfig library's and Airflow's own errors, re-raised
+        raise ClusterConfigError(
+            f"cluster {cluster.name!r}: its client cannot be made: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 async def _import_off_loop(*modules: str) -> None:

@@ -19,6 +19,9 @@ from airflow_provider_skyshare.supervisor import Supervisor
 # queued/scheduled: dag.test() runs triggers in-line while the task is in those states.)
 FINISHED = frozenset({"success", "failed", "skipped", "upstream_failed", "removed",
                       "up_for_retry"})
+# The first answer in a fresh triggerer takes seconds (6.5 s measured); following does not wait
+# for it, so a late answer still counts rather than being given up on.
+TASK_STATE_TIMEOUT = 120.0
 
 
 class MultiClusterPodTrigger(BaseTrigger):
@@ -46,8 +49,7 @@ class MultiClusterPodTrigger(BaseTrigger):
                 # Marked failed/success (or cleared) before any triggerer ran this trigger;
                 # Airflow can still start it once. Following or moving the work now would
                 # revive it.
-                following.cancel()
-                await asyncio.gather(following, return_exceptions=True)
+                await _end(following)
                 deleted = await sup.delete_all(grace=0)
                 self.log.warning("the task is %s, no longer deferred: not following it; "
                                  "deleted %s", state, ", ".join(deleted) or "no pod")
@@ -58,8 +60,7 @@ class MultiClusterPodTrigger(BaseTrigger):
         finally:
             # Cancelled by Airflow (the task was marked or cleared; on_kill follows): neither
             # the follower nor the question may outlive the trigger.
-            following.cancel()
-            asked.cancel()
+            await _end(following, asked)
         yield TriggerEvent(event)
 
     async def _follow(self, sup: Supervisor) -> dict[str, Any]:
@@ -80,12 +81,12 @@ class MultiClusterPodTrigger(BaseTrigger):
             states = await asyncio.wait_for(asyncio.to_thread(
                 RuntimeTaskInstance.get_task_states, dag_id=ident.dag_id,
                 task_ids=[ident.task_id], run_ids=[ident.run_id],
-                map_index=ident.map_index if ident.map_index >= 0 else None), 10)
+                map_index=ident.map_index if ident.map_index >= 0 else None), TASK_STATE_TIMEOUT)
+            key = ident.task_id if ident.map_index < 0 else f"{ident.task_id}_{ident.map_index}"
+            state = (states or {}).get(ident.run_id, {}).get(key)
         except Exception as exc:  # noqa: BLE001 - only a safeguard: never block the work on it
             self.log.debug("task state not available here: %s", exc)
             return None
-        key = ident.task_id if ident.map_index < 0 else f"{ident.task_id}_{ident.map_index}"
-        state = (states or {}).get(ident.run_id, {}).get(key)
         return str(getattr(state, "value", state)) if state else None
 
     async def on_kill(self) -> None:
@@ -93,6 +94,16 @@ class MultiClusterPodTrigger(BaseTrigger):
         sup = self._supervisor or Supervisor.from_state(self.state, log=self.log)
         deleted = await sup.delete_all(grace=0)
         self.log.info("on_kill deleted %s", ", ".join(deleted) or "no pod")
+
+
+async def _end(*tasks: asyncio.Task[Any]) -> None:
+    """Cancel and wait until done. Repeated: on Python < 3.12 `asyncio.wait_for` drops a cancel
+    that arrives as its inner call completes, and a follower that survived would place the
+    work again after on_kill deleted it."""
+    while pending := [t for t in tasks if not t.done()]:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.5)
 
 
 def _without_pod(sup: Supervisor, status: str, message: str) -> dict[str, Any]:

@@ -73,6 +73,7 @@ class AdminClients:
             configuration = client.Configuration()
             config.load_kube_config(config_file=self.kubeconfig, context=name,
                                     client_configuration=configuration, persist_config=False)
+            configuration.retries = False  # one call, one timeout: wait_for asks again
             self._apis[name] = client.CoreV1Api(TimedApiClient(configuration))
         return self._apis[name]
 

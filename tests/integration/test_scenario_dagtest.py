@@ -62,9 +62,12 @@ class Job:
     def finish(self, timeout: float = 180) -> dict:
         try:
             self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"job still running after {timeout:g}s: {self.output()}") from None
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
+                self.proc.wait(10)
             self._reader.join(10)
         for line in self.lines:
             if line.startswith("RESULT "):
@@ -82,10 +85,11 @@ def jobs():
         return started[-1]
 
     yield start
-    for job in started:
+    for job in started:  # shown by pytest when the test failed
         if job.proc.poll() is None:
             job.proc.kill()
-            print(job.output())
+            job.proc.wait(10)
+        print(job.output())
 
 
 def pod_of(admin, cluster: str, task_id: str, phase: str | None = "Running"):
