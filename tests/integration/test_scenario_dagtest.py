@@ -101,8 +101,14 @@ def pod_of(admin, cluster: str, task_id: str, phase: str | None = "Running"):
     return None
 
 
+# romil keeps rise full while romil-train is placed, and romil-train still runs when abbeel is
+# placed. dag.test() itself takes seconds to start a task after "go" (11-21 s seen on a busy
+# machine), so both run long enough to cover that.
+ROMIL, TRAIN = "45s", "60s"
+
+
 def test_seed_scenario(admin, airflow_db, kube_env, no_leaks, jobs):
-    romil, train = jobs("romil", "rise", "romil", "25s"), jobs("romil-train", "rise", "romil", "20s")
+    romil, train = jobs("romil", "rise", "romil", ROMIL), jobs("romil-train", "rise", "romil", TRAIN)
     abbeel = jobs("abbeel", "bair", "abbeel", "5s")
     romil.go()
     wait_for(lambda: pod_of(admin, "rise", "romil"), 90, "romil running on rise")
@@ -136,8 +142,8 @@ def test_seed_scenario(admin, airflow_db, kube_env, no_leaks, jobs):
 
 
 def test_max_preemptions_exceeded_fails_clearly(admin, airflow_db, kube_env, no_leaks, jobs):
-    romil = jobs("romil", "rise", "romil", "15s")
-    train = jobs("romil-train", "rise", "romil", "60s", max_preemptions="0")
+    romil = jobs("romil", "rise", "romil", ROMIL)
+    train = jobs("romil-train", "rise", "romil", TRAIN, max_preemptions="0")
     abbeel = jobs("abbeel", "bair", "abbeel", "3s")
     romil.go()
     wait_for(lambda: pod_of(admin, "rise", "romil"), 90, "romil running on rise")
