@@ -11,6 +11,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
+
 from airflow_provider_skyshare import clients
 from airflow_provider_skyshare.fleet import Cluster
 
@@ -25,6 +27,10 @@ class KubeError(Exception):
     @property
     def unreachable(self) -> bool:
         return self.status == 0
+
+
+# What "the cluster did not answer" looks like; anything else is a bug and propagates.
+TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 
 def _unreachable(cluster: Cluster, exc: BaseException) -> KubeError:
@@ -55,11 +61,7 @@ async def request(
             data = await resp.read()
         finally:
             resp.release()
-    except clients.ClusterConfigError:
-        raise
-    except (OSError, asyncio.TimeoutError, Exception) as exc:  # aiohttp errors are OSError-ish
-        if isinstance(exc, KubeError):
-            raise
+    except TRANSPORT_ERRORS as exc:
         raise _unreachable(cluster, exc) from None
     decoded = json.loads(data) if data else {}
     if not 200 <= resp.status <= 299:
@@ -91,16 +93,45 @@ async def create_pod(cluster: Cluster, pod: dict[str, Any]) -> dict[str, Any]:
     return await request(cluster, "POST", pods_path(ns), body=pod)
 
 
-async def delete_pod(cluster: Cluster, namespace: str, name: str, grace: int | None = None) -> bool:
-    """Delete; False when it was already gone."""
+async def delete_pod(cluster: Cluster, namespace: str, name: str, grace: int | None = None,
+                     *, uid: str | None = None) -> bool:
+    """Delete; False when it was already gone. With ``uid``, only that object (HTTP 409 if
+    the name now belongs to another)."""
     query = {} if grace is None else {"gracePeriodSeconds": grace}
+    body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid}} if uid \
+        else None
     try:
-        await request(cluster, "DELETE", pods_path(namespace, name), query=query)
+        await request(cluster, "DELETE", pods_path(namespace, name), query=query, body=body)
         return True
     except KubeError as exc:
         if exc.status == 404:
             return False
         raise
+
+
+async def read_log(cluster: Cluster, namespace: str, name: str, container: str,
+                   timeout: float = 30.0) -> str:
+    """A container's log as text (not JSON, unlike every other call here)."""
+    try:
+        api = await clients.async_api(cluster)
+        resp = await api.rest_client.request(
+            "GET", api.configuration.host + pods_path(namespace, name) + "/log",
+            query_params=[("container", container)], headers={"Accept": "*/*"},
+            _preload_content=False, _request_timeout=timeout)
+        try:
+            data = await resp.read()
+        finally:
+            resp.release()
+    except TRANSPORT_ERRORS as exc:
+        raise _unreachable(cluster, exc) from None
+    text = data.decode(errors="replace")
+    if not 200 <= resp.status <= 299:
+        try:
+            message = json.loads(text).get("message", text[:300])
+        except ValueError:
+            message = text[:300]
+        raise KubeError(cluster.name, resp.status, resp.reason or "", message)
+    return text
 
 
 async def list_nodes(cluster: Cluster, timeout: float) -> dict[str, Any]:
@@ -124,7 +155,7 @@ async def watch_pods(
             headers={"Accept": "application/json"}, _preload_content=False,
             _request_timeout=timeout_seconds + 30,
         )
-    except Exception as exc:  # noqa: BLE001 - every transport failure means unreachable
+    except TRANSPORT_ERRORS as exc:
         raise _unreachable(cluster, exc) from None
     try:
         if resp.status != 200:
@@ -138,7 +169,7 @@ async def watch_pods(
         while True:
             try:
                 line = await resp.content.readline()
-            except Exception as exc:  # noqa: BLE001
+            except TRANSPORT_ERRORS as exc:
                 raise _unreachable(cluster, exc) from None
             if not line:
                 return

@@ -9,36 +9,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from enum import Enum
 from typing import Any
 
+from airflow_provider_skyshare.names import FAILED_PHASE, KUEUE_GATE, SUCCEEDED_PHASE, Kind, Reason
 from airflow_provider_skyshare.timeline import epoch
 
-KUEUE_GATE = "kueue.x-k8s.io/admission"
+__all__ = ["KUEUE_GATE", "Kind", "Outcome", "Reason", "classify", "disruption", "observed",
+           "pod_times", "preemption_cause"]
 KUEUE_PREEMPTED = "WorkloadEvictedDueToPreempted"
 SCHEDULER_PREEMPTED = "PreemptionByScheduler"
 # Waiting reasons that never resolve on their own: fail fast instead of queueing forever.
 PERMANENT_WAITING = {
     "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError", "CreateContainerError",
 }
-
-
-class Kind(str, Enum):
-    PENDING = "Pending"
-    RUNNING = "Running"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-    PREEMPTED = "Preempted"
-    LOST = "Lost"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (Kind.SUCCEEDED, Kind.FAILED)
-
-    @property
-    def moves(self) -> bool:
-        """The work has to be placed again (not the job's fault, no Airflow retry)."""
-        return self in (Kind.PREEMPTED, Kind.LOST)
 
 
 @dataclass(frozen=True)
@@ -156,15 +139,15 @@ def observed(reported: float | None, now: float) -> float:
 def classify(pod: dict[str, Any] | None, event_type: str = "MODIFIED") -> Outcome:
     """Classify a pod (raw JSON) as seen in a watch event; None means it no longer exists."""
     if pod is None:
-        return Outcome(Kind.LOST, "NotFound", "the pod no longer exists", by="unknown")
+        return Outcome(Kind.LOST, Reason.NOT_FOUND.value, "the pod no longer exists", by="unknown")
     status = pod.get("status") or {}
     phase = status.get("phase", "Pending")
-    if phase == "Succeeded":
+    if phase == SUCCEEDED_PHASE:
         return Outcome(Kind.SUCCEEDED, "Completed", exit_code=0)
     found = disruption(pod)
     if found:
         return found
-    if phase == "Failed":
+    if phase == FAILED_PHASE:
         term = _terminated(pod)
         return Outcome(
             Kind.FAILED,
@@ -173,7 +156,8 @@ def classify(pod: dict[str, Any] | None, event_type: str = "MODIFIED") -> Outcom
             exit_code=term.get("exitCode"),
         )
     if event_type == "DELETED" or (pod.get("metadata") or {}).get("deletionTimestamp"):
-        return Outcome(Kind.LOST, "Deleted", f"the pod was deleted while {phase}", by="unknown")
+        return Outcome(Kind.LOST, Reason.DELETED.value, f"the pod was deleted while {phase}",
+                       by="unknown")
     if phase == "Running":
         return Outcome(Kind.RUNNING)
     return _pending(pod)
@@ -182,7 +166,8 @@ def classify(pod: dict[str, Any] | None, event_type: str = "MODIFIED") -> Outcom
 def _pending(pod: dict[str, Any]) -> Outcome:
     gates = [g.get("name") for g in (pod.get("spec") or {}).get("schedulingGates") or []]
     if KUEUE_GATE in gates:
-        return Outcome(Kind.PENDING, "QueuedByKueue", "waiting for Kueue to admit the workload")
+        return Outcome(Kind.PENDING, Reason.QUEUED_BY_KUEUE.value,
+                       "waiting for Kueue to admit the workload")
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in PERMANENT_WAITING:
@@ -193,5 +178,6 @@ def _pending(pod: dict[str, Any]) -> Outcome:
     if sched and sched.get("status") == "False":
         return Outcome(Kind.PENDING, sched.get("reason", "Unschedulable"), sched.get("message", ""))
     if gates:
-        return Outcome(Kind.PENDING, "SchedulingGated", f"gated by {', '.join(map(str, gates))}")
-    return Outcome(Kind.PENDING, "Starting", "")
+        return Outcome(Kind.PENDING, Reason.SCHEDULING_GATED.value,
+                       f"gated by {', '.join(map(str, gates))}")
+    return Outcome(Kind.PENDING, Reason.STARTING.value, "")

@@ -11,6 +11,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import Any
 
+from airflow_provider_skyshare.names import Kind
+
+_MOVES = frozenset(k.value for k in Kind if k.moves)  # (strings: a newer writer may add kinds)
+
 
 def epoch(stamp: Any) -> float | None:
     """Seconds since the epoch from a Kubernetes timestamp ("2026-11-22T16:28:41Z"), or None."""
@@ -58,12 +62,12 @@ class Timeline:
 
     @property
     def preemptions(self) -> int:
-        return sum(1 for a in self.attempts if a.outcome == "Preempted")
+        return sum(1 for a in self.attempts if a.outcome == Kind.PREEMPTED.value)
 
     @property
     def moves(self) -> int:
         """Attempts that ended without the job's own verdict (preempted or lost)."""
-        return sum(1 for a in self.attempts if a.outcome in ("Preempted", "Lost"))
+        return sum(1 for a in self.attempts if a.outcome in _MOVES)
 
     def add(self, attempt: Attempt) -> Timeline:
         return Timeline((*self.attempts, attempt))

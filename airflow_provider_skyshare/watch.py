@@ -10,27 +10,61 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
 from airflow_provider_skyshare import kube
 from airflow_provider_skyshare.fleet import Cluster
-from airflow_provider_skyshare.pods import MANAGED_BY, MANAGER
+from airflow_provider_skyshare.names import MANAGED_SELECTOR
 
 log = logging.getLogger(__name__)
-SELECTOR = f"{MANAGED_BY}={MANAGER}"
+SELECTOR = MANAGED_SELECTOR
 LINGER_SECONDS = 30.0
 
-# (type, pod-or-None, detail): ADDED/MODIFIED/DELETED/SYNC carry the pod (SYNC may carry
-# None: not in a fresh list, so gone); UNREACHABLE/RECONNECTED carry the reason in detail.
-Event = tuple[str, "dict[str, Any] | None", str]
+
+class Change(str, enum.Enum):
+    """What a subscriber hears of its pod."""
+
+    ADDED = "ADDED"
+    MODIFIED = "MODIFIED"
+    DELETED = "DELETED"
+    SYNC = "SYNC"  # after every (re)list: the pod as listed, or None when it is not there
+    UNREACHABLE = "UNREACHABLE"  # the stream broke; detail says why
+    RECONNECTED = "RECONNECTED"
+
+
+# (change, pod-or-None, detail): ADDED/MODIFIED/DELETED carry the pod; SYNC the pod or None
+# (not in a fresh list, so gone); UNREACHABLE/RECONNECTED carry the reason in detail.
+Event = tuple[Change, "dict[str, Any] | None", str]
+
+
+class PodSource(Protocol):
+    """The two calls a hub makes; replaceable so the relist after 410 is unit-tested."""
+
+    async def list(self, cluster: Cluster, namespace: str) -> dict[str, Any]: ...
+
+    def watch(self, cluster: Cluster, namespace: str,
+              resource_version: str) -> AsyncIterator[dict[str, Any]]: ...
+
+
+class KubeSource:
+    async def list(self, cluster: Cluster, namespace: str) -> dict[str, Any]:
+        return await kube.list_pods(cluster, namespace, labelSelector=SELECTOR)
+
+    def watch(self, cluster: Cluster, namespace: str,
+              resource_version: str) -> AsyncIterator[dict[str, Any]]:
+        return kube.watch_pods(cluster, namespace, SELECTOR, resource_version, 60)
 
 
 class PodWatchHub:
-    def __init__(self, cluster: Cluster, namespace: str) -> None:
+    def __init__(self, cluster: Cluster, namespace: str,
+                 source: PodSource | None = None) -> None:
         self.cluster = cluster
         self.namespace = namespace
+        self.source: PodSource = source or KubeSource()
         self.cache: dict[str, dict[str, Any]] = {}
         self.subscribers: dict[str, set[asyncio.Queue[Event]]] = {}
         self.connected = False
@@ -47,9 +81,9 @@ class PodWatchHub:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
         elif pod in self.cache:
-            queue.put_nowait(("SYNC", self.cache[pod], ""))
+            queue.put_nowait((Change.SYNC, self.cache[pod], ""))
         if not self.connected and self.error:
-            queue.put_nowait(("UNREACHABLE", None, self.error))
+            queue.put_nowait((Change.UNREACHABLE, None, self.error))
         return queue
 
     @property
@@ -83,7 +117,7 @@ class PodWatchHub:
         for queue in self.subscribers.get(pod, ()):
             queue.put_nowait(event)
 
-    def _broadcast(self, kind: str, detail: str) -> None:
+    def _broadcast(self, kind: Change, detail: str) -> None:
         for name in list(self.subscribers):
             self._emit(name, (kind, None, detail))
 
@@ -115,7 +149,7 @@ class PodWatchHub:
                 self.connected = False
                 self._synced.clear()
                 self.error = exc.message if exc.unreachable else str(exc)
-                self._broadcast("UNREACHABLE", self.error)
+                self._broadcast(Change.UNREACHABLE, self.error)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             except asyncio.CancelledError:
@@ -125,28 +159,28 @@ class PodWatchHub:
                 self.connected = False
                 self._synced.clear()
                 self.error = f"{type(exc).__name__}: {exc}"
-                self._broadcast("UNREACHABLE", self.error)
+                self._broadcast(Change.UNREACHABLE, self.error)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
     async def _relist(self) -> str:
         self.requests += 1
-        listing = await kube.list_pods(self.cluster, self.namespace, labelSelector=SELECTOR)
+        listing = await self.source.list(self.cluster, self.namespace)
         fresh = {p["metadata"]["name"]: p for p in listing.get("items") or []}
         was_connected = self.connected or not self.error
         self.cache = fresh
         self.connected, self.error = True, ""
         self._synced.set()
         if not was_connected:
-            self._broadcast("RECONNECTED", "")
+            self._broadcast(Change.RECONNECTED, "")
         for name in list(self.subscribers):
-            self._emit(name, ("SYNC", fresh.get(name), ""))
+            self._emit(name, (Change.SYNC, fresh.get(name), ""))
         return listing["metadata"]["resourceVersion"]
 
     async def _watch(self, rv: str) -> None:
         while not self._idle():
             self.requests += 1
-            async for event in kube.watch_pods(self.cluster, self.namespace, SELECTOR, rv, 60):
+            async for event in self.source.watch(self.cluster, self.namespace, rv):
                 kind = event.get("type")
                 obj = event.get("object") or {}
                 if kind == "ERROR":
@@ -156,11 +190,11 @@ class PodWatchHub:
                 if kind == "BOOKMARK":
                     continue
                 name = obj["metadata"]["name"]
-                if kind == "DELETED":
+                if kind == Change.DELETED:
                     self.cache.pop(name, None)
                 else:
                     self.cache[name] = obj
-                self._emit(name, (kind, obj, ""))
+                self._emit(name, (Change(kind), obj, ""))
 
     async def close(self) -> None:
         if self._task:

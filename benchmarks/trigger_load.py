@@ -57,19 +57,19 @@ def delete_pods(api) -> None:
 
 def _skyshare_trigger(name: str, kubeconfig: str):
     from airflow_provider_skyshare.fleet import parse
+    from airflow_provider_skyshare.follow import Follow, Job, Settings
     from airflow_provider_skyshare.placement import Request
     from airflow_provider_skyshare.pods import TaskIdentity
-    from airflow_provider_skyshare.supervisor import Settings, Supervisor
     from airflow_provider_skyshare.timeline import Attempt, Timeline
     from airflow_provider_skyshare.triggers.pod import MultiClusterPodTrigger
 
     fleet = parse({"orgs": [{"name": "bench", "members": ["*"]}], "clusters": [
         {"name": CLUSTER, "owner": "bench", "context": CLUSTER, "kubeconfig": kubeconfig,
          "gpu_products": {"T4": "Tesla-T4"}}]})
-    sup = Supervisor(fleet, Request("T4", 1, "bench", "x"), {"spec": {"containers": [{}]}},
-                     TaskIdentity("bench", name, "run"), Settings(),
-                     Timeline((Attempt(1, CLUSTER, "owner", name, NS, time.time()),)))
-    return MultiClusterPodTrigger(state=sup.state())
+    job = Job(fleet, Request("T4", 1, "bench", "x"), {"spec": {"containers": [{}]}},
+              TaskIdentity("bench", name, "run"), Settings())
+    state = Follow(job, Timeline((Attempt(1, CLUSTER, "owner", name, NS, time.time()),)))
+    return MultiClusterPodTrigger(state=state.to_dict())
 
 
 def _kpt(name: str, kubeconfig: str):

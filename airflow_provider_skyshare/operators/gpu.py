@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -17,20 +16,28 @@ from airflow.sdk import BaseOperator, conf
 
 from airflow_provider_skyshare import clients, kube
 from airflow_provider_skyshare.clients import ClusterConfigError
+from airflow_provider_skyshare.finish import (
+    FinishAction,
+    FinishPolicy,
+    event_payload,
+    failure_message,
+    finish,
+    from_event,
+)
 from airflow_provider_skyshare.fleet import Fleet, FleetError, load, parse
+from airflow_provider_skyshare.follow import Follow, Job, OnUnreachable, Settings, Status
 from airflow_provider_skyshare.links import SkyshareTimelineLink
 from airflow_provider_skyshare.placement import PlacementError, Request, check_count, parse_gpus
 from airflow_provider_skyshare.placement import validate as validate_request
 from airflow_provider_skyshare.pods import BASE_CONTAINER, TaskIdentity
-from airflow_provider_skyshare.supervisor import NoPlacement, Settings, Supervisor
-from airflow_provider_skyshare.timeline import Timeline
-from airflow_provider_skyshare.triggers.pod import MultiClusterPodTrigger
+from airflow_provider_skyshare.supervisor import Supervisor
+from airflow_provider_skyshare.triggers.pod import TIMELINE_XCOM, MultiClusterPodTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-FINISH_ACTIONS = ("delete_pod", "delete_succeeded_pod", "keep_pod")
-UNREACHABLE_ACTIONS = ("move", "fail")
+FINISH_ACTIONS = tuple(a.value for a in FinishAction)
+UNREACHABLE_ACTIONS = tuple(a.value for a in OnUnreachable)
 
 
 class SkyshareTaskError(RuntimeError):
@@ -287,77 +294,53 @@ class MultiClusterGpuOperator(BaseOperator):
         except PlacementError as exc:
             raise SkyshareTaskError(str(exc)) from None
         identity = TaskIdentity(dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id,
-                                try_number=ti.try_number,
-                                map_index=_map_index(ti))
+                                try_number=ti.try_number, map_index=_map_index(ti))
         settings = Settings(max_preemptions=self.max_preemptions, queue_timeout=self.queue_timeout,
                             unreachable_grace=float(self.unreachable_grace),
-                            on_unreachable=self.on_unreachable)
-        return Supervisor(fleet, request, self.build_template(), identity, settings, log=self.log)
+                            on_unreachable=OnUnreachable(self.on_unreachable))
+        job = Job(fleet, request, self.build_template(), identity, settings)
+        return Supervisor.for_job(job, log=self.log)
 
-    # -- execute -> defer -> execute_complete ----------------------------------------------
+    def _finish_policy(self) -> FinishPolicy:
+        return FinishPolicy(FinishAction(self.on_finish_action), bool(self.get_logs))
+
+    # -- execute -> defer (the trigger ends the task) or follow here ---------------------------
     def execute(self, context: Context) -> Any:
         try:
             return self._execute(context)
-        except (NoPlacement, PlacementError, FleetError, ClusterConfigError) as exc:
+        except (PlacementError, FleetError, ClusterConfigError) as exc:
             raise SkyshareTaskError(str(exc)) from None
 
     def _execute(self, context: Context) -> Any:
         sup = self._supervisor(context)
-        self._state = sup.state()
-        if self.deferrable:
-            attempt = asyncio.run(_in_loop(sup.start()))
-            context["ti"].xcom_push(key="skyshare_placement", value={
-                "cluster": attempt.cluster, "tier": attempt.tier, "pod": attempt.pod,
-                "namespace": attempt.namespace, "attempt": attempt.number, "why": attempt.why,
-            })
-            sup.started_at = time.time()
-            self._state = sup.state()
-            self.defer(trigger=MultiClusterPodTrigger(state=sup.state()),
-                       method_name="execute_complete")
-        event = asyncio.run(_in_loop(_start_and_follow(sup)))
-        return self.execute_complete(context, event)
+        self._state = sup.state.to_dict()
+        if not self.deferrable:
+            state = asyncio.run(_in_loop(_place_and_follow(sup)))
+            return self.execute_complete(context, event_payload(state, state.verdict))
+        state = asyncio.run(_in_loop(sup.place()))
+        self._state = state.to_dict()
+        if state.verdict is not None:  # nothing could take it
+            return self.execute_complete(context, event_payload(state, state.verdict))
+        attempt = state.timeline.last
+        context["ti"].xcom_push(key="skyshare_placement", value={
+            "cluster": attempt.cluster, "tier": attempt.tier, "pod": attempt.pod,
+            "namespace": attempt.namespace, "attempt": attempt.number, "why": attempt.why,
+        })
+        self.defer(trigger=MultiClusterPodTrigger(state=self._state,
+                                                  finish=self._finish_policy().to_dict()),
+                   method_name="execute_complete")
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        """The verdict in the worker: deferrable=False, and dag.test() (which runs triggers
+        in-line and ignores the trigger's own end of the task). A real triggerer ends the
+        task itself and this is not called."""
         self._state = event
-        timeline = Timeline.from_list(event.get("timeline"))
-        status = event.get("status")
-        self.log.info("skyshare: %s after %d attempt(s):\n%s", status, len(timeline.attempts),
-                      timeline.table())
-        fleet = parse(event["fleet"], source=event.get("fleet_source", "<fleet>"))
-        cluster = fleet.clusters.get(event.get("cluster") or "")
-        if cluster and event.get("pod") and self.get_logs and status in ("success", "failed"):
-            self._print_logs(cluster, event["namespace"], event["pod"])
-        if cluster and event.get("pod"):
-            keep = self.on_finish_action == "keep_pod" or (
-                self.on_finish_action == "delete_succeeded_pod" and status != "success"
-            )
-            if not keep or status not in ("success", "failed"):
-                self._delete(cluster, event["namespace"], event["pod"])
-        for orphan in event.get("orphans") or []:
-            self._delete(fleet.clusters[orphan["cluster"]], orphan["namespace"], orphan["pod"])
-        if status == "success":
-            return timeline.to_list()
-        context["ti"].xcom_push(key="skyshare_timeline", value=timeline.to_list())
-        raise SkyshareTaskError(
-            f"{event.get('message') or status} [{status}]\nattempts:\n{timeline.table()}"
-        )
-
-    def _print_logs(self, cluster: Any, namespace: str, pod: str) -> None:
-        from kubernetes.client import CoreV1Api
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            text = CoreV1Api(clients.sync_api(cluster)).read_namespaced_pod_log(
-                pod, namespace, container=BASE_CONTAINER, _request_timeout=30)
-        except ApiException as exc:
-            self.log.warning("logs of %s on %s unavailable: HTTP %s %s", pod, cluster.name,
-                             exc.status, exc.reason)
-            return
-        except Exception as exc:  # noqa: BLE001 - logs are a courtesy, the verdict stands
-            self.log.warning("logs of %s on %s unavailable: %s", pod, cluster.name, exc)
-            return
-        for line in (text or "").splitlines():
-            self.log.info("[%s] %s", pod, line)
+        state, verdict = from_event(event)
+        asyncio.run(_in_loop(finish(state, verdict, self._finish_policy(), self.log)))
+        if verdict.status is Status.SUCCESS:
+            return state.timeline.to_list()
+        context["ti"].xcom_push(key=TIMELINE_XCOM, value=state.timeline.to_list())
+        raise SkyshareTaskError(failure_message(state, verdict))
 
     def _delete(self, cluster: Any, namespace: str, pod: str) -> None:
         from kubernetes.client import CoreV1Api
@@ -405,9 +388,9 @@ async def _in_loop(coro: Any) -> Any:
         await clients.close_async_clients()
 
 
-async def _start_and_follow(sup: Supervisor) -> dict[str, Any]:
-    await sup.start()
-    return await sup.follow()
+async def _place_and_follow(sup: Supervisor) -> Follow:
+    state = await sup.place()
+    return state if state.verdict is not None else await sup.run()
 
 
 __all__ = ["MultiClusterGpuOperator", "SkyshareTaskError", "kube"]

@@ -1,8 +1,11 @@
-"""The trigger that follows a task's pod and moves it when it is preempted.
+"""The trigger that follows a task's pod, moves it when it is preempted, and ends the task.
 
-Thin: all the work is in supervisor.Supervisor, which the worker runs too. The kwargs are
-the supervisor's JSON state; the event carries the same state, because dag.test() (Airflow
-3.3) drops defer kwargs and execute_complete must not need them.
+Thin: following is supervisor.Supervisor's (which the worker runs too), acting on a verdict is
+finish.finish's. The trigger ends the task itself (TaskSuccessEvent / TaskFailedEvent, which
+respect retries), so the task goes from deferred straight to done: no worker is started to
+read the verdict, and the stale executor event of the deferral exit cannot fail the task
+(apache/airflow#67287), so there is no delay before a verdict. dag.test() runs triggers in-line
+and ignores such events: there (no trigger id) the verdict goes to execute_complete as before.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import BaseTrigger, TaskFailedEvent, TaskSuccessEvent, TriggerEvent
 
+from airflow_provider_skyshare.finish import FinishPolicy, event_payload, failure_message, finish
+from airflow_provider_skyshare.follow import Follow, Status, Verdict
 from airflow_provider_skyshare.supervisor import Supervisor
 
 # Task states that end the try this trigger serves: its pods have nobody to report to. (Not
@@ -22,24 +27,42 @@ FINISHED = frozenset({"success", "failed", "skipped", "upstream_failed", "remove
 # The first answer in a fresh triggerer takes seconds (6.5 s measured); following does not wait
 # for it, so a late answer still counts rather than being given up on.
 TASK_STATE_TIMEOUT = 120.0
+TIMELINE_XCOM = "skyshare_timeline"  # the timeline of a task that did not succeed
 
 
 class MultiClusterPodTrigger(BaseTrigger):
-    """Watch the current attempt's pod; place again on preemption; fire once with a verdict."""
+    """Watch the current attempt's pod; place again on preemption; end the task."""
 
-    def __init__(self, state: dict[str, Any]) -> None:
+    def __init__(self, state: dict[str, Any], finish: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.state = state
+        self.finish = finish or {}
         self._supervisor: Supervisor | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (f"{type(self).__module__}.{type(self).__qualname__}", {"state": self.state})
+        return (f"{type(self).__module__}.{type(self).__qualname__}",
+                {"state": self.state, "finish": self.finish})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        sup = self._supervisor = Supervisor.from_state(self.state, log=self.log)
-        # Ask Airflow whether the task still waits for us, but follow meanwhile: the first
-        # answer in a fresh triggerer costs seconds (it builds its in-process API: 6.5 s
-        # measured), and a preemption in that window must move at once, not after it.
+        sup = self._supervisor = Supervisor(Follow.from_dict(self.state), log=self.log)
+        state, verdict = await self._verdict(sup)
+        if self.trigger_id is None or verdict.status is Status.ABANDONED:
+            # dag.test() (no trigger row) resumes the task with this event; an abandoned
+            # task is no longer deferred, so Airflow ignores it.
+            yield TriggerEvent(event_payload(state, verdict))
+            return
+        await finish(state, verdict, FinishPolicy.from_dict(self.finish), self.log)
+        await self._store_timeline(state, verdict)
+        if verdict.status is Status.SUCCESS:
+            yield TaskSuccessEvent()
+        else:
+            self.log.error("%s", failure_message(state, verdict))
+            yield TaskFailedEvent()
+
+    async def _verdict(self, sup: Supervisor) -> tuple[Follow, Verdict]:
+        """Follow to a verdict, while asking Airflow whether the task still waits for us: the
+        first answer in a fresh triggerer costs seconds (it builds its in-process API: 6.5 s
+        measured), and a preemption in that window must move at once, not after it."""
         asked = asyncio.create_task(self._task_state(sup))
         following = asyncio.create_task(self._follow(sup))
         try:
@@ -53,28 +76,37 @@ class MultiClusterPodTrigger(BaseTrigger):
                 deleted = await sup.delete_all(grace=0)
                 self.log.warning("the task is %s, no longer deferred: not following it; "
                                  "deleted %s", state, ", ".join(deleted) or "no pod")
-                event = _without_pod(sup, "abandoned",
-                                     f"the task was {state} before its trigger ran")
-            else:
-                event = await following
+                return sup.state, Verdict(Status.ABANDONED,
+                                          f"the task was {state} before its trigger ran")
+            return await following
         finally:
             # Cancelled by Airflow (the task was marked or cleared; on_kill follows): neither
             # the follower nor the question may outlive the trigger.
             await _end(following, asked)
-        yield TriggerEvent(event)
 
-    async def _follow(self, sup: Supervisor) -> dict[str, Any]:
+    async def _follow(self, sup: Supervisor) -> tuple[Follow, Verdict]:
         try:
-            await sup.resume()
-            return await sup.follow()
-        except Exception as exc:
+            state = await sup.follow()
+        except Exception as exc:  # a bug or an unexpected answer: fail the task, loudly
             self.log.exception("skyshare trigger failed")
-            return _without_pod(sup, "error", f"{type(exc).__name__}: {exc}")
+            return sup.state, Verdict(Status.ERROR, f"{type(exc).__name__}: {exc}")
+        assert state.verdict is not None  # run() returns at DONE only
+        return state, state.verdict
+
+    async def _store_timeline(self, state: Follow, verdict: Verdict) -> None:
+        """The timeline in XCom, as execute_complete would return or push it. (Not the end
+        event's xcoms=: Airflow 3.3 stores those double-encoded.)"""
+        from airflow.sdk.execution_time.xcom import XCom
+
+        ident = state.job.identity
+        key = "return_value" if verdict.status is Status.SUCCESS else TIMELINE_XCOM
+        await XCom.aset(key, state.timeline.to_list(), dag_id=ident.dag_id,
+                        task_id=ident.task_id, run_id=ident.run_id, map_index=ident.map_index)
 
     async def _task_state(self, sup: Supervisor) -> str | None:
         """This task's state as Airflow has it, asked through the triggerer's supervisor;
         None where nobody can be asked (dag.test runs triggers in-process)."""
-        ident = sup.identity
+        ident = sup.job.identity
         try:
             from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
@@ -91,7 +123,7 @@ class MultiClusterPodTrigger(BaseTrigger):
 
     async def on_kill(self) -> None:
         """A user marked the task failed/success or cleared it: delete its pod wherever it is."""
-        sup = self._supervisor or Supervisor.from_state(self.state, log=self.log)
+        sup = self._supervisor or Supervisor(Follow.from_dict(self.state), log=self.log)
         deleted = await sup.delete_all(grace=0)
         self.log.info("on_kill deleted %s", ", ".join(deleted) or "no pod")
 
@@ -104,9 +136,3 @@ async def _end(*tasks: asyncio.Task[Any]) -> None:
         for task in pending:
             task.cancel()
         await asyncio.wait(pending, timeout=0.5)
-
-
-def _without_pod(sup: Supervisor, status: str, message: str) -> dict[str, Any]:
-    """An event that names no current pod (the supervisor did not reach a verdict on one)."""
-    return {**sup.state(), "status": status, "message": message, "outcome": None,
-            "cluster": None, "namespace": None, "pod": None}

@@ -15,11 +15,14 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_skyshare import clients, watch
+from airflow_provider_skyshare.finish import event_payload
 from airflow_provider_skyshare.fleet import load
+from airflow_provider_skyshare.follow import Follow, Job, OnUnreachable, Settings
 from airflow_provider_skyshare.operators import MultiClusterGpuOperator
 from airflow_provider_skyshare.placement import Request, parse_gpus
 from airflow_provider_skyshare.pods import TaskIdentity
-from airflow_provider_skyshare.supervisor import Settings, Supervisor
+from airflow_provider_skyshare.supervisor import Supervisor
+from airflow_provider_skyshare.timeline import Attempt, Timeline
 from tests.helpers.fixtures import wait_for
 
 pytestmark = pytest.mark.integration
@@ -31,14 +34,46 @@ MOVE_BOUND_SECONDS = 30  # documented in docs/concepts.md: unreachable_grace + p
 
 def make(task_id: str, *, org: str = "rise", user: str = "romil", gpus: str = "T4:2",
          duration: str = "30s", try_number: int = 1, run_id: str | None = None,
-         log: logging.Logger | None = None, **settings) -> Supervisor:
+         log: logging.Logger | None = None, **settings) -> Driven:
     op = MultiClusterGpuOperator(task_id=task_id, image="busybox", gpus=gpus, org=org, user=user,
                                  fleet_file=str(FLEET), annotations={DURATION: duration})
     product, count = parse_gpus(gpus)
     identity = TaskIdentity("reliability", task_id, run_id or f"run-{uuid.uuid4().hex[:8]}",
                             try_number=try_number)
-    return Supervisor(load(FLEET), Request(product, count, org, user), op.build_template(),
-                      identity, Settings(min_event_delay=0, **settings), log=log)
+    if "on_unreachable" in settings:
+        settings["on_unreachable"] = OnUnreachable(settings["on_unreachable"])
+    job = Job(load(FLEET), Request(product, count, org, user), op.build_template(), identity,
+              Settings(**settings))
+    return Driven(Supervisor.for_job(job, log=log))
+
+
+class Driven:
+    """A task's supervisor as the worker and the trigger drive it, with the verdict as the
+    event dict that dag.test() and deferrable=False hand to execute_complete."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+        self.identity = sup.job.identity
+
+    @property
+    def timeline(self) -> Timeline:
+        return self.sup.state.timeline
+
+    def state(self) -> dict:
+        return self.sup.state.to_dict()
+
+    async def start(self) -> Attempt:
+        """The worker's part before deferring: adopt or place attempt 1."""
+        state: Follow = await self.sup.place()
+        assert state.timeline.last is not None, state.verdict
+        return state.timeline.last
+
+    async def follow(self) -> dict:
+        state = await self.sup.follow()
+        return event_payload(state, state.verdict)
+
+    async def delete_all(self, grace: int | None = None) -> list[str]:
+        return await self.sup.delete_all(grace)
 
 
 async def closing(coro):
@@ -49,12 +84,12 @@ async def closing(coro):
         await clients.close_async_clients()
 
 
-def pods_of(admin, cluster: str, sup: Supervisor) -> list:
+def pods_of(admin, cluster: str, sup: Driven) -> list:
     return admin[cluster].list_namespaced_pod(
         "skyshare", label_selector=sup.identity.selector(this_try=False)).items
 
 
-def running(admin, cluster: str, sup: Supervisor) -> list:
+def running(admin, cluster: str, sup: Driven) -> list:
     return [p for p in pods_of(admin, cluster, sup) if p.status.phase == "Running"]
 
 
@@ -175,7 +210,7 @@ def test_kueue_down_placement_skips_the_cluster_and_says_why(
     assert event["status"] == "success"
     assert [(a["cluster"], a["tier"]) for a in event["timeline"]] == [("bair", "borrower")]
     said = "\n".join(r.getMessage() for r in caplog.records if r.name == log.name)
-    assert "cluster rise refused the pod" in said and "webhook" in said, said
+    assert "cluster rise rejected: HTTP" in said and "webhook" in said, said
     asyncio.run(closing(sup.delete_all(0)))
 
 

@@ -166,7 +166,7 @@ def test_a_cancelled_trigger_leaves_no_follower_behind(monkeypatch, admin, kube_
     async def scenario() -> tuple[list[asyncio.Task], list[asyncio.Task]]:
         trigger = MultiClusterPodTrigger(sup.state())
         run = asyncio.create_task(first_event(trigger))
-        await asyncio.to_thread(wait_for, lambda: trigger._supervisor and trigger._supervisor._last_pod,
+        await asyncio.to_thread(wait_for, lambda: trigger._supervisor and trigger._supervisor.state.pod,
                                 30, "the trigger following the pod")
         mine = [t for t in asyncio.all_tasks()
                 if "MultiClusterPodTrigger" in t.get_coro().__qualname__]

@@ -1,0 +1,175 @@
+"""The clusters as the follow loop sees them: a small protocol, and its real implementation.
+
+``supervisor.Supervisor`` executes ``follow``'s actions through a ``ClusterApi``; the real
+one talks to Kubernetes (``kube``, the shared ``watch`` hub, ``capacity``), a fake one in
+the unit tests replays recorded pods. Each call answers with the ``follow`` event that the
+core reads; transport failures become events (a cluster that does not answer is a fact the
+core decides about), while anything unexpected propagates and fails the trigger loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+from airflow_provider_skyshare import capacity, kube, watch
+from airflow_provider_skyshare.fleet import Fleet
+from airflow_provider_skyshare.follow import (
+    CreateConflict,
+    Created,
+    CreateFailed,
+    Event,
+    Orphan,
+    PodGone,
+    PodSeen,
+    Reconnected,
+    Unreachable,
+)
+from airflow_provider_skyshare.names import A_TASK, L_TASK_KEY
+from airflow_provider_skyshare.snapshot import Snapshot
+
+REBALANCE_PROBE_AGE = 2.0  # queued tasks of one triggerer share a capacity probe this long
+PREEMPTOR_LOOKUP_SECONDS = 5.0
+
+
+class PodFeed(Protocol):
+    """The events of one followed pod."""
+
+    async def next(self, timeout: float | None) -> Event | None:
+        """The next event, or None when ``timeout`` seconds pass without one."""
+
+    def close(self) -> None: ...
+
+
+class ClusterApi(Protocol):
+    async def probe(self, shared: bool) -> Snapshot: ...
+
+    async def create(self, cluster: str, pod: dict[str, Any]) -> Event: ...
+
+    async def watch(self, cluster: str, namespace: str, pod: str) -> PodFeed: ...
+
+    async def get(self, cluster: str, namespace: str, pod: str) -> Event: ...
+
+    async def delete(self, orphan: Orphan) -> bool:
+        """True when the pod is gone (deleted now or before); False: the cluster did not
+        answer."""
+
+    async def name_preemptor(self, cluster: str, uid: str) -> str: ...
+
+
+def feed_event(change: watch.Change, pod: dict[str, Any] | None, detail: str) -> Event | None:
+    """A watch hub's event as the core reads it."""
+    if change is watch.Change.UNREACHABLE:
+        return Unreachable(detail)
+    if change is watch.Change.RECONNECTED:
+        return Reconnected()
+    if pod is None:
+        return PodGone() if change is watch.Change.SYNC else None
+    return PodSeen(pod, deleted=change is watch.Change.DELETED)
+
+
+class HubFeed:
+    """One pod's subscription to the shared watch of its cluster and namespace."""
+
+    def __init__(self, hub: watch.PodWatchHub, pod: str) -> None:
+        self.hub, self.pod = hub, pod
+        self.queue = hub.subscribe(pod)
+        self.first: list[Event] = []
+
+    async def next(self, timeout: float | None) -> Event | None:
+        if self.first:
+            return self.first.pop(0)
+        while True:
+            try:
+                change, pod, detail = await asyncio.wait_for(self.queue.get(), timeout)
+            except asyncio.TimeoutError:
+                return None
+            event = feed_event(change, pod, detail)
+            if event is not None:
+                return event
+
+    def close(self) -> None:
+        self.hub.unsubscribe(self.pod, self.queue)
+
+
+class KubeClusterApi:
+    """The real clusters of a fleet, for one task (its key guards every delete)."""
+
+    def __init__(self, fleet: Fleet, task_key: str) -> None:
+        self.fleet, self.task_key = fleet, task_key
+
+    async def probe(self, shared: bool) -> Snapshot:
+        if shared:
+            return await capacity.probe_shared(self.fleet, REBALANCE_PROBE_AGE)
+        return await capacity.probe(self.fleet)
+
+    async def create(self, cluster: str, pod: dict[str, Any]) -> Event:
+        target = self.fleet.clusters[cluster]
+        try:
+            await kube.create_pod(target, pod)
+            return Created(cluster)
+        except kube.KubeError as exc:
+            if exc.status != 409:
+                return CreateFailed(cluster, exc.unreachable, _said(exc))
+        meta = pod["metadata"]
+        try:
+            return CreateConflict(cluster, await kube.get_pod(target, meta["namespace"],
+                                                              meta["name"]))
+        except kube.KubeError as exc:
+            return CreateFailed(cluster, exc.unreachable, f"after HTTP 409: {_said(exc)}")
+
+    async def watch(self, cluster: str, namespace: str, pod: str) -> PodFeed:
+        """Known to the shared watch: no request. Not (yet) in its cache: one get, since a
+        pod created a moment ago may not have reached the watch."""
+        hub = watch.hub(self.fleet.clusters[cluster], namespace)
+        feed = HubFeed(hub, pod)
+        cached = hub.cache.get(pod) if hub.synced else None
+        feed.first.append(PodSeen(cached) if cached is not None
+                          else await self.get(cluster, namespace, pod))
+        return feed
+
+    async def get(self, cluster: str, namespace: str, pod: str) -> Event:
+        try:
+            found = await kube.get_pod(self.fleet.clusters[cluster], namespace, pod)
+        except kube.KubeError as exc:
+            if not exc.unreachable:
+                raise  # 403 and friends: a configuration fault, not a cluster down
+            return Unreachable(exc.message)
+        return PodGone() if found is None else PodSeen(found)
+
+    async def delete(self, orphan: Orphan) -> bool:
+        """Only a pod of this task, and only the object that was read (uid precondition):
+        a name is deterministic, and another process may have made it since."""
+        target = self.fleet.clusters[orphan.cluster]
+        try:
+            found = await kube.get_pod(target, orphan.namespace, orphan.pod)
+            labels = ((found or {}).get("metadata") or {}).get("labels") or {}
+            if found is None or labels.get(L_TASK_KEY) != self.task_key:
+                return True
+            return await kube.delete_pod(target, orphan.namespace, orphan.pod, 0,
+                                         uid=found["metadata"]["uid"])
+        except kube.KubeError as exc:
+            if exc.unreachable:
+                return False
+            if exc.status == 409:  # the uid changed: not the pod we read; look again later
+                return False
+            raise
+
+    async def name_preemptor(self, cluster: str, uid: str) -> str:
+        """The preempting pod's task ('dag/task/run'), or 'pod ns/name'; '' if not found."""
+        try:
+            listing = await kube.request(self.fleet.clusters[cluster], "GET", "/api/v1/pods",
+                                         query={"resourceVersion": "0"},
+                                         timeout=PREEMPTOR_LOOKUP_SECONDS)
+        except kube.KubeError:
+            return ""  # best effort: the move happened already
+        for pod in listing.get("items") or []:
+            meta = pod.get("metadata") or {}
+            if meta.get("uid") == uid:
+                return (meta.get("annotations") or {}).get(A_TASK) or (
+                    f"pod {meta.get('namespace')}/{meta.get('name')}")
+        return ""
+
+
+def _said(exc: kube.KubeError) -> str:
+    return exc.message if exc.unreachable else f"HTTP {exc.status}: {exc.message}"

@@ -1,0 +1,706 @@
+"""Following one task across clusters, as a pure state machine: ``step(state, event, now)``.
+
+Every decision of the follow loop is here: place, fall through to the next candidate, adopt,
+classify what the watch saw, move preempted or lost work, rebalance a queued attempt, time
+out, give up. ``step`` reads no clock, no file and no cluster: the shell
+(``supervisor.Supervisor``) feeds it typed events (what a watch, a probe or a create
+returned, or a timer) and executes the typed actions it returns. That makes every path
+unit-testable with recorded pods, and the shell a loop with no decisions in it.
+
+The shape follows Kueue's ``pkg/scheduler/preemption``: one rule per function, named reasons
+(``names.Reason``), side effects as values the caller executes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from airflow_provider_skyshare import outcomes, placement, pods
+from airflow_provider_skyshare.fleet import Fleet, parse
+from airflow_provider_skyshare.names import L_TASK_KEY, Kind, Reason
+from airflow_provider_skyshare.outcomes import Outcome, observed
+from airflow_provider_skyshare.placement import Candidate, PlacementError, Request
+from airflow_provider_skyshare.pods import TaskIdentity
+from airflow_provider_skyshare.snapshot import Snapshot
+from airflow_provider_skyshare.timeline import Attempt, Timeline
+
+HOUSEKEEPING_SECONDS = 10.0  # wake this often to delete orphans and check the queue timeout
+FIRST_RETRY_DELAY = 0.2  # placement retry back-off while every cluster is unreachable
+MAX_RETRY_DELAY = 2.0
+
+
+class OnUnreachable(str, enum.Enum):
+    MOVE = "move"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_preemptions: int = 5
+    queue_timeout: float | None = None  # seconds an attempt may stay queued
+    unreachable_grace: float = 30.0  # seconds a cluster may be unreachable before moving
+    on_unreachable: OnUnreachable = OnUnreachable.MOVE
+    placement_retry_seconds: float = 30.0  # keep retrying when every cluster is unreachable
+    rebalance_after: float = 5.0  # a queued attempt moves when another cluster is free now
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "on_unreachable": self.on_unreachable.value}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Settings:
+        """Unknown keys are ignored: a trigger serialised by an older version (which had
+        ``min_event_delay``) still loads after an upgrade."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if "on_unreachable" in values:
+            values["on_unreachable"] = OnUnreachable(values["on_unreachable"])
+        return cls(**values)
+
+
+class Status(str, enum.Enum):
+    """The task's verdict."""
+
+    SUCCESS = "success"
+    FAILED = "failed"  # the job's own failure
+    QUEUE_TIMEOUT = "queue_timeout"
+    UNREACHABLE = "unreachable"  # on_unreachable="fail"
+    PREEMPTION_LIMIT = "preemption_limit"
+    NO_PLACEMENT = "no_placement"
+    ABANDONED = "abandoned"  # Airflow ended the task before its trigger ran
+    ERROR = "error"  # a bug or an unexpected answer: the trigger failed
+
+    @property
+    def pod_finished(self) -> bool:
+        """The pod ran to its own end (its log is worth showing, on_finish_action applies)."""
+        return self in (Status.SUCCESS, Status.FAILED)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: Status
+    message: str
+    outcome: Outcome | None = None
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A pod of this task that must go once its cluster answers (unreachable when it should
+    have been deleted, or a create whose answer was lost)."""
+
+    cluster: str
+    namespace: str
+    pod: str
+
+
+class Refusal(str, enum.Enum):
+    """Why a cluster did not take this attempt's pod."""
+
+    UNREACHABLE = "unreachable"  # the create's answer was lost: the pod may exist there
+    REJECTED = "rejected"  # the API server said no (HTTP status in the message)
+    NAME_TAKEN = "name taken"  # an object of another task holds the deterministic name
+
+
+@dataclass(frozen=True)
+class Job:
+    """What is being followed; fixed for the task's try."""
+
+    fleet: Fleet
+    request: Request
+    template: dict[str, Any]
+    identity: TaskIdentity
+    settings: Settings
+
+
+# -- events (what happened) ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Start:
+    """Follow from the timeline as it is: place attempt 1, or watch the newest attempt (even
+    one recorded as ended: its pod tells again how it ended; the work never runs twice)."""
+
+
+@dataclass(frozen=True)
+class Probed:
+    snapshot: Snapshot
+    shared: bool = False  # a shared probe answers "should a queued attempt move?"
+
+
+@dataclass(frozen=True)
+class Created:
+    cluster: str
+
+
+@dataclass(frozen=True)
+class CreateConflict:
+    """HTTP 409: an object has the name already; ``existing`` is it (None: gone again)."""
+
+    cluster: str
+    existing: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class CreateFailed:
+    cluster: str
+    unreachable: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class PodSeen:
+    pod: dict[str, Any]
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class PodGone:
+    """The pod is not in a fresh list (a relist after 410 Gone, or a get found nothing)."""
+
+
+@dataclass(frozen=True)
+class Unreachable:
+    detail: str
+
+
+@dataclass(frozen=True)
+class Reconnected:
+    pass
+
+
+@dataclass(frozen=True)
+class Tick:
+    """The time the state asked to be woken at (``wake_at``) has come."""
+
+
+@dataclass(frozen=True)
+class Deleted:
+    orphan: Orphan
+    done: bool  # False: the cluster did not answer; try again later
+
+
+@dataclass(frozen=True)
+class PreemptorNamed:
+    attempt: int
+    who: str
+
+
+Event = (Start | Probed | Created | CreateConflict | CreateFailed | PodSeen | PodGone
+         | Unreachable | Reconnected | Tick | Deleted | PreemptorNamed)
+
+
+# -- actions (what the shell must do) ------------------------------------------------------
+@dataclass(frozen=True)
+class Probe:
+    shared: bool = False  # placement never shares a probe: it acts on what it sees
+
+
+@dataclass(frozen=True)
+class Create:
+    cluster: str
+    pod: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Watch:
+    """Follow this pod; its first event comes from the watch's cache or one get."""
+
+    cluster: str
+    namespace: str
+    pod: str
+
+
+@dataclass(frozen=True)
+class Recheck:
+    """Get the current pod now (a rebalance must not move a pod admitted meanwhile)."""
+
+    cluster: str
+    namespace: str
+    pod: str
+
+
+@dataclass(frozen=True)
+class Delete:
+    orphan: Orphan
+
+
+@dataclass(frozen=True)
+class NamePreemptor:
+    """Find what took the GPUs (off the critical path: the replacement exists already)."""
+
+    cluster: str
+    uid: str
+    attempt: int
+    via: str
+
+
+@dataclass(frozen=True)
+class Finish:
+    verdict: Verdict
+
+
+class Level(enum.IntEnum):
+    INFO = 20
+    WARNING = 30
+
+
+@dataclass(frozen=True)
+class Note:
+    """One readable log line per decision."""
+
+    level: Level
+    text: str
+
+
+Action = Probe | Create | Watch | Recheck | Delete | NamePreemptor | Finish | Note
+
+
+# -- the state -----------------------------------------------------------------------------
+class Phase(str, enum.Enum):
+    START = "start"
+    PLACING = "placing"
+    WATCHING = "watching"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class Follow:
+    job: Job
+    timeline: Timeline = field(default_factory=Timeline)
+    orphans: tuple[Orphan, ...] = ()
+    phase: Phase = Phase.START
+    # placing
+    candidates: tuple[Candidate, ...] = ()  # the decision's rest; the first is being created
+    refused: tuple[tuple[str, Refusal, str], ...] = ()  # this round: (cluster, why, message)
+    transient: bool = False  # a cluster did not answer the probe: retrying may help
+    placing_since: float | None = None
+    retry_delay: float = FIRST_RETRY_DELAY
+    moved_at: float | None = None  # when the move began (replacement latency)
+    to_name: tuple[int, Outcome] | None = None  # preempted attempt whose preemptor to name
+    # watching
+    pod: dict[str, Any] | None = None  # the current attempt's pod as last seen
+    down_since: float | None = None
+    rebalance_to: str | None = None  # a better cluster, pending a recheck of the queued pod
+    wake_at: float | None = None
+    verdict: Verdict | None = None
+    latencies: tuple[float, ...] = ()  # seconds from preemption seen to replacement created
+
+    # JSON: trigger kwargs and events carry it (keys kept from the first format)
+    def to_dict(self) -> dict[str, Any]:
+        job = self.job
+        return {
+            "fleet": job.fleet.to_dict(), "fleet_source": job.fleet.source,
+            "request": asdict(job.request), "template": job.template,
+            "identity": job.identity.to_dict(), "settings": job.settings.to_dict(),
+            "timeline": self.timeline.to_list(), "orphans": [asdict(o) for o in self.orphans],
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> Follow:
+        job = Job(
+            fleet=parse(state["fleet"], source=state.get("fleet_source", "<fleet>")),
+            request=Request(**state["request"]), template=state["template"],
+            identity=TaskIdentity(**state["identity"]),
+            settings=Settings.from_dict(state["settings"]),
+        )
+        return cls(job, Timeline.from_list(state["timeline"]),
+                   tuple(Orphan(**o) for o in state.get("orphans") or []))
+
+
+Step = tuple[Follow, list[Action]]
+
+
+def step(state: Follow, event: Event, now: float) -> Step:
+    """The next state and what to do, for one event at time ``now`` (epoch seconds)."""
+    if state.phase is Phase.DONE:
+        return state, []
+    handler = _HANDLERS[type(event)]
+    new, actions = handler(state, event, now)
+    if new.phase is Phase.WATCHING and new.verdict is None:
+        new = replace(new, wake_at=wake_at(new, now))
+    return new, actions
+
+
+# -- starting and placing ------------------------------------------------------------------
+def _start(state: Follow, _: Start, now: float) -> Step:
+    last = state.timeline.last
+    if last is None:
+        return _begin_placing(state, now, moved_at=None)
+    return replace(state, phase=Phase.WATCHING), [Watch(last.cluster, last.namespace, last.pod)]
+
+
+def _begin_placing(state: Follow, now: float, moved_at: float | None) -> Step:
+    return replace(state, phase=Phase.PLACING, placing_since=now, moved_at=moved_at,
+                   retry_delay=FIRST_RETRY_DELAY, refused=(), candidates=(), pod=None,
+                   down_since=None, rebalance_to=None, wake_at=None), [Probe()]
+
+
+def _probed(state: Follow, event: Probed, now: float) -> Step:
+    if event.shared:
+        return _rebalance_probed(state, event.snapshot, now)
+    if state.phase is not Phase.PLACING:
+        return state, []
+    job = state.job
+    try:
+        decision = placement.choose(job.request, job.fleet, event.snapshot, state.timeline,
+                                    now=now, exclude=_refused_map(state))
+    except PlacementError as exc:
+        return _finish(state, Status.NO_PLACEMENT, str(exc))
+    notes: list[Action] = [Note(Level.INFO, decision.summary()), Note(
+        Level.INFO, f"placement of attempt {state.timeline.next_number}:\n{decision.table()}")]
+    transient = any(not c.reachable for c in event.snapshot.clusters.values())
+    state = replace(state, candidates=decision.candidates, transient=transient)
+    if not decision.candidates:
+        new, actions = _nothing_took_it(state, now, decision.summary())
+        return new, notes + actions
+    return state, [*notes, _create_action(state, decision.candidates[0])]
+
+
+def _create_action(state: Follow, cand: Candidate) -> Create:
+    job, timeline = state.job, state.timeline
+    body = pods.build(job.template, identity=job.identity, attempt=timeline.next_number,
+                      cluster=cand.cluster, tier=cand.tier, request=job.request,
+                      preemptions=timeline.preemptions, history_json=timeline.to_json())
+    return Create(cand.cluster.name, body)
+
+
+def _refused_map(state: Follow) -> dict[str, str]:
+    return {cluster: f"{why.value}: {message}" for cluster, why, message in state.refused}
+
+
+def _created(state: Follow, event: Created, now: float) -> Step:
+    if state.phase is not Phase.PLACING or not state.candidates:
+        return state, []
+    cand = state.candidates[0]
+    number = state.timeline.next_number
+    attempt = Attempt(number=number, cluster=cand.cluster.name, tier=cand.tier.name,
+                      pod=state.job.identity.pod_name(number), namespace=cand.cluster.namespace,
+                      placed_at=now, why=cand.reason)
+    orphans = tuple(o for o in state.orphans
+                    if (o.cluster, o.pod) != (attempt.cluster, attempt.pod))  # ours: keep it
+    new = replace(state, phase=Phase.WATCHING, timeline=state.timeline.add(attempt),
+                  orphans=orphans, candidates=(), refused=(), placing_since=None, pod=None)
+    actions: list[Action] = [
+        Note(Level.INFO, f"attempt {number}: pod {attempt.pod} created on {attempt.cluster} as "
+                         f"{attempt.tier} ({cand.reason})"),
+        Watch(attempt.cluster, attempt.namespace, attempt.pod)]
+    if state.moved_at is not None:
+        latency = now - state.moved_at
+        new = replace(new, latencies=(*state.latencies, latency), moved_at=None)
+        actions.append(Note(Level.INFO, f"replacement created {latency * 1000:.0f} ms after the "
+                                        "preemption was seen"))
+    return _after_move(new, actions)
+
+
+def _after_move(state: Follow, actions: list[Action]) -> Step:
+    """Off the critical path, once the replacement exists: name the preemptor, reap orphans."""
+    if state.to_name is not None:
+        index, outcome = state.to_name
+        cluster = state.timeline.attempts[index].cluster
+        actions.append(NamePreemptor(cluster, outcome.preemptor, index, preempted_by(outcome)))
+        state = replace(state, to_name=None)
+    return state, actions + [Delete(o) for o in state.orphans]
+
+
+def _create_conflict(state: Follow, event: CreateConflict, now: float) -> Step:
+    labels = ((event.existing or {}).get("metadata") or {}).get("labels") or {}
+    if event.existing is not None and labels.get(L_TASK_KEY) == state.job.identity.key:
+        new, actions = _created(state, Created(event.cluster), now)
+        return new, [Note(Level.INFO, f"adopted the existing pod on {event.cluster} (same "
+                                      "task, same attempt)"), *actions]
+    return _refused(state, event.cluster, Refusal.NAME_TAKEN,
+                    "the pod name is taken by another object", now)
+
+
+def _create_failed(state: Follow, event: CreateFailed, now: float) -> Step:
+    why = Refusal.UNREACHABLE if event.unreachable else Refusal.REJECTED
+    return _refused(state, event.cluster, why, event.message[:160], now)
+
+
+def _refused(state: Follow, cluster: str, why: Refusal, message: str, now: float) -> Step:
+    """The cluster did not take the pod: try the next candidate. A lost answer may hide a
+    created pod, so its name on that cluster becomes an orphan (deleted once it answers)."""
+    if state.phase is not Phase.PLACING or not state.candidates:
+        return state, []
+    orphans = state.orphans
+    if why is Refusal.UNREACHABLE:
+        cand = state.candidates[0]
+        pod = state.job.identity.pod_name(state.timeline.next_number)
+        orphans = (*orphans, Orphan(cluster, cand.cluster.namespace, pod))
+    rest = state.candidates[1:]
+    state = replace(state, orphans=orphans, candidates=rest,
+                    refused=(*state.refused, (cluster, why, message)))
+    note = Note(Level.WARNING, f"cluster {cluster} {why.value}: {message}; "
+                               + ("trying the next candidate" if rest else "no candidate left"))
+    if rest:
+        return state, [note, _create_action(state, rest[0])]
+    new, actions = _nothing_took_it(state, now, f"every candidate refused the pod "
+                                                f"({_refused_text(state)})")
+    return new, [note, *actions]
+
+
+def _refused_text(state: Follow) -> str:
+    return "; ".join(f"{c}: {why.value}: {m}" for c, why, m in state.refused)
+
+
+def _nothing_took_it(state: Follow, now: float, summary: str) -> Step:
+    """Retry for a while when a cluster may come back; otherwise there is no placement."""
+    transient = state.transient or any(w is Refusal.UNREACHABLE for _, w, _m in state.refused)
+    since = state.placing_since if state.placing_since is not None else now
+    if not transient or now - since > state.job.settings.placement_retry_seconds:
+        return _finish(state, Status.NO_PLACEMENT, summary)
+    refused = tuple(r for r in state.refused if r[1] is not Refusal.UNREACHABLE)
+    delay = state.retry_delay
+    return replace(state, refused=refused, wake_at=now + delay,
+                   retry_delay=min(delay * 2, MAX_RETRY_DELAY)), []
+
+
+def _tick(state: Follow, _: Tick, now: float) -> Step:
+    if state.phase is Phase.PLACING:
+        if state.wake_at is not None and now >= state.wake_at:
+            return replace(state, wake_at=None), [Probe()]
+        return state, []
+    if state.phase is not Phase.WATCHING:
+        return state, []
+    if _grace_over(state, now):
+        return _cluster_lost(state, now)
+    queued_too_long = _queue_timeout(state, now)
+    if queued_too_long is not None:
+        return _attempt_over(state, queued_too_long, now)
+    actions: list[Action] = [Delete(o) for o in state.orphans]
+    if _rebalance_due(state, now):
+        actions.append(Probe(shared=True))
+    return state, actions
+
+
+# -- watching ------------------------------------------------------------------------------
+def _pod_seen(state: Follow, event: PodSeen, now: float) -> Step:
+    if state.phase is not Phase.WATCHING:
+        return state, []
+    last = state.timeline.last
+    assert last is not None  # WATCHING always has an attempt
+    outcome = outcomes.classify(event.pod, "DELETED" if event.deleted else "MODIFIED")
+    state = replace(state, pod=event.pod, down_since=None)
+    actions: list[Action] = []
+    if outcome.kind is Kind.RUNNING and last.started_at is None:
+        started, _ = outcomes.pod_times(event.pod)
+        state = replace(state, timeline=state.timeline.update_last(
+            started_at=max(observed(started, now), last.placed_at)))
+        actions.append(Note(Level.INFO, f"attempt {last.number} running on {last.cluster}"))
+    if outcome.kind.terminal or outcome.kind.moves:
+        new, more = _attempt_over(state, outcome, now)
+        return new, actions + more
+    if state.rebalance_to is not None:
+        new, more = _rebalance_checked(state, outcome, now)
+        return new, actions + more
+    queued_too_long = _queue_timeout(state, now)
+    if queued_too_long is not None:
+        new, more = _attempt_over(state, queued_too_long, now)
+        return new, actions + more
+    return state, actions
+
+
+def _pod_gone(state: Follow, _: PodGone, now: float) -> Step:
+    if state.phase is not Phase.WATCHING:
+        return state, []
+    outcome = outcomes.classify(state.pod, "DELETED") if state.pod else outcomes.classify(None)
+    return _attempt_over(state, outcome, now)
+
+
+def _unreachable(state: Follow, event: Unreachable, now: float) -> Step:
+    if state.phase is not Phase.WATCHING or state.down_since is not None:
+        return state, []
+    last = state.timeline.last
+    assert last is not None
+    grace = state.job.settings.unreachable_grace
+    return replace(state, down_since=now), [Note(
+        Level.WARNING, f"cluster {last.cluster} unreachable ({event.detail}); moving the work "
+                       f"after {grace:g}s")]
+
+
+def _reconnected(state: Follow, _: Reconnected, now: float) -> Step:
+    return replace(state, down_since=None), []
+
+
+def _grace_over(state: Follow, now: float) -> bool:
+    return (state.down_since is not None
+            and now - state.down_since >= state.job.settings.unreachable_grace)
+
+
+def _cluster_lost(state: Follow, now: float) -> Step:
+    """Unreachable past the grace: the pod may still run there; delete it once it answers."""
+    last = state.timeline.last
+    assert last is not None
+    grace = state.job.settings.unreachable_grace
+    outcome = Outcome(Kind.LOST, Reason.CLUSTER_UNREACHABLE.value,
+                      f"cluster {last.cluster} unreachable for more than {grace:g}s",
+                      by=last.cluster)
+    state = replace(state, orphans=(*state.orphans, Orphan(last.cluster, last.namespace,
+                                                           last.pod)))
+    return _attempt_over(state, outcome, now)
+
+
+def _queue_timeout(state: Follow, now: float) -> Outcome | None:
+    last, limit = state.timeline.last, state.job.settings.queue_timeout
+    if not limit or last is None or last.started_at is not None or state.pod is None:
+        return None
+    if outcomes.classify(state.pod).kind is not Kind.PENDING:
+        return None
+    waited = now - last.placed_at
+    if waited <= limit:
+        return None
+    return Outcome(Kind.PENDING, Reason.QUEUE_TIMEOUT.value,
+                   f"attempt {last.number} queued on {last.cluster} for {waited:.0f}s, more "
+                   f"than queue_timeout={limit:g}s")
+
+
+def _queued(pod: dict[str, Any] | None) -> bool:
+    return pod is not None and outcomes.classify(pod).reason == Reason.QUEUED_BY_KUEUE
+
+
+def _rebalance_due(state: Follow, now: float) -> bool:
+    last, after = state.timeline.last, state.job.settings.rebalance_after
+    return (bool(after) and last is not None and state.rebalance_to is None
+            and _queued(state.pod) and now - last.placed_at >= after)
+
+
+def _rebalance_probed(state: Follow, snapshot: Snapshot, now: float) -> Step:
+    """A queued attempt moves when another cluster can run it now (it lost a race for GPUs)."""
+    if state.phase is not Phase.WATCHING or not _rebalance_due(state, now):
+        return state, []
+    last = state.timeline.last
+    assert last is not None
+    job = state.job
+    decision = placement.choose(job.request, job.fleet, snapshot, state.timeline, now=now)
+    best = decision.chosen
+    movable = ("now", "reclaim")  # TODO placement.Mode
+    if best is None or best.cluster.name == last.cluster or best.mode not in movable:
+        return state, []
+    return replace(state, rebalance_to=f"{best.cluster.name} ({best.reason})"), [
+        Recheck(last.cluster, last.namespace, last.pod)]
+
+
+def _rebalance_checked(state: Follow, outcome: Outcome, now: float) -> Step:
+    target, state = state.rebalance_to, replace(state, rebalance_to=None)
+    last = state.timeline.last
+    if last is None or not _queued(state.pod):
+        return state, []  # admitted meanwhile: stay
+    return _attempt_over(state, Outcome(
+        Kind.PENDING, Reason.REBALANCED.value,
+        f"queued on {last.cluster}; {target} can run it now"), now)
+
+
+# -- the end of an attempt -----------------------------------------------------------------
+def _attempt_over(state: Follow, outcome: Outcome, now: float) -> Step:
+    """Record how the attempt ended, then: a verdict, or the work moves."""
+    state = replace(state, timeline=_record_end(state, outcome, now))
+    if outcome.kind is Kind.SUCCEEDED:
+        return _finish(state, Status.SUCCESS, "the pod succeeded", outcome)
+    if outcome.kind is Kind.FAILED:
+        return _finish(state, Status.FAILED, outcome.describe(), outcome)
+    if outcome.reason == Reason.QUEUE_TIMEOUT:
+        return _finish(state, Status.QUEUE_TIMEOUT, outcome.message, outcome)
+    if outcome.reason == Reason.REBALANCED:
+        return _rebalance(state, outcome, now)
+    return _taken(state, outcome, now)
+
+
+def _record_end(state: Follow, outcome: Outcome, now: float) -> Timeline:
+    timeline, pod = state.timeline, state.pod
+    last = timeline.last
+    assert last is not None
+    started, finished = outcomes.pod_times(pod)
+    if last.started_at is None and started is not None:
+        timeline = timeline.update_last(started_at=max(started, last.placed_at))  # whole secs
+    ended = observed(finished, now) if outcome.kind.terminal else now
+    ended = max(ended, timeline.last.started_at or ended)  # type: ignore[union-attr]
+    return timeline.update_last(
+        ended_at=ended, outcome=outcome.kind.value, reason=outcome.reason,
+        message=outcome.message[:500], exit_code=outcome.exit_code,
+        preempted_by=preempted_by(outcome))
+
+
+def _rebalance(state: Follow, outcome: Outcome, now: float) -> Step:
+    last = state.timeline.last
+    assert last is not None
+    orphan = Orphan(last.cluster, last.namespace, last.pod)
+    state = replace(state, timeline=state.timeline.update_last(outcome=Kind.MOVED.value),
+                    orphans=(*state.orphans, orphan))
+    new, actions = _begin_placing(state, now, moved_at=None)
+    return new, [Note(Level.INFO, f"attempt {last.number}: {outcome.message}; moving it"),
+                 Delete(orphan), *actions]
+
+
+def _taken(state: Follow, outcome: Outcome, now: float) -> Step:
+    """Preempted or lost: not the job's fault. Move it, unless a limit says otherwise."""
+    last = state.timeline.last
+    assert last is not None
+    settings = state.job.settings
+    note = Note(Level.WARNING, f"attempt {last.number} on {last.cluster}: {outcome.describe()}")
+    if (outcome.reason == Reason.CLUSTER_UNREACHABLE
+            and settings.on_unreachable is OnUnreachable.FAIL):
+        new, actions = _finish(state, Status.UNREACHABLE, outcome.message, outcome)
+    elif state.timeline.moves > settings.max_preemptions:
+        new, actions = _finish(state, Status.PREEMPTION_LIMIT, (
+            f"moved {state.timeline.moves} times, more than max_preemptions="
+            f"{settings.max_preemptions}"), outcome)
+    else:
+        index = len(state.timeline.attempts) - 1
+        to_name = (index, outcome) if outcome.kind is Kind.PREEMPTED and outcome.preemptor else None
+        new, actions = _begin_placing(replace(state, to_name=to_name), now, moved_at=now)
+    return new, [note, *actions]
+
+
+def _finish(state: Follow, status: Status, message: str, outcome: Outcome | None = None) -> Step:
+    verdict = Verdict(status, message, outcome)
+    return replace(state, phase=Phase.DONE, verdict=verdict, wake_at=None), [
+        Note(Level.INFO if status is Status.SUCCESS else Level.WARNING,
+             f"verdict: {status.value}: {message}"), Finish(verdict)]
+
+
+# -- housekeeping results ------------------------------------------------------------------
+def _deleted(state: Follow, event: Deleted, now: float) -> Step:
+    if not event.done:
+        return state, []
+    return replace(state, orphans=tuple(o for o in state.orphans if o != event.orphan)), [
+        Note(Level.INFO, f"deleted orphaned pod {event.orphan.pod} on {event.orphan.cluster}")]
+
+
+def _preemptor_named(state: Follow, event: PreemptorNamed, now: float) -> Step:
+    attempts = list(state.timeline.attempts)
+    if not event.who or not 0 <= event.attempt < len(attempts):
+        return state, []
+    attempts[event.attempt] = replace(attempts[event.attempt], preempted_by=event.who)
+    number = attempts[event.attempt].number
+    return replace(state, timeline=Timeline(tuple(attempts))), [
+        Note(Level.WARNING, f"attempt {number} was preempted by {event.who}")]
+
+
+def wake_at(state: Follow, now: float) -> float:
+    """When a watching follower must look again if no event comes: the end of the
+    unreachable grace, a rebalance or queue-timeout check, or housekeeping."""
+    last, settings = state.timeline.last, state.job.settings
+    times = [now + HOUSEKEEPING_SECONDS]
+    if state.down_since is not None:
+        times.append(state.down_since + settings.unreachable_grace)
+    if last is not None and _queued(state.pod) and settings.rebalance_after:
+        due = last.placed_at + settings.rebalance_after
+        times.append(due if due > now else now + settings.rebalance_after)
+    if last is not None and last.started_at is None and settings.queue_timeout:
+        times.append(last.placed_at + settings.queue_timeout + 0.001)
+    return max(min(times), now + 0.05)
+
+
+def preempted_by(outcome: Outcome) -> str:
+    """'kueue (reclamation within the cohort)' for a preemption; '' otherwise."""
+    if outcome.kind is not Kind.PREEMPTED:
+        return ""
+    cause = outcomes.preemption_cause(outcome.message)
+    return f"{outcome.by} ({cause})" if cause else f"{outcome.by} ({outcome.reason})"
+
+
+_HANDLERS: dict[type, Any] = {
+    Start: _start, Probed: _probed, Created: _created, CreateConflict: _create_conflict,
+    CreateFailed: _create_failed, PodSeen: _pod_seen, PodGone: _pod_gone,
+    Unreachable: _unreachable, Reconnected: _reconnected, Tick: _tick, Deleted: _deleted,
+    PreemptorNamed: _preemptor_named,
+}

@@ -1,0 +1,73 @@
+"""Names shared by every module: labels, annotations, how an attempt ends, our own reasons.
+
+A leaf: it imports nothing of the provider, so the pure core, the shell, the CLI and the
+sandbox tests all spell a label or an outcome the same way, from here.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+PREFIX = "skyshare.dev"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "airflow-provider-skyshare"
+MANAGED_SELECTOR = f"{MANAGED_BY}={MANAGER}"  # every pod of the provider
+
+L_TASK_KEY = f"{PREFIX}/task-key"  # hash of (dag, task, run, map index): every try's pods
+L_DAG = f"{PREFIX}/dag-id"
+L_TASK = f"{PREFIX}/task-id"
+L_RUN = f"{PREFIX}/run-id"
+L_TRY = f"{PREFIX}/try"
+L_ATTEMPT = f"{PREFIX}/attempt"
+L_ORG = f"{PREFIX}/org"
+L_TIER = f"{PREFIX}/tier"
+A_TASK = f"{PREFIX}/task"  # full, unsanitised "dag/task/run[/map]"
+A_HISTORY = f"{PREFIX}/history"  # the timeline before this attempt (JSON)
+A_REQUEST = f"{PREFIX}/request"
+BASE_CONTAINER = "base"
+
+GPU_RESOURCE = "nvidia.com/gpu"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+KUEUE_GATE = "kueue.x-k8s.io/admission"
+
+SUCCEEDED_PHASE = "Succeeded"
+FAILED_PHASE = "Failed"
+TERMINAL_PHASES = (SUCCEEDED_PHASE, FAILED_PHASE)
+
+
+class Kind(str, Enum):
+    """What a pod's state means for its attempt (outcomes.classify), and how the timeline
+    records an attempt's end. MOVED is the timeline's only: the provider ended a queued attempt
+    to run the work elsewhere now (classify never returns it)."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    PREEMPTED = "Preempted"
+    LOST = "Lost"
+    MOVED = "Moved"
+
+    @property
+    def terminal(self) -> bool:
+        """The job itself reached a verdict."""
+        return self in (Kind.SUCCEEDED, Kind.FAILED)
+
+    @property
+    def moves(self) -> bool:
+        """Taken from the job (not its fault): placed again, counted against max_preemptions."""
+        return self in (Kind.PREEMPTED, Kind.LOST)
+
+
+class Reason(str, Enum):
+    """Reasons the provider itself gives an outcome (Kubernetes' and Kueue's stay strings)."""
+
+    QUEUED_BY_KUEUE = "QueuedByKueue"
+    QUEUE_TIMEOUT = "QueueTimeout"
+    REBALANCED = "Rebalanced"
+    CLUSTER_UNREACHABLE = "ClusterUnreachable"
+    NOT_FOUND = "NotFound"
+    DELETED = "Deleted"
+    STARTING = "Starting"
+    SCHEDULING_GATED = "SchedulingGated"

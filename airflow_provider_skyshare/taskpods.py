@@ -1,0 +1,110 @@
+"""A task's pods across the whole fleet: find the newest, delete earlier tries, delete all.
+
+I/O over every cluster at once (one round trip to the slowest); a cluster that does not
+answer is logged and skipped, since these run where nothing else can be done about it (a
+worker starting, a trigger resuming, a task being killed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from airflow_provider_skyshare import clients, kube, pods, watch
+from airflow_provider_skyshare.fleet import Fleet
+from airflow_provider_skyshare.names import L_TASK_KEY, L_TRY
+from airflow_provider_skyshare.pods import TaskIdentity
+
+T = TypeVar("T")
+Found = tuple[str, dict[str, Any]]  # (cluster, pod)
+
+
+async def _everywhere(fleet: Fleet, one: Callable[[str], Awaitable[list[T]]]) -> list[T]:
+    results = await asyncio.gather(*(one(name) for name in fleet.clusters))
+    return [item for items in results for item in items]
+
+
+async def find_newest(fleet: Fleet, identity: TaskIdentity,
+                      log: logging.Logger) -> Found | None:
+    """The newest attempt's pod of this task and try, on any cluster."""
+    key, try_ = identity.key, str(identity.try_number)
+
+    def mine(pod: dict[str, Any]) -> bool:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        return labels.get(L_TASK_KEY) == key and labels.get(L_TRY) == try_
+
+    async def one(name: str) -> list[Found]:
+        cluster = fleet.clusters[name]
+        try:
+            await clients.ready(cluster)  # start-up is not the cluster's answer time
+        except clients.ClusterConfigError as exc:
+            log.warning("cannot look for this task's pods on %s: %s", name, exc)
+            return []
+        # the shared watch's cache: one list per cluster however many tasks resume
+        cached = await watch.hub(cluster, cluster.namespace).snapshot(
+            fleet.policy.probe_timeout_seconds)
+        if cached is not None:
+            return [(name, p) for p in cached.values() if mine(p)]
+        try:
+            listing = await kube.list_pods(cluster, cluster.namespace,
+                                           labelSelector=identity.selector())
+        except kube.KubeError as exc:
+            log.warning("cannot look for this task's pods on %s: %s", name, exc)
+            return []
+        return [(name, p) for p in listing.get("items") or []]
+
+    found = await _everywhere(fleet, one)
+    return max(found, key=lambda item: pods.attempt_of(item[1])) if found else None
+
+
+async def reap_earlier_tries(fleet: Fleet, identity: TaskIdentity,
+                             log: logging.Logger) -> list[str]:
+    """Delete pods of this task left by earlier Airflow tries (dead by Airflow's definition;
+    a cluster unreachable when they failed may still hold one), so no attempt runs twice."""
+    async def one(name: str) -> list[str]:
+        cluster = fleet.clusters[name]
+        try:
+            listing = await kube.list_pods(cluster, cluster.namespace,
+                                           labelSelector=identity.selector(this_try=False))
+            done = []
+            for p in listing.get("items") or []:
+                meta = p["metadata"]
+                try_label = (meta.get("labels") or {}).get(L_TRY, "")
+                stale = try_label.isdigit() and int(try_label) < identity.try_number
+                if stale and await kube.delete_pod(cluster, cluster.namespace, meta["name"], 0,
+                                                   uid=meta.get("uid")):
+                    done.append(f"{name}/{meta['name']}")
+            return done
+        except kube.KubeError as exc:
+            log.warning("could not look for earlier tries' pods on %s: %s", name, exc)
+            return []
+
+    if identity.try_number <= 1:
+        return []
+    reaped = await _everywhere(fleet, one)
+    if reaped:
+        log.info("deleted pods of earlier tries: %s", ", ".join(reaped))
+    return reaped
+
+
+async def delete_all(fleet: Fleet, identity: TaskIdentity, log: logging.Logger,
+                     grace: int | None = None) -> list[str]:
+    """Delete every pod of this task and try on every cluster (kill, mark failed)."""
+    async def one(name: str) -> list[str]:
+        cluster = fleet.clusters[name]
+        try:
+            listing = await kube.list_pods(cluster, cluster.namespace,
+                                           labelSelector=identity.selector())
+            done = []
+            for p in listing.get("items") or []:
+                if await kube.delete_pod(cluster, cluster.namespace, p["metadata"]["name"],
+                                         grace):
+                    done.append(f"{name}/{p['metadata']['name']}")
+            return done
+        except kube.KubeError as exc:
+            log.warning("could not clean up on %s: %s", name, exc)
+            return []
+
+    return await _everywhere(fleet, one)

@@ -1,0 +1,445 @@
+"""follow.step: every verdict and every move, on recorded pods (tests/fixtures/pods/).
+
+No cluster, no clock, no Airflow: events in, (state, actions) out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from airflow_provider_skyshare.follow import (
+    Create,
+    CreateConflict,
+    Created,
+    CreateFailed,
+    Delete,
+    Deleted,
+    Finish,
+    Follow,
+    Job,
+    NamePreemptor,
+    Note,
+    OnUnreachable,
+    Orphan,
+    Phase,
+    PodGone,
+    PodSeen,
+    PreemptorNamed,
+    Probe,
+    Probed,
+    Recheck,
+    Reconnected,
+    Refusal,
+    Settings,
+    Start,
+    Status,
+    Tick,
+    Unreachable,
+    Watch,
+    step,
+    wake_at,
+)
+from airflow_provider_skyshare.names import L_TASK_KEY, Kind, Reason
+from airflow_provider_skyshare.placement import Request
+from airflow_provider_skyshare.pods import TaskIdentity
+
+T0 = 1_800_000_000.0
+IDENTITY = TaskIdentity("dag", "train", "run-1", try_number=1)
+TEMPLATE = {"spec": {"containers": [{"name": "base", "image": "busybox"}]}}
+
+
+@pytest.fixture
+def free(cap, snap):
+    """rise and bair both have 2 free T4s."""
+    return snap(cap("rise", (2, 0)), cap("bair", (2, 0)))
+
+
+@pytest.fixture
+def rise_full(cap, snap):
+    """rise is full with its own work; bair has 2 free."""
+    return snap(cap("rise", (2, 2)), cap("bair", (2, 0)))
+
+
+def make(fleet, **settings: Any) -> Follow:
+    job = Job(fleet, Request("T4", 2, "rise", "romil"), TEMPLATE, IDENTITY, Settings(**settings))
+    return Follow(job)
+
+
+def kinds(actions: list) -> list[type]:
+    return [type(a) for a in actions if not isinstance(a, Note)]
+
+
+def the(actions: list, kind: type) -> Any:
+    found = [a for a in actions if isinstance(a, kind)]
+    assert len(found) == 1, actions
+    return found[0]
+
+
+def events_of(pod_fixture, name: str) -> list[PodSeen]:
+    return [PodSeen(e["object"], deleted=e["type"] == "DELETED")
+            for e in pod_fixture(name)["events"]]
+
+
+def placed(fleet, snapshot, at: float = T0, **settings: Any) -> Follow:
+    """Started, probed, created: watching attempt 1."""
+    state, _ = step(make(fleet, **settings), Start(), at)
+    state, actions = step(state, Probed(snapshot), at)
+    state, _ = step(state, Created(the(actions, Create).cluster), at + 0.1)
+    assert state.phase is Phase.WATCHING
+    return state
+
+
+def feed(state: Follow, events: list, at: float) -> tuple[Follow, list]:
+    actions: list = []
+    for i, event in enumerate(events):
+        state, actions = step(state, event, at + i * 0.01)
+        if state.phase is not Phase.WATCHING:
+            break
+    return state, actions
+
+
+# -- placing -------------------------------------------------------------------------------
+def test_start_without_an_attempt_probes_then_creates_on_the_best_cluster(seed_fleet, rise_full):
+    state, actions = step(make(seed_fleet), Start(), T0)
+    assert state.phase is Phase.PLACING and kinds(actions) == [Probe]
+    assert the(actions, Probe).shared is False  # placement acts on what it sees: never shared
+    state, actions = step(state, Probed(rise_full), T0)
+    create = the(actions, Create)
+    assert create.cluster == "bair"  # rise is full: borrow
+    assert create.pod["metadata"]["name"] == IDENTITY.pod_name(1)
+    assert any("placing T4:2 for org rise on bair" in a.text for a in actions
+               if isinstance(a, Note))
+
+
+def test_created_watches_the_new_pod_and_records_the_attempt(seed_fleet, free):
+    state = placed(seed_fleet, free)
+    last = state.timeline.last
+    assert (last.number, last.cluster, last.tier, last.pod) == (
+        1, "rise", "owner", IDENTITY.pod_name(1))
+    assert last.placed_at == T0 + 0.1
+
+
+def test_start_with_an_attempt_watches_it_and_places_nothing(seed_fleet, free):
+    watching = placed(seed_fleet, free)
+    resumed = Follow(watching.job, watching.timeline)
+    state, actions = step(resumed, Start(), T0 + 5)
+    assert state.phase is Phase.WATCHING
+    assert kinds(actions) == [Watch]
+    assert the(actions, Watch).pod == IDENTITY.pod_name(1)
+
+
+def test_a_rejected_create_falls_through_to_the_next_candidate(seed_fleet, free):
+    state, _ = step(make(seed_fleet), Start(), T0)
+    state, actions = step(state, Probed(free), T0)
+    assert the(actions, Create).cluster == "rise"
+    state, actions = step(state, CreateFailed("rise", False, "HTTP 403: forbidden"), T0)
+    assert the(actions, Create).cluster == "bair"
+    assert state.orphans == ()  # refused outright: nothing was made there
+
+
+def test_an_ambiguous_create_leaves_an_orphan_that_is_deleted_after_placing(seed_fleet, free):
+    """The answer was lost: the pod may exist on rise. It is deleted once placed elsewhere."""
+    state, _ = step(make(seed_fleet), Start(), T0)
+    state, _ = step(state, Probed(free), T0)
+    state, actions = step(state, CreateFailed("rise", True, "timed out"), T0)
+    orphan = Orphan("rise", "skyshare", IDENTITY.pod_name(1))
+    assert state.orphans == (orphan,)
+    assert the(actions, Create).cluster == "bair"
+    state, actions = step(state, Created("bair"), T0)
+    assert the(actions, Delete).orphan == orphan
+    state, _ = step(state, Deleted(orphan, done=False), T0)
+    assert state.orphans == (orphan,)  # still unreachable: kept, tried again later
+    state, actions = step(state, Tick(), T0 + 10)
+    assert the(actions, Delete).orphan == orphan
+    state, _ = step(state, Deleted(orphan, done=True), T0 + 10)
+    assert state.orphans == ()
+
+
+def test_creating_where_an_ambiguous_create_succeeded_adopts_and_keeps_the_pod(seed_fleet,
+                                                                             free):
+    state, _ = step(make(seed_fleet), Start(), T0)
+    state, _ = step(state, Probed(free), T0)
+    state, _ = step(state, CreateFailed("rise", True, "timed out"), T0)
+    state, _ = step(state, CreateFailed("bair", True, "timed out"), T0)
+    state, actions = step(state, Tick(), state.wake_at)  # both down: retry the round
+    state, actions = step(state, Probed(free), state.wake_at)
+    existing = {"metadata": {"labels": {L_TASK_KEY: IDENTITY.key}}}
+    state, actions = step(state, CreateConflict(the(actions, Create).cluster, existing), T0 + 1)
+    assert state.phase is Phase.WATCHING
+    current = state.timeline.last
+    assert (current.cluster, current.pod) not in {(o.cluster, o.pod) for o in state.orphans}
+    assert current.pod not in [a.orphan.pod for a in actions if isinstance(a, Delete)
+                               and a.orphan.cluster == current.cluster]
+
+
+def test_a_name_taken_by_another_task_is_refused_not_adopted(seed_fleet, free):
+    state, _ = step(make(seed_fleet), Start(), T0)
+    state, _ = step(state, Probed(free), T0)
+    other = {"metadata": {"labels": {L_TASK_KEY: "someone-else"}}}
+    state, actions = step(state, CreateConflict("rise", other), T0)
+    assert state.phase is Phase.PLACING
+    assert the(actions, Create).cluster == "bair"
+    assert state.refused[0][:2] == ("rise", Refusal.NAME_TAKEN)
+    assert state.orphans == ()  # never delete another task's pod
+
+
+def test_every_cluster_unreachable_retries_with_backoff_then_gives_up(seed_fleet, cap, snap):
+    down = snap(cap("rise", reachable=False), cap("bair", reachable=False))
+    state, _ = step(make(seed_fleet, placement_retry_seconds=3), Start(), T0)
+    state, actions = step(state, Probed(down), T0)
+    assert kinds(actions) == [] and state.wake_at == T0 + 0.2
+    state, actions = step(state, Tick(), T0 + 0.2)
+    assert kinds(actions) == [Probe]
+    state, _ = step(state, Probed(down), T0 + 0.2)
+    assert state.wake_at == pytest.approx(T0 + 0.6)  # doubled
+    state, actions = step(state, Probed(down), T0 + 3.5)
+    assert state.verdict.status is Status.NO_PLACEMENT
+    assert "unreachable" in state.verdict.message and kinds(actions) == [Finish]
+
+
+def test_nothing_fits_and_nothing_is_down_fails_at_once(seed_fleet, cap, snap):
+    state, _ = step(make(seed_fleet), Start(), T0)
+    state, _actions = step(state, Probed(snap(cap("rise", (1, 0)), cap("bair", (1, 0)))), T0)
+    assert state.verdict.status is Status.NO_PLACEMENT
+    assert "largest T4 node" in state.verdict.message
+
+
+# -- watching: verdicts ----------------------------------------------------------------------
+def test_success_recorded(seed_fleet, free, pod_fixture):
+    state, actions = feed(placed(seed_fleet, free), events_of(pod_fixture, "succeeded"), T0 + 1)
+    assert state.verdict.status is Status.SUCCESS and the(actions, Finish)
+    last = state.timeline.last
+    assert last.outcome == Kind.SUCCEEDED.value and last.started_at and last.ended_at
+    assert last.started_at <= last.ended_at
+
+
+def test_failure_recorded_with_the_exit_code(seed_fleet, free, pod_fixture):
+    state, _ = feed(placed(seed_fleet, free), events_of(pod_fixture, "failed"), T0 + 1)
+    assert state.verdict.status is Status.FAILED
+    assert state.timeline.last.exit_code not in (None, 0)
+    assert "exit code" in state.verdict.message
+
+
+def test_a_permanent_waiting_reason_fails_at_once(seed_fleet, free, pod_fixture):
+    pod = pod_fixture("running")["events"][1]["object"]
+    pod = {**pod, "status": {"phase": "Pending", "containerStatuses": [
+        {"name": "base", "state": {"waiting": {"reason": "InvalidImageName", "message": "bad"}}}]}}
+    state, _ = step(placed(seed_fleet, free), PodSeen(pod), T0 + 1)
+    assert state.verdict.status is Status.FAILED and "InvalidImageName" in state.verdict.message
+
+
+def test_running_is_followed_not_concluded(seed_fleet, free, pod_fixture):
+    state, actions = feed(placed(seed_fleet, free), events_of(pod_fixture, "running"), T0 + 1)
+    assert state.phase is Phase.WATCHING and state.verdict is None
+    assert state.timeline.last.started_at is not None
+    assert any("running on rise" in a.text for a in actions if isinstance(a, Note))
+
+
+# -- watching: moves -------------------------------------------------------------------------
+@pytest.mark.parametrize("fixture", ["kueue_preempted", "scheduler_preempted"])
+def test_preempted_work_is_placed_again_elsewhere(seed_fleet, rise_full, free, pod_fixture,
+                                                  fixture):
+    state = placed(seed_fleet, rise_full)  # borrowed bair
+    state, actions = feed(state, events_of(pod_fixture, fixture), T0 + 1)
+    assert state.phase is Phase.PLACING and kinds(actions) == [Probe]
+    assert state.timeline.last.outcome == Kind.PREEMPTED.value
+    assert state.timeline.last.preempted_by.startswith(("kueue", "kube-scheduler"))
+    state, actions = step(state, Probed(free), T0 + 2)
+    assert the(actions, Create).cluster == "rise"  # bair preempted it: cooldown
+    assert the(actions, Create).pod["metadata"]["name"] == IDENTITY.pod_name(2)
+    state, actions = step(state, Created("rise"), T0 + 2.05)
+    assert state.phase is Phase.WATCHING and state.timeline.last.number == 2
+    assert state.latencies and state.latencies[0] == pytest.approx(
+        T0 + 2.05 - state.timeline.attempts[0].ended_at)
+
+
+def test_kueue_preemptor_is_named_after_the_replacement_exists(seed_fleet, rise_full, free,
+                                                              pod_fixture):
+    state = placed(seed_fleet, rise_full)
+    state, _ = feed(state, events_of(pod_fixture, "kueue_preempted"), T0 + 1)
+    state, _ = step(state, Probed(free), T0 + 2)
+    state, actions = step(state, Created("rise"), T0 + 2)
+    assert kinds(actions).index(Watch) < kinds(actions).index(NamePreemptor)
+    name = the(actions, NamePreemptor)
+    assert (name.cluster, name.attempt) == ("bair", 0) and name.uid
+    state, _ = step(state, PreemptorNamed(0, "bair_user/abbeel/r via kueue"), T0 + 3)
+    assert state.timeline.attempts[0].preempted_by == "bair_user/abbeel/r via kueue"
+
+
+def test_a_pod_deleted_under_the_task_is_lost_and_moves(seed_fleet, free, pod_fixture):
+    running = events_of(pod_fixture, "running")
+    state, _ = feed(placed(seed_fleet, free), running, T0 + 1)
+    state, actions = step(state, PodSeen(running[-1].pod, deleted=True), T0 + 5)
+    assert state.timeline.last.outcome == Kind.LOST.value
+    assert state.timeline.last.reason == Reason.DELETED.value
+    assert state.phase is Phase.PLACING and kinds(actions) == [Probe]
+
+
+def test_a_pod_missing_from_a_relist_after_410_is_lost_and_moves(seed_fleet, free, pod_fixture):
+    running = events_of(pod_fixture, "running")
+    state, _ = feed(placed(seed_fleet, free), running, T0 + 1)
+    state, actions = step(state, PodGone(), T0 + 5)
+    assert state.timeline.last.outcome == Kind.LOST.value
+    assert state.phase is Phase.PLACING and kinds(actions) == [Probe]
+
+
+def test_a_pod_never_seen_and_gone_is_lost(seed_fleet, free):
+    state, _ = step(placed(seed_fleet, free), PodGone(), T0 + 1)
+    assert state.timeline.last.reason == Reason.NOT_FOUND.value and state.phase is Phase.PLACING
+
+
+def test_max_preemptions_ends_the_task(seed_fleet, rise_full, pod_fixture):
+    state = placed(seed_fleet, rise_full, max_preemptions=1)
+    preempted = events_of(pod_fixture, "kueue_preempted")
+    state, _ = feed(state, preempted, T0 + 1)
+    assert state.phase is Phase.PLACING  # 1 move: allowed
+    state, actions = step(state, Probed(rise_full), T0 + 2)
+    state, _ = step(state, Created(the(actions, Create).cluster), T0 + 2)
+    state, actions = feed(state, preempted, T0 + 3)
+    assert state.verdict.status is Status.PREEMPTION_LIMIT
+    assert "moved 2 times, more than max_preemptions=1" in state.verdict.message
+
+
+def test_max_preemptions_zero_fails_on_the_first_move(seed_fleet, rise_full, pod_fixture):
+    state = placed(seed_fleet, rise_full, max_preemptions=0)
+    state, _ = feed(state, events_of(pod_fixture, "kueue_preempted"), T0 + 1)
+    assert state.verdict.status is Status.PREEMPTION_LIMIT
+
+
+# -- unreachable -----------------------------------------------------------------------------
+def test_unreachable_within_the_grace_keeps_following(seed_fleet, free, pod_fixture):
+    state, _ = feed(placed(seed_fleet, free, unreachable_grace=30),
+                    events_of(pod_fixture, "running"), T0 + 1)
+    state, actions = step(state, Unreachable("connection refused"), T0 + 10)
+    assert state.down_since == T0 + 10 and state.wake_at == T0 + 20  # housekeeping first
+    state, actions = step(state, Tick(), T0 + 35)
+    assert state.wake_at == T0 + 40  # the end of the grace
+    state, actions = step(state, Tick(), T0 + 39.9)
+    assert state.phase is Phase.WATCHING and Probe not in kinds(actions)
+    state, _ = step(state, Reconnected(), T0 + 39.95)
+    state, _ = step(state, Tick(), T0 + 45)
+    assert state.phase is Phase.WATCHING and state.down_since is None
+
+
+def test_unreachable_past_the_grace_moves_and_orphans_the_pod(seed_fleet, free, pod_fixture):
+    state, _ = feed(placed(seed_fleet, free, unreachable_grace=30),
+                    events_of(pod_fixture, "running"), T0 + 1)
+    state, _ = step(state, Unreachable("connection refused"), T0 + 10)
+    state, actions = step(state, Tick(), T0 + 40)
+    assert state.phase is Phase.PLACING and kinds(actions) == [Probe]
+    assert state.timeline.last.reason == Reason.CLUSTER_UNREACHABLE.value
+    assert state.orphans == (Orphan("rise", "skyshare", IDENTITY.pod_name(1)),)
+
+
+def test_unreachable_past_the_grace_fails_when_configured_to(seed_fleet, free, pod_fixture):
+    state, _ = feed(placed(seed_fleet, free, unreachable_grace=30,
+                           on_unreachable=OnUnreachable.FAIL),
+                    events_of(pod_fixture, "running"), T0 + 1)
+    state, _ = step(state, Unreachable("connection refused"), T0 + 10)
+    state, _ = step(state, Tick(), T0 + 40)
+    assert state.verdict.status is Status.UNREACHABLE
+
+
+def test_a_pod_event_ends_the_unreachable_spell(seed_fleet, free, pod_fixture):
+    running = events_of(pod_fixture, "running")
+    state, _ = feed(placed(seed_fleet, free), running, T0 + 1)
+    state, _ = step(state, Unreachable("x"), T0 + 10)
+    state, _ = step(state, running[-1], T0 + 12)
+    assert state.down_since is None
+    state, _ = step(state, Tick(), T0 + 100)
+    assert state.phase is Phase.WATCHING
+
+
+# -- queued attempts: rebalance and queue timeout --------------------------------------------
+def gated(pod_fixture) -> PodSeen:
+    return events_of(pod_fixture, "pending_gated")[0]
+
+
+def test_a_queued_attempt_moves_when_another_cluster_is_free_now(seed_fleet, cap, snap,
+                                                                 pod_fixture):
+    both_full = snap(cap("rise", (2, 2)), cap("bair", (2, 2)))
+    state = placed(seed_fleet, both_full, rebalance_after=5)  # queued on rise (owner)
+    state, _ = step(state, gated(pod_fixture), T0 + 1)
+    assert state.wake_at == pytest.approx(T0 + 5.1)
+    state, actions = step(state, Tick(), T0 + 5.1)
+    assert the(actions, Probe).shared is True
+    state, actions = step(state, Probed(snap(cap("rise", (2, 2)), cap("bair", (2, 0))), True),
+                          T0 + 5.2)
+    assert kinds(actions) == [Recheck]
+    state, actions = step(state, gated(pod_fixture), T0 + 5.3)  # still queued
+    assert state.timeline.last.outcome == Kind.MOVED.value
+    assert the(actions, Delete).orphan.pod == IDENTITY.pod_name(1)
+    assert state.phase is Phase.PLACING and Probe in kinds(actions)
+    assert state.timeline.moves == 0  # a rebalance is not a preemption
+
+
+def test_a_queued_attempt_admitted_meanwhile_stays(seed_fleet, cap, snap, pod_fixture):
+    both_full = snap(cap("rise", (2, 2)), cap("bair", (2, 2)))
+    state = placed(seed_fleet, both_full, rebalance_after=5)
+    state, _ = step(state, gated(pod_fixture), T0 + 1)
+    state, _ = step(state, Tick(), T0 + 5.1)
+    state, _ = step(state, Probed(snap(cap("rise", (2, 2)), cap("bair", (2, 0))), True),
+                    T0 + 5.2)
+    state, actions = step(state, events_of(pod_fixture, "running")[-1], T0 + 5.3)
+    assert state.phase is Phase.WATCHING and state.rebalance_to is None
+    assert kinds(actions) == []
+
+
+def test_no_rebalance_when_nothing_better_is_free(seed_fleet, cap, snap, pod_fixture):
+    both_full = snap(cap("rise", (2, 2)), cap("bair", (2, 2)))
+    state = placed(seed_fleet, both_full, rebalance_after=5)
+    state, _ = step(state, gated(pod_fixture), T0 + 1)
+    state, actions = step(state, Probed(both_full, True), T0 + 5.2)
+    assert kinds(actions) == [] and state.rebalance_to is None
+
+
+def test_queue_timeout_ends_the_task(seed_fleet, cap, snap, pod_fixture):
+    both_full = snap(cap("rise", (2, 2)), cap("bair", (2, 2)))
+    state = placed(seed_fleet, both_full, queue_timeout=60, rebalance_after=0)
+    state, _ = step(state, gated(pod_fixture), T0 + 1)
+    assert state.wake_at == pytest.approx(T0 + 0.1 + 60.001)
+    state, _ = step(state, Tick(), T0 + 30)
+    assert state.phase is Phase.WATCHING
+    state, _actions = step(state, Tick(), T0 + 61)
+    assert state.verdict.status is Status.QUEUE_TIMEOUT
+    assert "more than queue_timeout=60s" in state.verdict.message
+
+
+def test_a_started_attempt_never_times_out_in_the_queue(seed_fleet, free, pod_fixture):
+    state = placed(seed_fleet, free, queue_timeout=60)
+    state, _ = feed(state, events_of(pod_fixture, "running"), T0 + 1)
+    state, _ = step(state, Tick(), T0 + 600)
+    assert state.phase is Phase.WATCHING
+
+
+# -- the rest --------------------------------------------------------------------------------
+def test_housekeeping_wakes_within_ten_seconds(seed_fleet, free, pod_fixture):
+    state, _ = feed(placed(seed_fleet, free), events_of(pod_fixture, "running"), T0 + 1)
+    assert wake_at(state, T0 + 100) == T0 + 110
+
+
+def test_done_ignores_everything(seed_fleet, free, pod_fixture):
+    state, _ = feed(placed(seed_fleet, free), events_of(pod_fixture, "succeeded"), T0 + 1)
+    for event in (Tick(), PodGone(), Unreachable("x"), Created("rise")):
+        assert step(state, event, T0 + 9) == (state, [])
+
+
+def test_state_round_trips_through_json(seed_fleet, free, pod_fixture):
+    import json
+
+    state, _ = feed(placed(seed_fleet, free, queue_timeout=9.0,
+                           on_unreachable=OnUnreachable.FAIL),
+                    events_of(pod_fixture, "running"), T0 + 1)
+    state = replace(state, orphans=(Orphan("bair", "skyshare", "p"),))
+    again = Follow.from_dict(json.loads(json.dumps(state.to_dict())))
+    assert again.job == state.job and again.timeline == state.timeline
+    assert again.orphans == state.orphans
+
+
+def test_an_old_trigger_state_with_min_event_delay_still_loads(seed_fleet, free):
+    data = placed(seed_fleet, free).to_dict()
+    data["settings"]["min_event_delay"] = 15.0
+    assert Follow.from_dict(data).job.settings == Settings()

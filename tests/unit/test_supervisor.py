@@ -1,0 +1,197 @@
+"""The shell around follow.step, on clusters that replay recorded pods (no Kubernetes).
+
+Also the shared watch's relist after 410 Gone, with its two calls replaced: a pod that
+vanished while the watch was too old reaches the follower as gone, and the work moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from typing import Any
+
+import pytest
+
+from airflow_provider_skyshare import kube, watch
+from airflow_provider_skyshare.cluster_api import HubFeed, feed_event
+from airflow_provider_skyshare.follow import (
+    Created,
+    Event,
+    Follow,
+    Job,
+    Orphan,
+    Phase,
+    PodGone,
+    PodSeen,
+    Settings,
+    Status,
+)
+from airflow_provider_skyshare.names import Kind
+from airflow_provider_skyshare.placement import Request
+from airflow_provider_skyshare.pods import TaskIdentity
+from airflow_provider_skyshare.snapshot import Snapshot
+from airflow_provider_skyshare.supervisor import Supervisor
+
+IDENTITY = TaskIdentity("dag", "train", "run-1")
+TEMPLATE = {"spec": {"containers": [{"name": "base", "image": "busybox"}]}}
+
+
+class ReplayFeed:
+    def __init__(self, events: list[Event]) -> None:
+        self.events = list(events)
+        self.closed = False
+
+    async def next(self, timeout: float | None) -> Event | None:
+        if self.events:
+            return self.events.pop(0)
+        await asyncio.sleep(min(timeout or 0.01, 0.01))
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class ReplayApi:
+    """Each create on a cluster plays that cluster's next recorded pod."""
+
+    def __init__(self, snapshots: list[Snapshot], scripts: dict[str, list[list[Event]]]) -> None:
+        self.snapshots, self.scripts = list(snapshots), {k: list(v) for k, v in scripts.items()}
+        self.created: list[tuple[str, str]] = []
+        self.deleted: list[Orphan] = []
+        self.feeds: list[ReplayFeed] = []
+        self.playing: dict[str, list[Event]] = {}
+
+    async def probe(self, shared: bool) -> Snapshot:
+        return self.snapshots.pop(0) if len(self.snapshots) > 1 else self.snapshots[0]
+
+    async def create(self, cluster: str, pod: dict[str, Any]) -> Event:
+        self.created.append((cluster, pod["metadata"]["name"]))
+        self.playing[pod["metadata"]["name"]] = self.scripts[cluster].pop(0)
+        return Created(cluster)
+
+    async def watch(self, cluster: str, namespace: str, pod: str) -> ReplayFeed:
+        self.feeds.append(ReplayFeed(self.playing[pod]))
+        return self.feeds[-1]
+
+    async def get(self, cluster: str, namespace: str, pod: str) -> Event:
+        return PodGone()
+
+    async def delete(self, orphan: Orphan) -> bool:
+        self.deleted.append(orphan)
+        return True
+
+    async def name_preemptor(self, cluster: str, uid: str) -> str:
+        return "bair/abbeel/run"
+
+
+def recorded(pod_fixture, name: str) -> list[Event]:
+    return [PodSeen(e["object"], deleted=e["type"] == "DELETED")
+            for e in pod_fixture(name)["events"]]
+
+
+def supervisor(fleet, api, **settings: Any) -> Supervisor:
+    job = Job(fleet, Request("T4", 2, "rise", "romil"), TEMPLATE, IDENTITY, Settings(**settings))
+    return Supervisor(Follow(job), api=api, log=logging.getLogger("test"))
+
+
+def test_preempted_on_a_borrowed_cluster_moves_home_and_succeeds(seed_fleet, cap, snap,
+                                                                 pod_fixture, caplog):
+    rise_full = snap(cap("rise", (2, 2)), cap("bair", (2, 0)))
+    rise_free = snap(cap("rise", (2, 0)), cap("bair", (2, 2)))
+    api = ReplayApi([rise_full, rise_free], {
+        "bair": [recorded(pod_fixture, "kueue_preempted")],
+        "rise": [recorded(pod_fixture, "succeeded")]})
+    caplog.set_level(logging.INFO, "test")
+    state = asyncio.run(supervisor(seed_fleet, api).run())
+    assert state.verdict.status is Status.SUCCESS
+    assert api.created == [("bair", IDENTITY.pod_name(1)), ("rise", IDENTITY.pod_name(2))]
+    first, second = state.timeline.attempts
+    assert (first.outcome, second.outcome) == (Kind.PREEMPTED.value, Kind.SUCCEEDED.value)
+    assert first.preempted_by.startswith("bair/abbeel/run via kueue (")
+    assert all(feed.closed for feed in api.feeds)
+    assert "replacement created" in caplog.text  # one readable line per decision
+
+
+def test_place_stops_once_the_first_attempt_exists(seed_fleet, cap, snap, pod_fixture):
+    api = ReplayApi([snap(cap("rise", (2, 0)), cap("bair", (2, 0)))],
+                    {"rise": [recorded(pod_fixture, "succeeded")]})
+    sup = supervisor(seed_fleet, api)
+    state = asyncio.run(sup.run(until=Phase.WATCHING))
+    assert state.phase is Phase.WATCHING and state.verdict is None
+    assert api.created == [("rise", IDENTITY.pod_name(1))] and api.feeds[0].closed
+
+
+def test_failed_job_fails_the_task(seed_fleet, cap, snap, pod_fixture):
+    api = ReplayApi([snap(cap("rise", (2, 0)), cap("bair", (2, 0)))],
+                    {"rise": [recorded(pod_fixture, "failed")]})
+    state = asyncio.run(supervisor(seed_fleet, api).run())
+    assert state.verdict.status is Status.FAILED and len(state.timeline.attempts) == 1
+
+
+def test_an_unknown_action_fails_loudly(seed_fleet, cap, snap):
+    api = ReplayApi([snap(cap("rise", (2, 0)))], {})
+    sup = supervisor(seed_fleet, api)
+    with pytest.raises(TypeError, match="unknown action"):
+        asyncio.run(sup._execute(object()))  # type: ignore[arg-type]
+
+
+# -- the shared watch: relist after 410 Gone ---------------------------------------------------
+class GoneSource:
+    """The first list has the pod; the watch then answers 410; the relist does not have it."""
+
+    def __init__(self, pod: dict[str, Any]) -> None:
+        self.lists = [[pod], []]
+        self.watches = 0
+
+    async def list(self, cluster, namespace) -> dict[str, Any]:
+        items = self.lists.pop(0) if len(self.lists) > 1 else self.lists[0]
+        return {"items": items, "metadata": {"resourceVersion": "7"}}
+
+    async def _watch(self):
+        self.watches += 1
+        if self.watches == 1:
+            raise kube.KubeError("rise", 410, "Expired", "too old resource version")
+        await asyncio.sleep(3600)
+        yield {}
+
+    def watch(self, cluster, namespace, resource_version):
+        return self._watch()
+
+
+def test_a_pod_gone_during_a_410_reaches_the_follower_as_gone(seed_fleet, pod_fixture):
+    pod = copy.deepcopy(pod_fixture("running")["pod"])
+    name = pod["metadata"]["name"]
+
+    async def scenario() -> list[Event]:
+        hub = watch.PodWatchHub(seed_fleet.clusters["rise"], "skyshare", source=GoneSource(pod))
+        feed = HubFeed(hub, name)
+        try:
+            return [await feed.next(5), await feed.next(5)]
+        finally:
+            feed.close()
+            await hub.close()
+
+    first, second = asyncio.run(scenario())
+    assert isinstance(first, PodSeen) and first.pod["metadata"]["name"] == name
+    assert isinstance(second, PodGone)
+
+
+@pytest.mark.parametrize(("change", "pod", "expected"), [
+    (watch.Change.SYNC, None, PodGone),
+    (watch.Change.SYNC, {"metadata": {}}, PodSeen),
+    (watch.Change.ADDED, {"metadata": {}}, PodSeen),
+    (watch.Change.MODIFIED, {"metadata": {}}, PodSeen),
+    (watch.Change.DELETED, {"metadata": {}}, PodSeen),
+])
+def test_feed_events(change, pod, expected):
+    event = feed_event(change, pod, "")
+    assert isinstance(event, expected)
+    if isinstance(event, PodSeen):
+        assert event.deleted is (change is watch.Change.DELETED)
+
+
+def test_feed_events_for_the_cluster_itself():
+    assert feed_event(watch.Change.UNREACHABLE, None, "refused").detail == "refused"
+    assert type(feed_event(watch.Change.RECONNECTED, None, "")).__name__ == "Reconnected"
+    assert feed_event(watch.Change.MODIFIED, None, "") is None
