@@ -572,7 +572,7 @@ def _rebalance_probed(state: Follow, snapshot: Snapshot, now: float) -> Step:
     job = state.job
     decision = placement.choose(job.request, job.fleet, snapshot, state.timeline, now=now)
     best = decision.chosen
-    movable = ("now", "reclaim")  # TODO placement.Mode
+    movable = ("now", "reclaim")
     if best is None or best.cluster.name == last.cluster or best.mode not in movable:
         return state, []
     return replace(state, rebalance_to=f"{best.cluster.name} ({best.reason})"), [

@@ -24,6 +24,7 @@ with DAG(
         "user": Param("romil", type="string", description="member of the org"),
         "gpus": Param("T4:1", type="string"),
         "duration": Param("30s", type="string"),
+        "image": Param("busybox", type="string"),
     },
     tags=["skyshare", "example"],
 ):
@@ -33,7 +34,7 @@ with DAG(
         user="{{ params.user }}",
         gpus="{{ params.gpus }}",
         fleet_file=os.path.join(os.path.dirname(__file__), "fleet.yaml"),
-        image="busybox",
+        image="{{ params.image }}",
         cmds=["sh", "-c", "echo attempt $SKYSHARE_ATTEMPT on $SKYSHARE_CLUSTER; sleep 30"],
         annotations={"sandbox.skyshare.dev/duration": "{{ params.duration }}"},
         unreachable_grace=10,

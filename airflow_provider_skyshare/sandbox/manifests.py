@@ -207,8 +207,18 @@ def kwok_config() -> str:
         _stage("pod-ready", "Pod", [
             {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
             {"key": ".status.phase", "operator": "In", "values": ["Pending"]},
-            {"key": ".spec.nodeName", "operator": "Exists"}],
+            {"key": ".spec.nodeName", "operator": "Exists"},
+            {"key": VALID_IMAGES, "operator": "In", "values": ["true"]}],
             next_={"statusTemplate": now + _POD_RUNNING}),
+        # What the kubelet does with an image reference it cannot parse: the container waits
+        # with reason InvalidImageName, forever (the provider must fail the task at once).
+        _stage("pod-image-invalid", "Pod", [
+            {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+            {"key": ".status.phase", "operator": "In", "values": ["Pending"]},
+            {"key": ".spec.nodeName", "operator": "Exists"},
+            {"key": VALID_IMAGES, "operator": "In", "values": ["false"]},
+            {"key": ".status.containerStatuses", "operator": "DoesNotExist"}],
+            next_={"statusTemplate": now + _POD_INVALID_IMAGE}),
         _stage("pod-complete", "Pod", [
             {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
             {"key": ".status.phase", "operator": "In", "values": ["Running"]},
@@ -268,6 +278,37 @@ nodeInfo:
   kubeletVersion: fake
   operatingSystem: linux
 phase: Running
+"""
+
+# The kubelet's parse of an image reference, roughly: the repository part (before the first
+# ':') is lower case without spaces. "BUSYBOX" or "bad image" fail it; tags may be any case.
+VALID_IMAGES = ('.spec.containers | map(.image | split(":") | .[0] '
+                '| test("^[a-z0-9][a-z0-9._/-]*$")) | all')
+
+_POD_INVALID_IMAGE = """
+conditions:
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: PodScheduled
+- lastTransitionTime: {{ $now | Quote }}
+  status: "False"
+  type: Ready
+  reason: ContainersNotReady
+containerStatuses:
+{{ range .spec.containers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  ready: false
+  restartCount: 0
+  started: false
+  state:
+    waiting:
+      reason: InvalidImageName
+      message: {{ printf "couldn't parse image name %q: invalid reference format" .image | Quote }}
+{{ end }}
+hostIP: 127.0.0.1
+phase: Pending
+startTime: {{ $now | Quote }}
 """
 
 _POD_RUNNING = """

@@ -85,6 +85,11 @@ class ReplayApi:
         return "bair/abbeel/run"
 
 
+def drive(coro) -> Any:
+    """Run to the end, or fail: a follow loop that never reaches its verdict is a bug."""
+    return asyncio.run(asyncio.wait_for(coro, 10))
+
+
 def recorded(pod_fixture, name: str) -> list[Event]:
     return [PodSeen(e["object"], deleted=e["type"] == "DELETED")
             for e in pod_fixture(name)["events"]]
@@ -103,7 +108,7 @@ def test_preempted_on_a_borrowed_cluster_moves_home_and_succeeds(seed_fleet, cap
         "bair": [recorded(pod_fixture, "kueue_preempted")],
         "rise": [recorded(pod_fixture, "succeeded")]})
     caplog.set_level(logging.INFO, "test")
-    state = asyncio.run(supervisor(seed_fleet, api).run())
+    state = drive(supervisor(seed_fleet, api).run())
     assert state.verdict.status is Status.SUCCESS
     assert api.created == [("bair", IDENTITY.pod_name(1)), ("rise", IDENTITY.pod_name(2))]
     first, second = state.timeline.attempts
@@ -117,7 +122,7 @@ def test_place_stops_once_the_first_attempt_exists(seed_fleet, cap, snap, pod_fi
     api = ReplayApi([snap(cap("rise", (2, 0)), cap("bair", (2, 0)))],
                     {"rise": [recorded(pod_fixture, "succeeded")]})
     sup = supervisor(seed_fleet, api)
-    state = asyncio.run(sup.run(until=Phase.WATCHING))
+    state = drive(sup.run(until=Phase.WATCHING))
     assert state.phase is Phase.WATCHING and state.verdict is None
     assert api.created == [("rise", IDENTITY.pod_name(1))] and api.feeds[0].closed
 
@@ -125,7 +130,7 @@ def test_place_stops_once_the_first_attempt_exists(seed_fleet, cap, snap, pod_fi
 def test_failed_job_fails_the_task(seed_fleet, cap, snap, pod_fixture):
     api = ReplayApi([snap(cap("rise", (2, 0)), cap("bair", (2, 0)))],
                     {"rise": [recorded(pod_fixture, "failed")]})
-    state = asyncio.run(supervisor(seed_fleet, api).run())
+    state = drive(supervisor(seed_fleet, api).run())
     assert state.verdict.status is Status.FAILED and len(state.timeline.attempts) == 1
 
 
@@ -172,7 +177,7 @@ def test_a_pod_gone_during_a_410_reaches_the_follower_as_gone(seed_fleet, pod_fi
             feed.close()
             await hub.close()
 
-    first, second = asyncio.run(scenario())
+    first, second = drive(scenario())
     assert isinstance(first, PodSeen) and first.pod["metadata"]["name"] == name
     assert isinstance(second, PodGone)
 
