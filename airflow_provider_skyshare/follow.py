@@ -512,7 +512,8 @@ def _unreachable(state: Follow, event: Unreachable, now: float) -> Step:
     last = state.timeline.last
     assert last is not None
     grace = state.job.settings.unreachable_grace
-    return replace(state, down_since=now), [Note(
+    # a pending rebalance re-check got no answer: drop it, the next check asks again
+    return replace(state, down_since=now, rebalance_to=None), [Note(
         Level.WARNING, f"cluster {last.cluster} unreachable ({event.detail}); moving the work "
                        f"after {grace:g}s")]
 

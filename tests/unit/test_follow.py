@@ -388,6 +388,20 @@ def test_a_queued_attempt_admitted_meanwhile_stays(seed_fleet, cap, snap, pod_fi
     assert kinds(actions) == []
 
 
+def test_a_rebalance_recheck_without_an_answer_is_asked_again_later(seed_fleet, cap, snap,
+                                                                    pod_fixture):
+    both_full = snap(cap("rise", (2, 2)), cap("bair", (2, 2)))
+    state = placed(seed_fleet, both_full, rebalance_after=5)
+    state, _ = step(state, gated(pod_fixture), T0 + 1)
+    state, _ = step(state, Probed(snap(cap("rise", (2, 2)), cap("bair", (2, 0))), True),
+                    T0 + 5.2)
+    assert state.rebalance_to is not None
+    state, _ = step(state, Unreachable("timed out"), T0 + 5.3)
+    state, _ = step(state, Reconnected(), T0 + 6)
+    state, actions = step(state, Tick(), T0 + 11)
+    assert the(actions, Probe).shared is True
+
+
 def test_no_rebalance_when_nothing_better_is_free(seed_fleet, cap, snap, pod_fixture):
     both_full = snap(cap("rise", (2, 2)), cap("bair", (2, 2)))
     state = placed(seed_fleet, both_full, rebalance_after=5)
