@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -218,35 +217,6 @@ class _Reader:
         return value
 
 
-def load(path: str | os.PathLike[str]) -> Fleet:
-    """Read and validate a fleet YAML file."""
-    import yaml  # local import: the module stays importable without PyYAML for parse()
-
-    source = os.fspath(path)
-    try:
-        with open(source, encoding="utf-8") as fh:
-            text = fh.read()
-    except UnicodeDecodeError as exc:
-        raise FleetError(source, "(file)", f"is not UTF-8 text ({exc.reason} at byte {exc.start})",
-                         "save the fleet file as UTF-8") from None
-    except FileNotFoundError:
-        raise FleetError(source, "(file)", "file not found",
-                         "pass fleet_file=... or set [skyshare] fleet_file "
-                         "(AIRFLOW__SKYSHARE__FLEET_FILE) to an existing fleet YAML") from None
-    except OSError as exc:
-        raise FleetError(source, "(file)", f"cannot be read ({exc.strerror})",
-                         "check the path and its permissions") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise FleetError(source, where, f"YAML syntax error: {problem}",
-                         "correct the YAML at that position") from None
-    return parse(data, source=source)
-
-
 def parse(data: Any, source: str = "<fleet>") -> Fleet:
     """Validate a raw fleet dict. Raises FleetError only."""
     r = _Reader(source)
@@ -262,7 +232,12 @@ def parse(data: Any, source: str = "<fleet>") -> Fleet:
     r.keys(defaults, _DEFAULT_KEYS, "defaults")
     policy = _policy(r, top.get("policy") or {})
 
-    raw_orgs = top.get("orgs")
+    orgs = _orgs(r, top.get("orgs"))
+    clusters = _clusters(r, top.get("clusters"), defaults, orgs)
+    return Fleet(source=source, orgs=orgs, clusters=clusters, policy=policy)
+
+
+def _orgs(r: _Reader, raw_orgs: Any) -> dict[str, Org]:
     if not isinstance(raw_orgs, list) or not raw_orgs:
         raise r.fail("orgs", "missing or not a list", "add 'orgs:' with at least one '- name: ...'")
     orgs: dict[str, Org] = {}
@@ -278,8 +253,11 @@ def parse(data: Any, source: str = "<fleet>") -> Fleet:
             raise r.fail(f"{key}.members", "missing or not a list of user names",
                          "list the Airflow users / DAG owners of this org, or ['*'] for anyone")
         orgs[name] = Org(name=name, members=frozenset(members))
+    return orgs
 
-    raw_clusters = top.get("clusters")
+
+def _clusters(r: _Reader, raw_clusters: Any, defaults: Mapping[str, Any],
+              orgs: Mapping[str, Org]) -> dict[str, Cluster]:
     if not isinstance(raw_clusters, list) or not raw_clusters:
         raise r.fail("clusters", "missing or not a list",
                      "add 'clusters:' with at least one '- name: ...'")
@@ -290,7 +268,7 @@ def parse(data: Any, source: str = "<fleet>") -> Fleet:
             raise r.fail(f"clusters[{i}].name", f"duplicate cluster {c.name!r}",
                          "give every cluster a unique name")
         clusters[c.name] = c
-    return Fleet(source=source, orgs=orgs, clusters=clusters, policy=policy)
+    return clusters
 
 
 def _policy(r: _Reader, raw: Any) -> Policy:
@@ -318,6 +296,31 @@ def _cluster(
     owner = r.text(raw.get("owner"), f"{key}.owner")
     if owner not in orgs:
         raise r.fail(f"{key}.owner", f"unknown org {owner!r}", _choices(owner, orgs, "org"))
+    context, kubeconfig, connection_id = _access(r, key, name, raw, defaults)
+    namespace = r.text(raw.get("namespace", defaults["namespace"]), f"{key}.namespace", dns=True)
+    gpu_label = r.text(raw.get("gpu_label", defaults["gpu_label"]), f"{key}.gpu_label")
+    if not _LABEL_KEY.fullmatch(gpu_label):
+        raise r.fail(f"{key}.gpu_label", f"{gpu_label!r} is not a valid label key",
+                     "use a node label key such as nvidia.com/gpu.product")
+    products = _products(r, key, raw.get("gpu_products", defaults.get("gpu_products")))
+    tiers = _tiers(r, key, raw.get("tiers"), defaults["tiers"])
+    cost = raw.get("cost_per_gpu_hour")
+    if cost is not None:
+        cost = float(r.number(cost, f"{key}.cost_per_gpu_hour"))
+    lend = raw.get("lend", defaults.get("lend", True))
+    if not isinstance(lend, bool):
+        raise r.fail(f"{key}.lend", f"expected true or false, got {lend!r}",
+                     "set lend: true to let other orgs borrow this cluster, false to forbid it")
+    return Cluster(
+        name=name, owner=owner, namespace=namespace, gpu_label=gpu_label,
+        gpu_products=products, tiers=tiers, context=context, kubeconfig=kubeconfig,
+        connection_id=connection_id, cost_per_gpu_hour=cost, lend=lend,
+    )
+
+
+def _access(r: _Reader, key: str, name: str, raw: Mapping[str, Any],
+            defaults: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """How the cluster is reached: (context, kubeconfig, connection_id)."""
     context = raw.get("context")
     connection_id = raw.get("connection_id")
     if context is None and connection_id is None:
@@ -331,13 +334,12 @@ def _cluster(
     kubeconfig = raw.get("kubeconfig", defaults.get("kubeconfig"))
     if kubeconfig is not None:
         r.text(kubeconfig, f"{key}.kubeconfig")
-    namespace = r.text(raw.get("namespace", defaults["namespace"]), f"{key}.namespace", dns=True)
-    gpu_label = r.text(raw.get("gpu_label", defaults["gpu_label"]), f"{key}.gpu_label")
-    if not _LABEL_KEY.fullmatch(gpu_label):
-        raise r.fail(f"{key}.gpu_label", f"{gpu_label!r} is not a valid label key",
-                     "use a node label key such as nvidia.com/gpu.product")
-    products = raw.get("gpu_products", defaults.get("gpu_products"))
-    products = r.mapping(products if products is not None else {}, f"{key}.gpu_products")
+    return context, kubeconfig, connection_id
+
+
+def _products(r: _Reader, key: str, raw: Any) -> dict[str, str]:
+    """GPU alias (T4) -> node label value (Tesla-T4), both checked."""
+    products = r.mapping(raw if raw is not None else {}, f"{key}.gpu_products")
     if not products:
         raise r.fail(f"{key}.gpu_products", "no GPU products",
                      "map each GPU alias to its node label value, e.g. {T4: Tesla-T4}")
@@ -351,20 +353,7 @@ def _cluster(
             raise r.fail(f"{key}.gpu_products.{alias}", f"{value!r} is not a valid node label value",
                          "use the node's label value as is, e.g. Tesla-T4 (at most 63 letters, "
                          "digits, '-', '_', '.')")
-    tiers = _tiers(r, key, raw.get("tiers"), defaults["tiers"])
-    cost = raw.get("cost_per_gpu_hour")
-    if cost is not None:
-        cost = float(r.number(cost, f"{key}.cost_per_gpu_hour"))
-    lend = raw.get("lend", defaults.get("lend", True))
-    if not isinstance(lend, bool):
-        raise r.fail(f"{key}.lend", f"expected true or false, got {lend!r}",
-                     "set lend: true to let other orgs borrow this cluster, false to forbid it")
-    return Cluster(
-        name=name, owner=owner, namespace=namespace, gpu_label=gpu_label,
-        gpu_products={str(a): str(v) for a, v in products.items()}, tiers=tiers,
-        context=context, kubeconfig=kubeconfig, connection_id=connection_id,
-        cost_per_gpu_hour=cost, lend=lend,
-    )
+    return {str(a): str(v) for a, v in products.items()}
 
 
 def _tiers(r: _Reader, key: str, raw: Any, defaults: Any) -> dict[str, Tier]:

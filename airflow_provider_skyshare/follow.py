@@ -573,7 +573,7 @@ def _rebalance_probed(state: Follow, snapshot: Snapshot, now: float) -> Step:
     job = state.job
     decision = placement.choose(job.request, job.fleet, snapshot, state.timeline, now=now)
     best = decision.chosen
-    movable = ("now", "reclaim")
+    movable = (placement.Mode.NOW, placement.Mode.RECLAIM)
     if best is None or best.cluster.name == last.cluster or best.mode not in movable:
         return state, []
     return replace(state, rebalance_to=f"{best.cluster.name} ({best.reason})"), [

@@ -15,11 +15,13 @@ nobody can preempt it. The tier is derived from ownership, never requested.
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from airflow_provider_skyshare.fleet import BORROWER, OWNER, Cluster, Fleet, FleetError, Tier
+from airflow_provider_skyshare.names import Kind, Reason
 from airflow_provider_skyshare.snapshot import ClusterCapacity, Snapshot
 from airflow_provider_skyshare.timeline import Timeline, format_table
 
@@ -87,15 +89,31 @@ class Row:
     owner: str
     tier: str
     free: str
-    verdict: str  # chosen | candidate | skipped
+    verdict: str  # a Verdict value
     reason: str
+
+
+class Mode(str, enum.Enum):
+    """How a candidate cluster would take the work."""
+
+    NOW = "now"  # free GPUs, not claimed by pods waiting there
+    RECLAIM = "reclaim"  # the owner's GPUs lent out: Kueue preempts the borrowers
+    QUEUE = "queue"  # full: waits in Kueue's queue
+
+
+class Verdict(str, enum.Enum):
+    """A row of the explanation table."""
+
+    CHOSEN = "chosen"
+    CANDIDATE = "candidate"
+    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
 class Candidate:
     cluster: Cluster
     tier: Tier
-    mode: str  # now | reclaim | queue
+    mode: Mode
     reason: str
     rank: tuple
 
@@ -119,7 +137,8 @@ class Decision:
     def summary(self) -> str:
         """One readable log line per decision."""
         c = self.chosen
-        skipped = "; ".join(f"{r.cluster}: {r.reason}" for r in self.rows if r.verdict != "chosen")
+        skipped = "; ".join(f"{r.cluster}: {r.reason}" for r in self.rows
+                            if r.verdict != Verdict.CHOSEN.value)
         if c is None:
             return f"no cluster can take {self._what()} ({skipped})"
         line = f"placing {self._what()} on {c.cluster.name} as {c.tier.name} ({c.reason})"
@@ -130,7 +149,7 @@ class Decision:
         return f"{r.gpu_product}:{r.gpu_count} for org {r.org}"
 
 
-_VANISHED = ("Deleted", "NotFound")
+_VANISHED = (Reason.DELETED.value, Reason.NOT_FOUND.value)
 
 
 def _cooldowns(history: Timeline, now: float, seconds: float) -> dict[str, float]:
@@ -141,8 +160,8 @@ def _cooldowns(history: Timeline, now: float, seconds: float) -> dict[str, float
     """
     out: dict[str, float] = {}
     for a in history.attempts:
-        vanished = a.outcome == "Lost" and a.reason in _VANISHED
-        taken = a.outcome == "Preempted" or vanished
+        vanished = a.outcome == Kind.LOST.value and a.reason in _VANISHED
+        taken = a.outcome == Kind.PREEMPTED.value or vanished
         if taken and a.tier == BORROWER and a.ended_at is not None:
             ago = now - a.ended_at
             if ago < seconds:
@@ -197,7 +216,6 @@ def _rank(
     skipped: dict[str, str] = {}
     cells: dict[str, tuple[str, str]] = {}
     need = request.gpu_count
-    largest = 0
     for cluster in fleet.clusters.values():
         owner = cluster.owner == request.org
         tier = cluster.tier(OWNER if owner else BORROWER)
@@ -209,30 +227,46 @@ def _rank(
             continue
         if cap.reachable:
             cells[cluster.name] = (tier.name, f"{cap.free(label)}/{cap.total(label)}")
-            largest = max([largest] + [n.allocatable for n in cap.nodes_of(label)])
         reason = _skip_reason(cluster, owner, cap, label, need, excluded, cooling, pinned)
         if reason:
             skipped[cluster.name] = reason
             continue
         candidates.append(_candidate(cluster, tier, owner, cap, label, need, request.gpu_count))
-    if not candidates and largest and largest < need and not any(
-        not snapshot.get(c).reachable for c in fleet.clusters
-    ):
+    if not candidates:
+        _never_fits(request, fleet, snapshot)
+    candidates.sort(key=lambda c: c.rank)
+    return Decision(request, tuple(candidates), _rows(fleet, candidates, skipped, cells))
+
+
+def _never_fits(request: Request, fleet: Fleet, snapshot: Snapshot) -> None:
+    """Every cluster answered and no node of the product is large enough: waiting is futile."""
+    if any(not snapshot.get(c).reachable for c in fleet.clusters):
+        return
+    sizes = [n.allocatable for c in fleet.clusters.values()
+             if (label := c.gpu_products.get(request.gpu_product)) is not None
+             for n in snapshot.get(c.name).nodes_of(label)]
+    largest, need = max(sizes, default=0), request.gpu_count
+    if largest and largest < need:
         raise PlacementError(
             f"{request.gpu_product}:{need} needs {need} GPUs on one node, but the largest "
             f"{request.gpu_product} node in the fleet has {largest}. Fix: ask for at most {largest}"
         )
-    candidates.sort(key=lambda c: c.rank)
+
+
+def _rows(fleet: Fleet, candidates: list[Candidate], skipped: dict[str, str],
+          cells: dict[str, tuple[str, str]]) -> tuple[Row, ...]:
+    """The explanation table: candidates best first, then the skipped clusters."""
     rows = []
     for i, c in enumerate(candidates):
         tier_name, free = cells[c.cluster.name]
-        verdict = "chosen" if i == 0 else "candidate"
+        verdict = Verdict.CHOSEN if i == 0 else Verdict.CANDIDATE
         why = c.reason if i == 0 else f"#{i + 1}: {c.reason}"
-        rows.append(Row(c.cluster.name, c.cluster.owner, tier_name, free, verdict, why))
+        rows.append(Row(c.cluster.name, c.cluster.owner, tier_name, free, verdict.value, why))
     for name, reason in skipped.items():
         tier_name, free = cells[name]
-        rows.append(Row(name, fleet.clusters[name].owner, tier_name, free, "skipped", reason))
-    return Decision(request, tuple(candidates), tuple(rows))
+        rows.append(Row(name, fleet.clusters[name].owner, tier_name, free,
+                        Verdict.SKIPPED.value, reason))
+    return tuple(rows)
 
 
 def _skip_reason(
@@ -278,18 +312,18 @@ def _candidate(
         group = 0 if owner else 2
         waiting = f", {pending} claimed by pods waiting there" if pending else ""
         reason = f"{'owns' if owner else 'borrows'} it; {free} {label} free{waiting}"
-        return Candidate(cluster, tier, "now", reason, (group, -unclaimed, cost, cluster.name))
+        return Candidate(cluster, tier, Mode.NOW, reason, (group, -unclaimed, cost, cluster.name))
     reclaim = min(
         (need - n.free for n in nodes
          if owner and n.borrowed and n.free < need <= n.free + n.borrowed), default=None
     )
     if reclaim is not None:
         reason = f"owns it; reclaims {reclaim} GPU(s) lent to other orgs (Kueue preempts them)"
-        return Candidate(cluster, tier, "reclaim", reason, (1, reclaim, cost, cluster.name))
+        return Candidate(cluster, tier, Mode.RECLAIM, reason, (1, reclaim, cost, cluster.name))
     group = 3 if owner else 4
     reason = (
         f"full; queues as {tier.name} behind {pending} pending GPU(s)"
         if pending
         else f"full; queues as {tier.name} (no queue ahead)"
     )
-    return Candidate(cluster, tier, "queue", reason, (group, pending, cost, cluster.name))
+    return Candidate(cluster, tier, Mode.QUEUE, reason, (group, pending, cost, cluster.name))

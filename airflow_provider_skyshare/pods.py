@@ -11,30 +11,38 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_skyshare.fleet import Cluster, Tier
+from airflow_provider_skyshare.names import (
+    A_HISTORY,
+    A_REQUEST,
+    A_TASK,
+    BASE_CONTAINER,
+    GPU_RESOURCE,
+    L_ATTEMPT,
+    L_DAG,
+    L_ORG,
+    L_RUN,
+    L_TASK,
+    L_TASK_KEY,
+    L_TIER,
+    L_TRY,
+    MANAGED_BY,
+    MANAGER,
+    PREFIX,
+    PRIORITY_LABEL,
+    QUEUE_LABEL,
+)
 from airflow_provider_skyshare.placement import Request
-from airflow_provider_skyshare.snapshot import GPU_RESOURCE, PRIORITY_LABEL, QUEUE_LABEL
 from airflow_provider_skyshare.timeline import Attempt, Timeline, epoch
 
-PREFIX = "skyshare.dev"
-MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGER = "airflow-provider-skyshare"
-L_TASK_KEY = f"{PREFIX}/task-key"
-L_DAG = f"{PREFIX}/dag-id"
-L_TASK = f"{PREFIX}/task-id"
-L_RUN = f"{PREFIX}/run-id"
-L_TRY = f"{PREFIX}/try"
-L_ATTEMPT = f"{PREFIX}/attempt"
-L_ORG = f"{PREFIX}/org"
-L_TIER = f"{PREFIX}/tier"
-A_TASK = f"{PREFIX}/task"  # full, unsanitised "dag/task/run[/map]"
-A_HISTORY = f"{PREFIX}/history"  # the timeline before this attempt (JSON)
-A_REQUEST = f"{PREFIX}/request"
-BASE_CONTAINER = "base"
+__all__ = [  # the names are defined in names; re-exported for existing imports
+    "A_HISTORY", "A_REQUEST", "A_TASK", "BASE_CONTAINER", "L_ATTEMPT", "L_DAG", "L_ORG", "L_RUN",
+    "L_TASK", "L_TASK_KEY", "L_TIER", "L_TRY", "MANAGED_BY", "MANAGER", "PREFIX", "TaskIdentity",
+    "attempt_of", "build", "label_value", "timeline_from_pod",
+]
 _NOT_LABEL = re.compile(r"[^A-Za-z0-9_.-]+")
 _NOT_NAME = re.compile(r"[^a-z0-9-]+")
 
@@ -99,9 +107,31 @@ def build(
     meta["name"] = identity.pod_name(attempt)
     meta["namespace"] = cluster.namespace
     meta.pop("generateName", None)
-    labels = meta.setdefault("labels", {}) or {}
-    meta["labels"] = labels
-    labels.update({
+    _mapping(meta, "labels").update(_labels(identity, attempt, tier, request))
+    _mapping(meta, "annotations").update({
+        A_TASK: identity.path,
+        A_HISTORY: history_json,
+        A_REQUEST: f"{request.gpu_product}:{request.gpu_count} org={request.org} "
+                   f"user={request.user or '-'}",
+    })
+    spec = pod.setdefault("spec", {})
+    spec["priorityClassName"] = tier.priority_class
+    spec.pop("priority", None)  # admission fills it from the class; a stale value is rejected
+    spec.setdefault("restartPolicy", "Never")
+    _mapping(spec, "nodeSelector")[cluster.gpu_label] = cluster.gpu_products[request.gpu_product]
+    _fill_main_container(spec, attempt, cluster, tier, request, preemptions)
+    return pod
+
+
+def _mapping(parent: dict[str, Any], key: str) -> dict[str, Any]:
+    """parent[key] as a dict, made when missing or null."""
+    value = parent.get(key) or {}
+    parent[key] = value
+    return value
+
+
+def _labels(identity: TaskIdentity, attempt: int, tier: Tier, request: Request) -> dict[str, str]:
+    return {
         MANAGED_BY: MANAGER,
         L_TASK_KEY: identity.key,
         L_DAG: label_value(identity.dag_id),
@@ -113,31 +143,20 @@ def build(
         L_TIER: tier.name,
         QUEUE_LABEL: tier.local_queue,
         PRIORITY_LABEL: tier.workload_priority_class,
-    })
-    annotations = meta.setdefault("annotations", {}) or {}
-    meta["annotations"] = annotations
-    annotations.update({
-        A_TASK: identity.path,
-        A_HISTORY: history_json,
-        A_REQUEST: f"{request.gpu_product}:{request.gpu_count} org={request.org} "
-                   f"user={request.user or '-'}",
-    })
-    spec = pod.setdefault("spec", {})
-    spec["priorityClassName"] = tier.priority_class
-    spec.pop("priority", None)  # admission fills it from the class; a stale value is rejected
-    spec.setdefault("restartPolicy", "Never")
-    node_selector = spec.setdefault("nodeSelector", {}) or {}
-    spec["nodeSelector"] = node_selector
-    node_selector[cluster.gpu_label] = cluster.gpu_products[request.gpu_product]
+    }
+
+
+def _fill_main_container(spec: dict[str, Any], attempt: int, cluster: Cluster, tier: Tier,
+                         request: Request, preemptions: int) -> None:
+    """The GPUs asked for, and where the job runs (SKYSHARE_* variables), on the base
+    container (or the first one)."""
     containers = spec.get("containers") or []
     if not containers:
         raise ValueError("the pod template has no container")
     main = next((c for c in containers if c.get("name") == BASE_CONTAINER), containers[0])
-    resources = main.setdefault("resources", {}) or {}
-    main["resources"] = resources
+    resources = _mapping(main, "resources")
     for part in ("limits", "requests"):
-        resources.setdefault(part, {})
-        resources[part] = {**(resources[part] or {}), GPU_RESOURCE: str(request.gpu_count)}
+        resources[part] = {**(resources.get(part) or {}), GPU_RESOURCE: str(request.gpu_count)}
     env = [e for e in main.get("env") or [] if not str(e.get("name", "")).startswith("SKYSHARE_")]
     env += [
         {"name": "SKYSHARE_ATTEMPT", "value": str(attempt)},
@@ -146,7 +165,6 @@ def build(
         {"name": "SKYSHARE_TIER", "value": tier.name},
     ]
     main["env"] = env
-    return pod
 
 
 def attempt_of(pod: dict[str, Any]) -> int:
@@ -156,11 +174,13 @@ def attempt_of(pod: dict[str, Any]) -> int:
         return 0
 
 
-def timeline_from_pod(cluster: str, pod: dict[str, Any], why: str = "adopted") -> Timeline:
+def timeline_from_pod(cluster: str, pod: dict[str, Any], *, now: float,
+                      why: str = "adopted") -> Timeline:
     """The timeline a pod carries (its history annotation) plus the attempt it is itself, placed
-    when the pod was created: how a restarted process or the CLI picks up a task's story."""
+    when the pod was created (``now`` if the pod does not say): how a restarted process or the
+    CLI picks up a task's story."""
     meta = pod["metadata"]
-    placed = epoch(meta.get("creationTimestamp")) or time.time()
+    placed = epoch(meta.get("creationTimestamp")) or now
     history = Timeline.from_json((meta.get("annotations") or {}).get(A_HISTORY))
     return history.add(Attempt(
         number=attempt_of(pod), cluster=cluster, tier=(meta.get("labels") or {}).get(L_TIER, ""),

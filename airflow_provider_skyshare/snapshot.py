@@ -10,12 +10,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_provider_skyshare.fleet import BORROWER, Cluster
+from airflow_provider_skyshare.fleet import BORROWER, OWNER, Cluster
+from airflow_provider_skyshare.names import (
+    A_TASK,
+    GPU_RESOURCE,
+    L_ORG,
+    PRIORITY_LABEL,
+    QUEUE_LABEL,
+    TERMINAL_PHASES,
+)
 
-GPU_RESOURCE = "nvidia.com/gpu"
-QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
-TERMINAL_PHASES = ("Succeeded", "Failed")
+OTHER_TIER = "other"  # a pod in none of the provider's queues (someone else's work)
+
+__all__ = ["GPU_RESOURCE", "PRIORITY_LABEL", "QUEUE_LABEL", "TERMINAL_PHASES",  # from names
+           "ClusterCapacity", "Holder", "NodeGpus", "Snapshot", "summarize", "tier_of"]
 
 
 @dataclass(frozen=True)
@@ -117,11 +125,11 @@ def tier_of(pod: Mapping[str, Any], cluster: Cluster) -> str:
     if labels.get(QUEUE_LABEL) == borrower.local_queue or labels.get(
         PRIORITY_LABEL
     ) == borrower.workload_priority_class:
-        return "borrower"
-    owner = cluster.tier("owner")
+        return BORROWER
+    owner = cluster.tier(OWNER)
     if labels.get(QUEUE_LABEL) == owner.local_queue:
-        return "owner"
-    return "other"
+        return OWNER
+    return OTHER_TIER
 
 
 def summarize(
@@ -131,8 +139,36 @@ def summarize(
     latency_ms: float = 0.0,
 ) -> ClusterCapacity:
     """Free GPUs per node: allocatable minus the requests of non-terminal pods bound to it."""
-    label_to_product = {v: v for v in cluster.gpu_products.values()}
-    node_info: dict[str, tuple[str, int]] = {}
+    node_info = _gpu_nodes(cluster, nodes)
+    holders = tuple(h for h in (_holder(cluster, pod, node_info) for pod in pods) if h)
+    used: dict[str, int] = {}
+    borrowed: dict[str, int] = {}
+    by_product: dict[str, int] = {}
+    for h in holders:
+        if not h.node:
+            by_product[h.product] = by_product.get(h.product, 0) + h.gpus
+            continue
+        used[h.node] = used.get(h.node, 0) + h.gpus
+        if h.tier == BORROWER:
+            borrowed[h.node] = borrowed.get(h.node, 0) + h.gpus
+    return ClusterCapacity(
+        cluster=cluster.name,
+        reachable=True,
+        nodes=tuple(
+            NodeGpus(name, product, count, used.get(name, 0), borrowed.get(name, 0))
+            for name, (product, count) in sorted(node_info.items())
+        ),
+        pending_gpus=sum(h.gpus for h in holders if not h.node),
+        pending_by_product=tuple(sorted((p, n) for p, n in by_product.items() if p)),
+        holders=holders,
+        latency_ms=latency_ms,
+    )
+
+
+def _gpu_nodes(cluster: Cluster, nodes: Iterable[Mapping[str, Any]]) -> dict[str, tuple[str, int]]:
+    """Schedulable nodes with GPUs of a product the cluster offers: name -> (label, count)."""
+    labels = set(cluster.gpu_products.values())
+    found: dict[str, tuple[str, int]] = {}
     for node in nodes:
         meta = node.get("metadata") or {}
         product = (meta.get("labels") or {}).get(cluster.gpu_label)
@@ -141,48 +177,25 @@ def summarize(
             count = int(str(alloc.get(GPU_RESOURCE, "0") or 0))
         except ValueError:  # not a whole number ("1500m"): no usable GPUs, not a failed probe
             count = 0
-        if product in label_to_product and count > 0 and _schedulable(node):
-            node_info[meta.get("name", "")] = (product, count)
-    used: dict[str, int] = {}
-    borrowed: dict[str, int] = {}
-    pending = 0
-    by_product: dict[str, int] = {}
-    holders = []
-    for pod in pods:
-        status = pod.get("status") or {}
-        if status.get("phase") in TERMINAL_PHASES:
-            continue
-        gpus = _gpus(pod)
-        if not gpus:
-            continue
-        meta = pod.get("metadata") or {}
-        labels = meta.get("labels") or {}
-        node = (pod.get("spec") or {}).get("nodeName") or ""
-        tier = tier_of(pod, cluster)
-        wanted = ((pod.get("spec") or {}).get("nodeSelector") or {}).get(cluster.gpu_label, "")
-        holders.append(Holder(
-            namespace=meta.get("namespace", ""), pod=meta.get("name", ""), gpus=gpus, tier=tier,
-            org=labels.get("skyshare.dev/org", ""),
-            task=(meta.get("annotations") or {}).get("skyshare.dev/task", ""), node=node,
-            product=node_info[node][0] if node in node_info else str(wanted),
-        ))
-        if not node:
-            pending += gpus
-            if wanted:
-                by_product[str(wanted)] = by_product.get(str(wanted), 0) + gpus
-            continue
-        used[node] = used.get(node, 0) + gpus
-        if tier == "borrower":
-            borrowed[node] = borrowed.get(node, 0) + gpus
-    return ClusterCapacity(
-        cluster=cluster.name,
-        reachable=True,
-        nodes=tuple(
-            NodeGpus(name, product, count, used.get(name, 0), borrowed.get(name, 0))
-            for name, (product, count) in sorted(node_info.items())
-        ),
-        pending_gpus=pending,
-        pending_by_product=tuple(sorted(by_product.items())),
-        holders=tuple(holders),
-        latency_ms=latency_ms,
+        if product in labels and count > 0 and _schedulable(node):
+            found[meta.get("name", "")] = (product, count)
+    return found
+
+
+def _holder(cluster: Cluster, pod: Mapping[str, Any],
+            node_info: dict[str, tuple[str, int]]) -> Holder | None:
+    """Who holds (or, unbound, waits for) GPUs: a non-terminal pod that asks for some."""
+    if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
+        return None
+    gpus = _gpus(pod)
+    if not gpus:
+        return None
+    meta = pod.get("metadata") or {}
+    node = (pod.get("spec") or {}).get("nodeName") or ""
+    wanted = ((pod.get("spec") or {}).get("nodeSelector") or {}).get(cluster.gpu_label, "")
+    return Holder(
+        namespace=meta.get("namespace", ""), pod=meta.get("name", ""), gpus=gpus,
+        tier=tier_of(pod, cluster), org=(meta.get("labels") or {}).get(L_ORG, ""),
+        task=(meta.get("annotations") or {}).get(A_TASK, ""), node=node,
+        product=node_info[node][0] if node in node_info else str(wanted),
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_skyshare.fleet import Fleet
-from airflow_provider_skyshare.placement import Decision
+from airflow_provider_skyshare.placement import Decision, Mode
 from airflow_provider_skyshare.snapshot import Holder, Snapshot
 from airflow_provider_skyshare.timeline import format_table
 
@@ -68,7 +68,7 @@ def fleet_table(fleet: Fleet, snapshot: Snapshot) -> str:
 def victims(decision: Decision, snapshot: Snapshot) -> list[Holder]:
     """Running borrowed work the chosen placement would have Kueue preempt (reclaim mode)."""
     chosen = decision.chosen
-    if chosen is None or chosen.mode != "reclaim":
+    if chosen is None or chosen.mode is not Mode.RECLAIM:
         return []
     cap = snapshot.get(chosen.cluster.name)
     label = chosen.cluster.gpu_products[decision.request.gpu_product]

@@ -7,14 +7,12 @@ following and moving are supervisor.Supervisor's (the same loop runs in the trig
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, conf
 
-from airflow_provider_skyshare import clients, kube
+from airflow_provider_skyshare import clients, fleetfile, kube
 from airflow_provider_skyshare.clients import ClusterConfigError
 from airflow_provider_skyshare.finish import (
     FinishAction,
@@ -24,7 +22,7 @@ from airflow_provider_skyshare.finish import (
     finish,
     from_event,
 )
-from airflow_provider_skyshare.fleet import Fleet, FleetError, load, parse
+from airflow_provider_skyshare.fleet import Fleet, FleetError, parse
 from airflow_provider_skyshare.follow import Follow, Job, OnUnreachable, Settings, Status
 from airflow_provider_skyshare.links import SkyshareTimelineLink
 from airflow_provider_skyshare.placement import PlacementError, Request, check_count, parse_gpus
@@ -42,27 +40,6 @@ UNREACHABLE_ACTIONS = tuple(a.value for a in OnUnreachable)
 
 class SkyshareTaskError(RuntimeError):
     """The task's work ended without success; the message lists every attempt."""
-
-
-_fleet_cache: dict[str, tuple[float, Fleet]] = {}
-_fleet_lock = threading.Lock()
-
-
-def fleet_from_file(path: str) -> Fleet:
-    """Load a fleet file once per change (DAG parsing calls this for every task)."""
-    path = os.path.abspath(os.path.expanduser(path))
-    try:
-        mtime = os.stat(path).st_mtime
-    except OSError:
-        return load(path)  # raises the clear "file not found" FleetError
-    with _fleet_lock:
-        cached = _fleet_cache.get(path)
-        if cached and cached[0] == mtime:
-            return cached[1]
-    fleet = load(path)
-    with _fleet_lock:
-        _fleet_cache[path] = (mtime, fleet)
-    return fleet
 
 
 def default_fleet_file() -> str | None:
@@ -215,7 +192,7 @@ class MultiClusterGpuOperator(BaseOperator):
                                                   self.gpu_product))
         if path and literal:
             try:
-                validate_request(self._request(), fleet_from_file(path))
+                validate_request(self._request(), fleetfile.cached(path))
             except (FleetError, PlacementError) as exc:
                 raise ValueError(f"{where}: {exc}") from None
 
@@ -233,7 +210,7 @@ class MultiClusterGpuOperator(BaseOperator):
             raise FleetError("(no fleet file)", "fleet_file", "no fleet file configured",
                              "pass fleet_file=... or set [skyshare] fleet_file "
                              "(AIRFLOW__SKYSHARE__FLEET_FILE)")
-        return fleet_from_file(path)
+        return fleetfile.cached(path)
 
     # -- the pod template (KubernetesPodOperator's meaning of each argument) ---------------
     def build_template(self) -> dict[str, Any]:

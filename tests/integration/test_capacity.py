@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_skyshare import capacity, clients, kube
-from airflow_provider_skyshare.fleet import load
+from airflow_provider_skyshare.fleetfile import load
 
 pytestmark = pytest.mark.integration
 FLEET = Path(__file__).resolve().parents[2] / "dags" / "fleet.yaml"
@@ -69,7 +69,7 @@ FRESH_PROBE = """
 import asyncio, json, sys, time
 assert "kubernetes_asyncio" not in sys.modules
 from airflow_provider_skyshare import capacity, clients
-from airflow_provider_skyshare.fleet import load
+from airflow_provider_skyshare.fleetfile import load
 
 async def main():
     start = time.monotonic()

@@ -16,7 +16,7 @@ import pytest
 
 from airflow_provider_skyshare import clients, watch
 from airflow_provider_skyshare.finish import event_payload
-from airflow_provider_skyshare.fleet import load
+from airflow_provider_skyshare.fleetfile import load
 from airflow_provider_skyshare.follow import Follow, Job, OnUnreachable, Settings
 from airflow_provider_skyshare.operators import MultiClusterGpuOperator
 from airflow_provider_skyshare.placement import Request, parse_gpus

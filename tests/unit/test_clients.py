@@ -22,7 +22,7 @@ PROBE = textwrap.dedent("""
 
     sys.meta_path.insert(0, Spy())
     from airflow_provider_skyshare import clients
-    from airflow_provider_skyshare.fleet import load
+    from airflow_provider_skyshare.fleetfile import load
 
     fleet = load(sys.argv[1])
 

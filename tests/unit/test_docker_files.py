@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from airflow_provider_skyshare.fleet import load
+from airflow_provider_skyshare.fleetfile import load
 from airflow_provider_skyshare.sandbox import paths
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,9 +19,9 @@ from airflow_provider_skyshare.fleet import (
     FleetError,
     Org,
     Policy,
-    load,
     parse,
 )
+from airflow_provider_skyshare.fleetfile import load
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = "fleets/bad.yaml"

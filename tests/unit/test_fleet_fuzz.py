@@ -15,7 +15,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_skyshare.fleet import Fleet, FleetError, load, parse
+from airflow_provider_skyshare.fleet import Fleet, FleetError, parse
+from airflow_provider_skyshare.fleetfile import load
 
 # No example database: the suite must not leave a .hypothesis/ folder in the work tree.
 FAST = settings(max_examples=200, deadline=None, database=None,

@@ -388,7 +388,7 @@ def test_timeline_from_pod_keeps_history_and_creation_time() -> None:
         "labels": {"skyshare.dev/attempt": "2", "skyshare.dev/tier": "owner"},
         "annotations": {"skyshare.dev/history": earlier.to_json()},
     }}
-    t = timeline_from_pod("rise", pod)
+    t = timeline_from_pod("rise", pod, now=9.0)
     assert [(a.number, a.cluster, a.tier, a.outcome) for a in t.attempts] == [
         (1, "bair", "borrower", "Preempted"), (2, "rise", "owner", "")]
     assert t.last.placed_at == datetime(2026, 11, 23, 10, 0, 5, tzinfo=timezone.utc).timestamp()
@@ -396,6 +396,6 @@ def test_timeline_from_pod_keeps_history_and_creation_time() -> None:
 
 
 def test_timeline_from_a_bare_pod() -> None:
-    t = timeline_from_pod("rise", {"metadata": {"name": "p", "namespace": "ns"}})
+    t = timeline_from_pod("rise", {"metadata": {"name": "p", "namespace": "ns"}}, now=9.0)
     assert [(a.number, a.tier, a.pod) for a in t.attempts] == [(0, "", "p")]
-    assert t.last.placed_at > 1_700_000_000
+    assert t.last.placed_at == 9.0  # the pod does not say when it was made: now
