@@ -16,10 +16,21 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from airflow_provider_skyshare import capacity, clients, kube, orphans, views, watch
-from airflow_provider_skyshare.fleet import Fleet, FleetError, load
+from airflow_provider_skyshare import (
+    capacity,
+    clients,
+    kube,
+    metadb,
+    orphans,
+    taskpods,
+    views,
+    watch,
+)
+from airflow_provider_skyshare.fleet import Fleet, FleetError
+from airflow_provider_skyshare.fleetfile import load
+from airflow_provider_skyshare.names import A_TASK
 from airflow_provider_skyshare.placement import PlacementError, Request, choose, parse_gpus
-from airflow_provider_skyshare.pods import TaskIdentity, attempt_of, timeline_from_pod
+from airflow_provider_skyshare.pods import TaskIdentity
 from airflow_provider_skyshare.timeline import Timeline, format_table
 
 
@@ -76,56 +87,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-async def find_timeline(fleet: Fleet, identity: TaskIdentity) -> Timeline | None:
-    """Rebuild a task's timeline from its newest pod (any try) on any cluster."""
-    async def one(name: str) -> list[tuple[str, dict]]:
-        c = fleet.clusters[name]
-        try:
-            listing = await kube.list_pods(c, c.namespace,
-                                           labelSelector=identity.selector(this_try=False))
-        except kube.KubeError:
-            return []
-        return [(name, p) for p in listing.get("items") or []]
-
-    found = [x for xs in await asyncio.gather(*(one(n) for n in fleet.clusters)) for x in xs]
-    if not found:
-        return None
-    cluster, pod = max(found, key=lambda item: (
-        int(item[1]["metadata"]["labels"].get("skyshare.dev/try", 0)), attempt_of(item[1])))
-    from airflow_provider_skyshare import outcomes
-
-    outcome = outcomes.classify(pod)
-    return timeline_from_pod(cluster, pod, why="").update_last(
-        outcome="" if outcome.kind.value in ("Pending", "Running") else outcome.kind.value,
-        reason=outcome.reason,
-    )
-
-
-def _timeline_from_airflow(dag_id: str, run_id: str, task_id: str) -> list[dict] | None:
-    try:
-        from airflow.models.xcom import XComModel
-        from airflow.utils.session import create_session
-
-        with create_session() as session:
-            for key in ("return_value", "skyshare_timeline"):
-                row = session.query(XComModel).filter_by(
-                    dag_id=dag_id, run_id=run_id, task_id=task_id, key=key).first()
-                if row is not None:
-                    return XComModel.deserialize_value(row)
-    except Exception:  # noqa: BLE001 - no Airflow DB here: the clusters are the only source
-        return None
-    return None
-
-
 def cmd_timeline(args: argparse.Namespace) -> int:
     fleet = _fleet(args.fleet)
     identity = TaskIdentity(args.dag_id, args.task_id, args.run_id, map_index=args.map_index)
-    live = asyncio.run(_run(find_timeline(fleet, identity)))
+    live = asyncio.run(_run(taskpods.live_timeline(fleet, identity, now=time.time())))
     if live is not None:
         print(f"{identity.path}: live, from the pods on the clusters")
         print(live.table())
         return 0
-    stored = _timeline_from_airflow(args.dag_id, args.run_id, args.task_id)
+    try:
+        stored = metadb.stored_timeline(args.dag_id, args.run_id, args.task_id, args.map_index)
+    except metadb.MetadbUnavailable:
+        stored = None  # no Airflow here: the clusters were the only source
     if stored:
         print(f"{identity.path}: finished, from Airflow's XCom")
         print(Timeline.from_list(stored).table())
@@ -153,51 +126,54 @@ async def _live_pods(fleet: Fleet) -> tuple[list[tuple[str, dict]], dict[str, st
     return found, down
 
 
-def _ti(t: TaskIdentity) -> tuple[str, str, str, int]:
+def _ti(t: TaskIdentity) -> metadb.TaskKey:
     return (t.dag_id, t.task_id, t.run_id, t.map_index)
 
 
-def _task_states(keys: set[tuple[str, str, str, int]]) -> dict[tuple, orphans.TaskState | None]:
-    """Each task instance's state and try from Airflow's metadata DB."""
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
+def _orphan_rows(found: list[tuple[str, dict]],
+                 states: dict[metadb.TaskKey, orphans.TaskState | None]) -> list[dict[str, Any]]:
+    """The live pods whose task no longer follows them, with why."""
+    rows = []
+    for cluster, pod in found:
+        task, meta = orphans.task_of(pod), pod["metadata"]
+        if task is None:
+            why = f"no readable {A_TASK} annotation or try label"
+        else:
+            why = orphans.why_orphaned(task[1], states[_ti(task[0])])
+        if why:
+            rows.append({"cluster": cluster, "namespace": meta["namespace"], "pod": meta["name"],
+                         "phase": (pod.get("status") or {}).get("phase", ""),
+                         "task": (meta.get("annotations") or {}).get(A_TASK, ""),
+                         "why": why, "deleted": False})
+    return rows
 
-    states: dict[tuple, orphans.TaskState | None] = {}
-    with create_session() as session:
-        for dag_id, task_id, run_id, map_index in sorted(keys):
-            row = session.query(TaskInstance.state, TaskInstance.try_number).filter_by(
-                dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=map_index).first()
-            states[(dag_id, task_id, run_id, map_index)] = (
-                orphans.TaskState(str(row[0]) if row[0] else None, int(row[1] or 0))
-                if row else None)
-    return states
+
+def _print_orphans(rows: list[dict[str, Any]], found: int, down: dict[str, str],
+                   deleted: bool) -> None:
+    if rows:
+        print(format_table([[r["cluster"], r["pod"], r["phase"], r["task"], r["why"]]
+                            + (["deleted" if r["deleted"] else "gone"] if deleted else [])
+                            for r in rows],
+                           ["cluster", "pod", "phase", "task", "why"]
+                           + (["action"] if deleted else [])))
+    else:
+        print(f"no orphaned pods among {found} live provider pod(s)")
+    for name, error in down.items():
+        print(f"{name}: not checked, unreachable: {error}", file=sys.stderr)
+    if rows and not deleted:
+        print("run again with --delete to delete them", file=sys.stderr)
 
 
 def cmd_orphans(args: argparse.Namespace) -> int:
     fleet = _fleet(args.fleet)
     found, down = asyncio.run(_run(_live_pods(fleet)))  # pods first, then the DB: see orphans
-    owned = [(cluster, pod, orphans.task_of(pod)) for cluster, pod in found]
-    keys = {_ti(task[0]) for _, _, task in owned if task}
+    keys = {_ti(task[0]) for _, pod in found if (task := orphans.task_of(pod))}
     try:
-        states = _task_states(keys)
-    except Exception as exc:  # noqa: BLE001 - say what is missing, not a traceback
-        print(f"skyshare: cannot read Airflow's metadata DB ({type(exc).__name__}: {exc}). "
-              "Run this where Airflow is configured (AIRFLOW_HOME / sql_alchemy_conn).",
-              file=sys.stderr)
+        states = metadb.task_states(keys)
+    except metadb.MetadbUnavailable as exc:
+        print(f"skyshare: {exc}", file=sys.stderr)
         return 2
-    rows = []
-    for cluster, pod, task in owned:
-        meta = pod["metadata"]
-        if task is None:
-            why = "no readable skyshare.dev/task annotation or try label"
-        else:
-            t, pod_try = task
-            why = orphans.why_orphaned(pod_try, states[_ti(t)])
-        if why:
-            rows.append({"cluster": cluster, "namespace": meta["namespace"], "pod": meta["name"],
-                         "phase": (pod.get("status") or {}).get("phase", ""),
-                         "task": (meta.get("annotations") or {}).get("skyshare.dev/task", ""),
-                         "why": why, "deleted": False})
+    rows = _orphan_rows(found, states)
     if args.delete:
         async def delete_all() -> None:
             for r in rows:
@@ -207,18 +183,7 @@ def cmd_orphans(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"orphans": rows, "unreachable": down}, indent=2))
     else:
-        if rows:
-            print(format_table([[r["cluster"], r["pod"], r["phase"], r["task"], r["why"]]
-                                + (["deleted" if r["deleted"] else "gone"] if args.delete else [])
-                                for r in rows],
-                               ["cluster", "pod", "phase", "task", "why"]
-                               + (["action"] if args.delete else [])))
-        else:
-            print(f"no orphaned pods among {len(found)} live provider pod(s)")
-        for name, error in down.items():
-            print(f"{name}: not checked, unreachable: {error}", file=sys.stderr)
-        if rows and not args.delete:
-            print("run again with --delete to delete them", file=sys.stderr)
+        _print_orphans(rows, len(found), down, args.delete)
     return 1 if down else 0
 
 

@@ -147,10 +147,13 @@ async def _new_async(cluster: Cluster) -> Any:
         await _import_off_loop("airflow.providers.cncf.kubernetes.hooks.kubernetes")
         from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook
 
+        # The hook's public client, opened once for its parsing of the connection's extras
+        # (in_cluster, kube_config_path, kube_config, cluster_context); our own long-lived
+        # client then uses that configuration (tests/unit/test_hook_contract.py).
         hook = AsyncKubernetesHook(conn_id=cluster.connection_id, cluster_context=cluster.context,
                                    client_configuration=configuration)
-        await hook._load_config()  # the hook's own parsing of the connection's extras
-        configuration = hook.client_configuration
+        async with hook.get_conn() as hook_client:
+            configuration = hook_client.configuration
     else:
         path = await asyncio.to_thread(check_kubeconfig, cluster)
         await config.load_kube_config(config_file=path, context=cluster.context,

@@ -1,4 +1,5 @@
-"""A task's pods across the whole fleet: find the newest, delete earlier tries, delete all.
+"""A task's pods across the whole fleet: find the newest, delete earlier tries, delete all,
+rebuild its timeline.
 
 I/O over every cluster at once (one round trip to the slowest); a cluster that does not
 answer is logged and skipped, since these run where nothing else can be done about it (a
@@ -12,10 +13,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from airflow_provider_skyshare import clients, kube, pods, watch
+from airflow_provider_skyshare import clients, kube, outcomes, pods, watch
 from airflow_provider_skyshare.fleet import Fleet
-from airflow_provider_skyshare.names import L_TASK_KEY, L_TRY
+from airflow_provider_skyshare.names import L_TASK_KEY, L_TRY, Kind
 from airflow_provider_skyshare.pods import TaskIdentity
+from airflow_provider_skyshare.timeline import Timeline
 
 T = TypeVar("T")
 Found = tuple[str, dict[str, Any]]  # (cluster, pod)
@@ -108,3 +110,30 @@ async def delete_all(fleet: Fleet, identity: TaskIdentity, log: logging.Logger,
             return []
 
     return await _everywhere(fleet, one)
+
+
+async def live_timeline(fleet: Fleet, identity: TaskIdentity, *, now: float) -> Timeline | None:
+    """A task's timeline rebuilt from its newest pod (any try) on any cluster, for the CLI
+    and the UI; None when no cluster has a pod of it."""
+    async def one(name: str) -> list[Found]:
+        c = fleet.clusters[name]
+        try:
+            listing = await kube.list_pods(c, c.namespace,
+                                           labelSelector=identity.selector(this_try=False))
+        except kube.KubeError:
+            return []  # this cluster does not answer: the others may
+        return [(name, p) for p in listing.get("items") or []]
+
+    found = await _everywhere(fleet, one)
+    if not found:
+        return None
+    cluster, pod = max(found, key=lambda item: (_try_of(item[1]), pods.attempt_of(item[1])))
+    outcome = outcomes.classify(pod)
+    ongoing = outcome.kind in (Kind.PENDING, Kind.RUNNING)
+    return pods.timeline_from_pod(cluster, pod, now=now, why="").update_last(
+        outcome="" if ongoing else outcome.kind.value, reason=outcome.reason)
+
+
+def _try_of(pod: dict[str, Any]) -> int:
+    value = ((pod.get("metadata") or {}).get("labels") or {}).get(L_TRY, "0")
+    return int(value) if value.isdigit() else 0

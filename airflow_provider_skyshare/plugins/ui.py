@@ -14,9 +14,9 @@ from airflow.plugins_manager import AirflowPlugin
 from fastapi import FastAPI, Query
 from fastapi.responses import HTMLResponse
 
-from airflow_provider_skyshare import capacity, views
-from airflow_provider_skyshare.cli import _timeline_from_airflow, find_timeline
-from airflow_provider_skyshare.fleet import Fleet, load
+from airflow_provider_skyshare import capacity, metadb, taskpods, views
+from airflow_provider_skyshare.fleet import Fleet
+from airflow_provider_skyshare.fleetfile import load
 from airflow_provider_skyshare.links import PREFIX, SkyshareTimelineLink
 from airflow_provider_skyshare.pods import TaskIdentity
 from airflow_provider_skyshare.timeline import HEADERS, Timeline
@@ -92,10 +92,11 @@ async def fleet_page(refresh: int = Query(3, ge=0, le=3600)) -> HTMLResponse:
 
 
 async def _timeline(dag_id: str, run_id: str, task_id: str, map_index: int) -> tuple[str, Timeline]:
-    stored = _timeline_from_airflow(dag_id, run_id, task_id)
+    stored = metadb.stored_timeline(dag_id, run_id, task_id, map_index)
     if stored:
         return "finished (XCom)", Timeline.from_list(stored)
-    live = await find_timeline(_fleet(), TaskIdentity(dag_id, task_id, run_id, map_index=map_index))
+    live = await taskpods.live_timeline(_fleet(), TaskIdentity(dag_id, task_id, run_id, map_index),
+                                        now=time.time())
     return ("live (pods on the clusters)", live) if live else ("not found", Timeline())
 
 
