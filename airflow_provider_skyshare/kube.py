@@ -38,6 +38,30 @@ def _unreachable(cluster: Cluster, exc: BaseException) -> KubeError:
     return KubeError(cluster.name, 0, "Unreachable", text)
 
 
+async def _call(cluster: Cluster, method: str, path: str, query: list[tuple[str, Any]],
+                body: Any, timeout: float | None, headers: dict[str, str]) -> bytes:
+    """One round trip: the body of a 2xx answer, else KubeError (status 0: no answer)."""
+    try:
+        api = await clients.async_api(cluster)
+        resp = await api.rest_client.request(
+            method, api.configuration.host + path, query_params=query, headers=headers,
+            body=body, _preload_content=False, _request_timeout=timeout)
+        try:
+            data = await resp.read()
+        finally:
+            resp.release()
+    except TRANSPORT_ERRORS as exc:
+        raise _unreachable(cluster, exc) from None
+    if not 200 <= resp.status <= 299:
+        try:
+            decoded = json.loads(data) if data else {}
+        except ValueError:
+            decoded = {}
+        raise KubeError(cluster.name, resp.status, decoded.get("reason", resp.reason or ""),
+                        decoded.get("message", data.decode(errors="replace")[:500]))
+    return data
+
+
 async def request(
     cluster: Cluster,
     method: str,
@@ -49,25 +73,9 @@ async def request(
     content_type: str = "application/json",
 ) -> Any:
     """One API call; returns the decoded JSON body or raises KubeError."""
-    try:
-        api = await clients.async_api(cluster)
-        headers = {"Accept": "application/json", "Content-Type": content_type}
-        resp = await api.rest_client.request(
-            method, api.configuration.host + path, query_params=list((query or {}).items()),
-            headers=headers, body=body, _preload_content=False,
-            _request_timeout=timeout,
-        )
-        try:
-            data = await resp.read()
-        finally:
-            resp.release()
-    except TRANSPORT_ERRORS as exc:
-        raise _unreachable(cluster, exc) from None
-    decoded = json.loads(data) if data else {}
-    if not 200 <= resp.status <= 299:
-        raise KubeError(cluster.name, resp.status, decoded.get("reason", resp.reason or ""),
-                        decoded.get("message", data.decode(errors="replace")[:500]))
-    return decoded
+    data = await _call(cluster, method, path, list((query or {}).items()), body, timeout,
+                       {"Accept": "application/json", "Content-Type": content_type})
+    return json.loads(data) if data else {}
 
 
 def pods_path(namespace: str | None, name: str | None = None) -> str:
@@ -112,26 +120,9 @@ async def delete_pod(cluster: Cluster, namespace: str, name: str, grace: int | N
 async def read_log(cluster: Cluster, namespace: str, name: str, container: str,
                    timeout: float = 30.0) -> str:
     """A container's log as text (not JSON, unlike every other call here)."""
-    try:
-        api = await clients.async_api(cluster)
-        resp = await api.rest_client.request(
-            "GET", api.configuration.host + pods_path(namespace, name) + "/log",
-            query_params=[("container", container)], headers={"Accept": "*/*"},
-            _preload_content=False, _request_timeout=timeout)
-        try:
-            data = await resp.read()
-        finally:
-            resp.release()
-    except TRANSPORT_ERRORS as exc:
-        raise _unreachable(cluster, exc) from None
-    text = data.decode(errors="replace")
-    if not 200 <= resp.status <= 299:
-        try:
-            message = json.loads(text).get("message", text[:300])
-        except ValueError:
-            message = text[:300]
-        raise KubeError(cluster.name, resp.status, resp.reason or "", message)
-    return text
+    data = await _call(cluster, "GET", pods_path(namespace, name) + "/log",
+                       [("container", container)], None, timeout, {"Accept": "*/*"})
+    return data.decode(errors="replace")
 
 
 async def list_nodes(cluster: Cluster, timeout: float) -> dict[str, Any]:

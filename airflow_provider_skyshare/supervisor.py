@@ -68,6 +68,8 @@ class Supervisor:
                 event = self._pending.popleft() if self._pending else await self._wait()
                 self.state, actions = step(self.state, event, self.clock())
                 for action in actions:
+                    if isinstance(action, Watch) and until is Phase.WATCHING:
+                        continue  # placing only (the worker): the trigger will watch
                     await self._execute(action)
                 if self.state.phase is not Phase.WATCHING:
                     self._close_feed()
