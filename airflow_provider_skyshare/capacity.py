@@ -13,21 +13,28 @@ from collections.abc import Iterable
 
 from airflow_provider_skyshare import clients, kube
 from airflow_provider_skyshare.fleet import Cluster, Fleet
+from airflow_provider_skyshare.names import POLICY_BINDING_PATH, TIER_POLICY
 from airflow_provider_skyshare.snapshot import ClusterCapacity, Snapshot, summarize
 
 NON_TERMINAL = "status.phase!=Succeeded,status.phase!=Failed"
 
 
 async def probe_cluster(cluster: Cluster, timeout: float) -> ClusterCapacity:
-    """`timeout` bounds the cluster's answer; the client's start-up comes before it."""
+    """`timeout` bounds the cluster's answer; the client's start-up comes before it.
+
+    Reads with the cluster's own (read-only) credential, never an org's. Where each org has
+    its own credential, a cluster without the tier policy is not used (not enforced there).
+    """
+    enforced, cluster = cluster.enforced, cluster.as_reader()
     try:
         await clients.ready(cluster)
         start = time.monotonic()
-        nodes, pods = await asyncio.wait_for(
+        nodes, pods, policy = await asyncio.wait_for(
             asyncio.gather(
                 kube.list_nodes(cluster, timeout),
                 kube.request(cluster, "GET", "/api/v1/pods",
                              query={"fieldSelector": NON_TERMINAL}, timeout=timeout),
+                _policy_binding(cluster, timeout) if enforced else _none(),
             ),
             timeout,
         )
@@ -39,7 +46,28 @@ async def probe_cluster(cluster: Cluster, timeout: float) -> ClusterCapacity:
     except Exception as exc:  # noqa: BLE001 - bad kubeconfig etc.: say why, skip the cluster
         return ClusterCapacity(cluster.name, False, f"{type(exc).__name__}: {exc}"[:200])
     latency = (time.monotonic() - start) * 1000
+    if enforced and policy is None:
+        return ClusterCapacity(cluster.name, False, f"{NO_POLICY}: each org has its own "
+                               "credential here but the tier policy is missing; apply "
+                               f"`skyshare manifests --cluster {cluster.name}`")
     return summarize(cluster, nodes.get("items") or [], pods.get("items") or [], latency)
+
+
+NO_POLICY = f"no ValidatingAdmissionPolicyBinding {TIER_POLICY}"
+
+
+async def _policy_binding(cluster: Cluster, timeout: float) -> dict | None:
+    """The binding of the tier policy (manifests.py), or None when the cluster lacks it."""
+    try:
+        return await kube.request(cluster, "GET", POLICY_BINDING_PATH, timeout=timeout)
+    except kube.KubeError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+async def _none() -> None:
+    return None
 
 
 async def probe(fleet: Fleet, only: Iterable[str] | None = None) -> Snapshot:

@@ -4,6 +4,8 @@
   skyshare explain --gpus T4:2 --org X   where a request would go now, and what it would preempt
   skyshare timeline DAG RUN TASK         every attempt of a task, across clusters
   skyshare orphans [--delete]            pods whose task no longer follows them (Airflow DB)
+  skyshare manifests --cluster NAME      what the fleet implies on a cluster: each org's
+                                         namespace, credential, queue and the tier policy
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from airflow_provider_skyshare import (
     metadb,
     orphans,
     taskpods,
+    tenancy,
     views,
     watch,
 )
-from airflow_provider_skyshare.fleet import Fleet, FleetError
+from airflow_provider_skyshare.fleet import Cluster, Fleet, FleetError
 from airflow_provider_skyshare.fleetfile import load
 from airflow_provider_skyshare.names import A_TASK
 from airflow_provider_skyshare.placement import PlacementError, Request, choose, parse_gpus
@@ -64,9 +67,12 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     fleet = _fleet(args.fleet)
     snapshot = asyncio.run(_run(capacity.probe(fleet)))
     if args.json:
-        print(json.dumps(views.fleet_rows(fleet, snapshot), indent=2))
+        print(json.dumps({"clusters": views.fleet_rows(fleet, snapshot),
+                          "tiers": views.tier_rows(fleet)}, indent=2))
     else:
         print(views.fleet_table(fleet, snapshot))
+        print()
+        print(views.tier_table(fleet))
     return 0
 
 
@@ -79,11 +85,28 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({
             "summary": decision.summary(),
+            "tiers": views.tier_rows(fleet, only=args.org),
             "rows": [asdict(r) for r in decision.rows],
             "preempts": [asdict(h) for h in views.victims(decision, snapshot)],
         }, indent=2))
     else:
         print(views.explain_text(decision, snapshot))
+        print()
+        print(views.tier_table(fleet, only=args.org))
+    return 0
+
+
+def cmd_manifests(args: argparse.Namespace) -> int:
+    """What the fleet implies on one cluster, as YAML for `kubectl apply --server-side -f -`."""
+    fleet = _fleet(args.fleet)
+    if args.cluster not in fleet.clusters:
+        raise FleetError(fleet.source, "clusters", f"unknown cluster {args.cluster!r}",
+                         f"use one of: {', '.join(fleet.clusters)}")
+    import yaml
+
+    objects = tenancy.objects(fleet, fleet.clusters[args.cluster])
+    print(f"# skyshare manifests --cluster {args.cluster}, from {fleet.source}")
+    print(yaml.safe_dump_all(objects, sort_keys=False), end="")
     return 0
 
 
@@ -110,8 +133,8 @@ def cmd_timeline(args: argparse.Namespace) -> int:
 async def _live_pods(fleet: Fleet) -> tuple[list[tuple[str, dict]], dict[str, str]]:
     """Every non-terminal provider pod on every cluster, and the clusters that did not answer."""
     async def one(name: str) -> list[tuple[str, dict]]:
-        c = fleet.clusters[name]
-        listing = await kube.list_pods(c, c.namespace, labelSelector=watch.SELECTOR,
+        c = fleet.clusters[name]  # the cluster's own credential: every org's namespace
+        listing = await kube.list_pods(c, None, labelSelector=watch.SELECTOR,
                                        fieldSelector=capacity.NON_TERMINAL)
         return [(name, p) for p in listing.get("items") or []]
 
@@ -164,6 +187,16 @@ def _print_orphans(rows: list[dict[str, Any]], found: int, down: dict[str, str],
         print("run again with --delete to delete them", file=sys.stderr)
 
 
+def _deleter(fleet: Fleet, row: dict[str, Any]) -> Cluster:
+    """Who may delete the pod: the org whose namespace it is in (the cluster's own
+    credential only reads where orgs have their own)."""
+    cluster = fleet.clusters[row["cluster"]]
+    for org in fleet.orgs:
+        if cluster.tier_for(org) and cluster.namespace_of(org) == row["namespace"]:
+            return cluster.as_org(org)
+    return cluster
+
+
 def cmd_orphans(args: argparse.Namespace) -> int:
     fleet = _fleet(args.fleet)
     found, down = asyncio.run(_run(_live_pods(fleet)))  # pods first, then the DB: see orphans
@@ -177,8 +210,7 @@ def cmd_orphans(args: argparse.Namespace) -> int:
     if args.delete:
         async def delete_all() -> None:
             for r in rows:
-                r["deleted"] = await kube.delete_pod(fleet.clusters[r["cluster"]],
-                                                     r["namespace"], r["pod"])
+                r["deleted"] = await kube.delete_pod(_deleter(fleet, r), r["namespace"], r["pod"])
         asyncio.run(_run(delete_all()))
     if args.json:
         print(json.dumps({"orphans": rows, "unreachable": down}, indent=2))
@@ -201,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--user", help="who asks (checked against the org's members)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_explain)
+    p = sub.add_parser("manifests", help="namespaces, credentials, queues and tier policy "
+                       "the fleet implies on a cluster (YAML)")
+    p.add_argument("--cluster", required=True)
+    p.set_defaults(func=cmd_manifests)
     p = sub.add_parser("timeline", help="every attempt of a task across clusters")
     p.add_argument("dag_id")
     p.add_argument("run_id")

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from airflow_provider_skyshare.fleet import Cluster
+from airflow_provider_skyshare.fleet import Cluster, Fleet
 
 
 class ClusterConfigError(ValueError):
@@ -50,11 +50,31 @@ def check_kubeconfig(cluster: Cluster) -> str:
         raise ClusterConfigError(f"{where}: kubeconfig {path} cannot be read: {exc}") from None
     contexts = [c.get("name") for c in data.get("contexts") or [] if isinstance(c, dict)]
     if cluster.context and cluster.context not in contexts:
+        listed = ", ".join(map(str, contexts)) or "none"
+        if cluster.reader is not None:  # an org's own credential (fleet access)
+            raise ClusterConfigError(
+                f"org {cluster.org!r} has no credential on cluster {cluster.name!r}: context "
+                f"{cluster.context!r} is not in {path} (contexts: {listed}). Fix: add it (a "
+                f"token of ServiceAccount skyshare in namespace {cluster.namespace}, made by "
+                f"`skyshare manifests --cluster {cluster.name}`), or correct the fleet's access")
         raise ClusterConfigError(
-            f"{where}: context {cluster.context!r} is not in {path} (contexts: "
-            f"{', '.join(map(str, contexts)) or 'none'}). Fix: set clusters[].context to one of them"
+            f"{where}: context {cluster.context!r} is not in {path} (contexts: {listed}). "
+            "Fix: set clusters[].context to one of them"
         )
     return path
+
+
+async def check_access(fleet: Fleet) -> None:
+    """Before placing: the org of this fleet view can reach every cluster it may use, so a
+    missing credential is a clear error now, not a failure in the middle of a move."""
+    usable = [c for c in fleet.clusters.values() if fleet.view and c.tier_for(fleet.view)]
+    results = await asyncio.gather(*(ready(c) for c in usable), return_exceptions=True)
+    errors = [str(r) for r in results if isinstance(r, ClusterConfigError)]
+    if errors:
+        raise ClusterConfigError("; ".join(errors))
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
 
 
 _sync_lock = threading.Lock()

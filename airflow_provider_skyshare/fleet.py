@@ -2,21 +2,35 @@
 
 Pure: parses and validates a dict (from YAML) into frozen dataclasses. Every error names
 the file, the key and the fix, because a fleet file is edited by people, not programs.
+
+A cluster's own credential (``context``/``connection_id``) reads capacity; each org reaches
+it with its own credential (``access``, a template over ``{org}`` and ``{cluster}``) in its
+own namespace (``namespace``, also a template). ``Fleet.for_org`` resolves both for one org:
+everything that creates, follows or deletes a task's pods works on that view.
 """
 
 from __future__ import annotations
 
 import difflib
+import enum
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 OWNER = "owner"
 BORROWER = "borrower"
 TIER_NAMES = (OWNER, BORROWER)
 ANYONE = "*"
+DEFAULT_NAMESPACE = "skyshare-{org}"
+
+
+class Identity(str, enum.Enum):
+    """Where a task's org comes from (``policy.identity``; docs/security.md)."""
+
+    AIRFLOW = "airflow"  # the team of the DAG's bundle, else orgs[].bundles: the platform's
+    OWNER = "owner"  # the DAG's org= and its owner/user= against orgs[].members: trusts authors
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
@@ -45,10 +59,30 @@ class Tier:
 @dataclass(frozen=True)
 class Org:
     name: str
-    members: frozenset[str]
+    members: frozenset[str] = frozenset()
+    bundles: frozenset[str] = frozenset()  # Airflow DAG bundles whose DAGs run for this org
 
     def admits(self, user: str | None) -> bool:
         return ANYONE in self.members or (user is not None and user in self.members)
+
+
+@dataclass(frozen=True)
+class Access:
+    """How a cluster is reached: a kubeconfig context (and file) or an Airflow connection."""
+
+    context: str | None = None
+    kubeconfig: str | None = None
+    connection_id: str | None = None
+
+    def format(self, **names: str) -> Access:
+        def fmt(v: str | None) -> str | None:
+            return v.format(**names) if v is not None else None
+
+        return Access(fmt(self.context), fmt(self.kubeconfig), fmt(self.connection_id))
+
+    def to_dict(self) -> dict[str, str]:
+        return {k: v for k, v in (("context", self.context), ("kubeconfig", self.kubeconfig),
+                                  ("connection_id", self.connection_id)) if v is not None}
 
 
 @dataclass(frozen=True)
@@ -64,9 +98,48 @@ class Cluster:
     connection_id: str | None = None
     cost_per_gpu_hour: float | None = None
     lend: bool = True
+    access: Access | None = None  # each org's credential (templates); None: the cluster's own
+    reader: Access | None = None  # in an org's view: the cluster's own (capacity) credential
+    org: str | None = None  # in an org's view: that org
 
     def tier(self, name: str) -> Tier:
         return self.tiers[name]
+
+    @property
+    def enforced(self) -> bool:
+        """Each org has its own credential and namespace here, so the cluster's admission
+        policy holds every org to its tier (docs/security.md)."""
+        return self.access is not None or self.reader is not None
+
+    def tier_for(self, org: str) -> Tier | None:
+        """The tier `org` may use here: owner on its own clusters, borrower where lent."""
+        if org == self.owner:
+            return self.tiers[OWNER]
+        return self.tiers[BORROWER] if self.lend else None
+
+    def namespace_of(self, org: str) -> str:
+        return self.namespace.format(org=org, cluster=self.name)
+
+    def access_of(self, org: str) -> Access:
+        if self.access is None:
+            return Access(self.context, self.kubeconfig, self.connection_id)
+        return self.access.format(org=org, cluster=self.name)
+
+    def as_org(self, org: str) -> Cluster:
+        """This cluster as `org` reaches it: its namespace, its credential."""
+        own = self.access_of(org)
+        return replace(self, namespace=self.namespace_of(org), context=own.context,
+                       kubeconfig=own.kubeconfig or self.kubeconfig,
+                       connection_id=own.connection_id, access=None, org=org,
+                       reader=Access(self.context, self.kubeconfig, self.connection_id)
+                       if self.access is not None else None)
+
+    def as_reader(self) -> Cluster:
+        """This cluster through its own (read-only) credential: what capacity probes use."""
+        if self.reader is None:
+            return self
+        return replace(self, context=self.reader.context, kubeconfig=self.reader.kubeconfig,
+                       connection_id=self.reader.connection_id, reader=None)
 
 
 @dataclass(frozen=True)
@@ -76,6 +149,7 @@ class Policy:
     borrow_cooldown_seconds: float = 300.0
     pin_owned_after_preemptions: int = 2
     probe_timeout_seconds: float = 5.0
+    identity: Identity = Identity.AIRFLOW
 
 
 @dataclass(frozen=True)
@@ -84,6 +158,19 @@ class Fleet:
     orgs: Mapping[str, Org]
     clusters: Mapping[str, Cluster]
     policy: Policy = field(default_factory=Policy)
+    view: str | None = None  # the org this fleet is resolved for (for_org), if any
+    base: Fleet | None = field(default=None, compare=False, repr=False)
+
+    def for_org(self, org: str) -> Fleet:
+        """The fleet as `org` reaches it: namespaces and credentials resolved for `org`."""
+        if self.base is not None:
+            return self.base.for_org(org)
+        self.org(org)
+        clusters = {n: c.as_org(org) for n, c in self.clusters.items()}
+        return replace(self, clusters=clusters, view=org, base=self)
+
+    def org_of_bundle(self, bundle: str) -> Org | None:
+        return next((o for o in self.orgs.values() if bundle in o.bundles), None)
 
     def org(self, name: str) -> Org:
         if name not in self.orgs:
@@ -100,14 +187,18 @@ class Fleet:
 
     def to_dict(self) -> dict[str, Any]:
         """The normalised form; ``parse(fleet.to_dict())`` gives an equal fleet (trigger kwargs)."""
+        if self.base is not None:
+            return {**self.base.to_dict(), "view": self.view}
         return {
             "version": 1,
             "policy": {
                 "borrow_cooldown_seconds": self.policy.borrow_cooldown_seconds,
                 "pin_owned_after_preemptions": self.policy.pin_owned_after_preemptions,
                 "probe_timeout_seconds": self.policy.probe_timeout_seconds,
+                "identity": self.policy.identity.value,
             },
-            "orgs": [{"name": o.name, "members": sorted(o.members)} for o in self.orgs.values()],
+            "orgs": [{"name": o.name, "members": sorted(o.members), "bundles": sorted(o.bundles)}
+                     for o in self.orgs.values()],
             "clusters": [_cluster_dict(c) for c in self.clusters.values()],
         }
 
@@ -132,6 +223,8 @@ def _cluster_dict(c: Cluster) -> dict[str, Any]:
     for key in ("context", "kubeconfig", "connection_id", "cost_per_gpu_hour"):
         if getattr(c, key) is not None:
             d[key] = getattr(c, key)
+    if c.access is not None:
+        d["access"] = c.access.to_dict()
     return d
 
 
@@ -148,20 +241,22 @@ DEFAULT_TIERS = {
     },
 }
 DEFAULTS = {
-    "namespace": "skyshare",
+    "namespace": DEFAULT_NAMESPACE,
     "gpu_label": "nvidia.com/gpu.product",
     "tiers": DEFAULT_TIERS,
 }
 
-_TOP_KEYS = {"version", "defaults", "policy", "orgs", "clusters"}
-_DEFAULT_KEYS = {"namespace", "gpu_label", "gpu_products", "tiers", "kubeconfig", "lend"}
-_ORG_KEYS = {"name", "members"}
+_TOP_KEYS = {"version", "defaults", "policy", "orgs", "clusters", "view"}
+_DEFAULT_KEYS = {"namespace", "gpu_label", "gpu_products", "tiers", "kubeconfig", "lend", "access"}
+_ORG_KEYS = {"name", "members", "bundles"}
 _CLUSTER_KEYS = {
     "name", "owner", "context", "kubeconfig", "connection_id", "namespace", "gpu_label",
-    "gpu_products", "tiers", "cost_per_gpu_hour", "lend",
+    "gpu_products", "tiers", "cost_per_gpu_hour", "lend", "access",
 }
+_ACCESS_KEYS = {"context", "kubeconfig", "connection_id"}
 _TIER_KEYS = {"local_queue", "priority_class", "workload_priority_class"}
-_POLICY_KEYS = {"borrow_cooldown_seconds", "pin_owned_after_preemptions", "probe_timeout_seconds"}
+_POLICY_KEYS = {"borrow_cooldown_seconds", "pin_owned_after_preemptions", "probe_timeout_seconds",
+                "identity"}
 
 
 def _choices(value: str, options: Any, what: str) -> str:
@@ -234,7 +329,13 @@ def parse(data: Any, source: str = "<fleet>") -> Fleet:
 
     orgs = _orgs(r, top.get("orgs"))
     clusters = _clusters(r, top.get("clusters"), defaults, orgs)
-    return Fleet(source=source, orgs=orgs, clusters=clusters, policy=policy)
+    fleet = Fleet(source=source, orgs=orgs, clusters=clusters, policy=policy)
+    view = top.get("view")
+    if view is None:
+        return fleet
+    if view not in orgs:
+        raise r.fail("view", f"unknown org {view!r}", _choices(str(view), orgs, "org"))
+    return fleet.for_org(view)
 
 
 def _orgs(r: _Reader, raw_orgs: Any) -> dict[str, Org]:
@@ -248,12 +349,23 @@ def _orgs(r: _Reader, raw_orgs: Any) -> dict[str, Org]:
         name = r.text(raw.get("name"), f"{key}.name", dns=True)
         if name in orgs:
             raise r.fail(f"{key}.name", f"duplicate org {name!r}", "give every org a unique name")
-        members = raw.get("members")
-        if not isinstance(members, list) or not all(isinstance(m, str) and m for m in members):
-            raise r.fail(f"{key}.members", "missing or not a list of user names",
+        members = _names(r, raw.get("members", []), f"{key}.members",
                          "list the Airflow users / DAG owners of this org, or ['*'] for anyone")
-        orgs[name] = Org(name=name, members=frozenset(members))
+        bundles = _names(r, raw.get("bundles", []), f"{key}.bundles",
+                         "list the names of the Airflow DAG bundles whose DAGs run for this org")
+        for bundle in bundles:
+            other = next((o for o in orgs.values() if bundle in o.bundles), None)
+            if other is not None:
+                raise r.fail(f"{key}.bundles", f"bundle {bundle!r} is mapped to org "
+                             f"{other.name!r} too", "map every DAG bundle to one org only")
+        orgs[name] = Org(name=name, members=frozenset(members), bundles=frozenset(bundles))
     return orgs
+
+
+def _names(r: _Reader, value: Any, key: str, fix: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(m, str) and m for m in value):
+        raise r.fail(key, "not a list of names", fix)
+    return value
 
 
 def _clusters(r: _Reader, raw_clusters: Any, defaults: Mapping[str, Any],
@@ -285,7 +397,17 @@ def _policy(r: _Reader, raw: Any) -> Policy:
         probe_timeout_seconds=float(r.number(
             raw.get("probe_timeout_seconds", base.probe_timeout_seconds),
             "policy.probe_timeout_seconds", minimum=0.1)),
+        identity=_identity(r, raw.get("identity", base.identity.value)),
     )
+
+
+def _identity(r: _Reader, value: Any) -> Identity:
+    try:
+        return Identity(value)
+    except ValueError:
+        raise r.fail("policy.identity", f"unknown identity {value!r}",
+                     "use 'airflow' (the org comes from the DAG's Airflow team or bundle) or "
+                     "'owner' (the DAG's org= and owner, for single-team set-ups)") from None
 
 
 def _cluster(
@@ -297,7 +419,9 @@ def _cluster(
     if owner not in orgs:
         raise r.fail(f"{key}.owner", f"unknown org {owner!r}", _choices(owner, orgs, "org"))
     context, kubeconfig, connection_id = _access(r, key, name, raw, defaults)
-    namespace = r.text(raw.get("namespace", defaults["namespace"]), f"{key}.namespace", dns=True)
+    access = _org_access(r, key, raw.get("access", defaults.get("access")))
+    namespace = _namespace(r, key, raw.get("namespace", defaults["namespace"]), name, orgs,
+                           access is not None)
     gpu_label = r.text(raw.get("gpu_label", defaults["gpu_label"]), f"{key}.gpu_label")
     if not _LABEL_KEY.fullmatch(gpu_label):
         raise r.fail(f"{key}.gpu_label", f"{gpu_label!r} is not a valid label key",
@@ -314,8 +438,46 @@ def _cluster(
     return Cluster(
         name=name, owner=owner, namespace=namespace, gpu_label=gpu_label,
         gpu_products=products, tiers=tiers, context=context, kubeconfig=kubeconfig,
-        connection_id=connection_id, cost_per_gpu_hour=cost, lend=lend,
+        connection_id=connection_id, cost_per_gpu_hour=cost, lend=lend, access=access,
     )
+
+
+def _template(r: _Reader, value: Any, key: str) -> str:
+    text = r.text(value, key)
+    try:
+        text.format(org="o", cluster="c")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise r.fail(key, f"{text!r} is not a template over {{org}} and {{cluster}} ({exc})",
+                     "use only the placeholders {org} and {cluster}, e.g. '{org}@{cluster}'"
+                     ) from None
+    return text
+
+
+def _org_access(r: _Reader, key: str, raw: Any) -> Access | None:
+    """Each org's credential on this cluster, as templates (None: the cluster's own)."""
+    if raw is None:
+        return None
+    raw = r.mapping(raw, f"{key}.access")
+    r.keys(raw, _ACCESS_KEYS, f"{key}.access")
+    values = {k: _template(r, raw[k], f"{key}.access.{k}") for k in sorted(raw)}
+    if ("context" in values) == ("connection_id" in values):
+        raise r.fail(f"{key}.access", "needs exactly one of 'context' and 'connection_id'",
+                     "set context: '{org}@{cluster}' (a kubeconfig context per org) or "
+                     "connection_id: 'skyshare_{org}_{cluster}' (an Airflow connection per org)")
+    return Access(**values)
+
+
+def _namespace(r: _Reader, key: str, raw: Any, name: str, orgs: Mapping[str, Org],
+               enforced: bool) -> str:
+    """The namespace template; every org's namespace must be a valid, separate name."""
+    template = _template(r, raw, f"{key}.namespace")
+    for org in orgs:
+        r.text(template.format(org=org, cluster=name), f"{key}.namespace", dns=True)
+    if enforced and "{org}" not in template and len(orgs) > 1:
+        raise r.fail(f"{key}.namespace", f"{template!r} would be shared by every org, but each "
+                     "org's namespace holds its own tier on this cluster",
+                     f"use a template with {{org}}, e.g. {DEFAULT_NAMESPACE!r}")
+    return template
 
 
 def _access(r: _Reader, key: str, name: str, raw: Mapping[str, Any],

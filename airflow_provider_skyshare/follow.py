@@ -112,6 +112,11 @@ class Job:
     identity: TaskIdentity
     settings: Settings
 
+    def __post_init__(self) -> None:
+        # Pods are made, followed and deleted in the org's namespace with its credential.
+        if self.fleet.view != self.request.org:
+            object.__setattr__(self, "fleet", self.fleet.for_org(self.request.org))
+
 
 # -- events (what happened) ----------------------------------------------------------------
 @dataclass(frozen=True)

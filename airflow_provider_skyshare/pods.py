@@ -105,7 +105,7 @@ def build(
     pod.setdefault("kind", "Pod")
     meta = pod.setdefault("metadata", {})
     meta["name"] = identity.pod_name(attempt)
-    meta["namespace"] = cluster.namespace
+    meta["namespace"] = cluster.namespace_of(request.org)  # resolved already in an org view
     meta.pop("generateName", None)
     _mapping(meta, "labels").update(_labels(identity, attempt, tier, request))
     _mapping(meta, "annotations").update({

@@ -117,8 +117,11 @@ async def live_timeline(fleet: Fleet, identity: TaskIdentity, *, now: float) -> 
     and the UI; None when no cluster has a pod of it."""
     async def one(name: str) -> list[Found]:
         c = fleet.clusters[name]
+        # An org's view looks in its namespace; the whole fleet (CLI, UI) in every namespace,
+        # through each cluster's own read-only credential.
+        namespace = c.namespace if fleet.view else None
         try:
-            listing = await kube.list_pods(c, c.namespace,
+            listing = await kube.list_pods(c, namespace,
                                            labelSelector=identity.selector(this_try=False))
         except kube.KubeError:
             return []  # this cluster does not answer: the others may

@@ -99,3 +99,33 @@ def explain_text(decision: Decision, snapshot: Snapshot) -> str:
                   f"task={h.task or '?'}" for h in hit]
     return "\n".join(lines)
 
+
+
+def tier_rows(fleet: Fleet, only: str | None = None) -> list[dict[str, Any]]:
+    """Per org and cluster: the tier it may use there, where, and whether the cluster holds
+    it to that tier (its own credential and the admission policy; docs/security.md)."""
+    rows = []
+    for org in fleet.orgs:
+        if only is not None and org != only:
+            continue
+        for cluster in fleet.clusters.values():
+            tier = cluster.tier_for(org)
+            access = cluster.access_of(org)
+            rows.append({
+                "org": org, "cluster": cluster.name, "tier": tier.name if tier else None,
+                "queue": tier.local_queue if tier else None,
+                "priority_class": tier.priority_class if tier else None,
+                "namespace": cluster.namespace_of(org) if tier else None,
+                "credential": (access.connection_id or access.context) if tier else None,
+                "enforced": cluster.enforced,
+            })
+    return rows
+
+
+def tier_table(fleet: Fleet, only: str | None = None) -> str:
+    rows = [[r["org"], r["cluster"], r["tier"] or "- (not lent)", r["queue"] or "",
+             r["priority_class"] or "", r["namespace"] or "", r["credential"] or "",
+             "yes" if r["enforced"] else "NO: shared credential"]
+            for r in tier_rows(fleet, only)]
+    return format_table(rows, ["org", "cluster", "may use", "queue", "priority class",
+                               "namespace", "credential", "enforced by the cluster"])

@@ -7,6 +7,7 @@ following and moving are supervisor.Supervisor's (the same loop runs in the trig
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ from airflow_provider_skyshare.finish import (
 )
 from airflow_provider_skyshare.fleet import Fleet, FleetError, parse
 from airflow_provider_skyshare.follow import Follow, Job, OnUnreachable, Settings, Status
+from airflow_provider_skyshare.identity import IdentityError, Origin, org_of
 from airflow_provider_skyshare.links import SkyshareTimelineLink
 from airflow_provider_skyshare.placement import PlacementError, Request, check_count, parse_gpus
 from airflow_provider_skyshare.placement import validate as validate_request
@@ -42,8 +44,35 @@ class SkyshareTaskError(RuntimeError):
     """The task's work ended without success; the message lists every attempt."""
 
 
+def configured_fleet_files() -> list[str]:
+    """``[skyshare] fleet_file``: the platform's fleet(s), comma-separated; the first is the
+    default. A task may pick one of them (``fleet_file=``), never a file of its own."""
+    value = conf.get("skyshare", "fleet_file", fallback=None) or ""
+    return [os.path.abspath(os.path.expanduser(p.strip())) for p in value.split(",") if p.strip()]
+
+
 def default_fleet_file() -> str | None:
-    return conf.get("skyshare", "fleet_file", fallback=None) or None
+    return next(iter(configured_fleet_files()), None)
+
+
+def fleet_path(requested: str | None) -> str:
+    """The fleet file a task uses: the configured one it names (or the first), else, where
+    Airflow configures none (development), its own."""
+    configured = configured_fleet_files()
+    if not configured:
+        if not requested:
+            raise FleetError("(no fleet file)", "fleet_file", "no fleet file configured",
+                             "set [skyshare] fleet_file (AIRFLOW__SKYSHARE__FLEET_FILE)")
+        return requested
+    if not requested:
+        return configured[0]
+    path = os.path.abspath(os.path.expanduser(requested))
+    if path not in configured:
+        raise FleetError(requested, "fleet_file", "is not a fleet file this Airflow is "
+                         f"configured with ({', '.join(configured)})",
+                         "drop fleet_file= (the fleet comes from [skyshare] fleet_file), or "
+                         "have the platform team add the file there")
+    return path
 
 
 def _templated(value: Any) -> bool:
@@ -55,9 +84,12 @@ class MultiClusterGpuOperator(BaseOperator):
 
     :param image: container image (as KubernetesPodOperator).
     :param gpus: ``"PRODUCT:COUNT"``, e.g. ``"T4:2"``; or give ``gpu_product`` and ``gpu_count``.
-    :param org: the org the work is for; its members get the owner tier on its clusters.
-    :param user: who asks (checked against the org's members); default: the task's owner.
-    :param fleet_file: fleet YAML; default ``[skyshare] fleet_file``.
+    :param org: optional: the org the work is for. Airflow says it (the team or bundle of
+        the DAG, docs/security.md); when given, it must agree, or the task is refused.
+        Required only where the fleet sets ``policy.identity: owner``.
+    :param user: who asks; default: the task's owner (checked against ``orgs[].members``).
+    :param fleet_file: one of the fleet files ``[skyshare] fleet_file`` lists (default: the
+        first); a DAG cannot point the provider at a fleet of its own.
     :param max_preemptions: moves (preempted or lost) allowed before the task fails.
     :param queue_timeout: seconds an attempt may wait queued before the task fails.
     :param unreachable_grace: seconds the running attempt's cluster may be unreachable
@@ -78,7 +110,7 @@ class MultiClusterGpuOperator(BaseOperator):
         self,
         *,
         image: str,
-        org: str,
+        org: str | None = None,
         gpus: str | None = None,
         gpu_product: str | None = None,
         gpu_count: int | None = None,
@@ -182,35 +214,31 @@ class MultiClusterGpuOperator(BaseOperator):
         if self.on_unreachable not in UNREACHABLE_ACTIONS:
             raise ValueError(f"{where}: on_unreachable={self.on_unreachable!r}; use 'move' or "
                              "'fail'")
-        if not self.org and not _templated(self.org):
-            raise ValueError(f"{where}: org is empty; pass the org the work is for, e.g. "
-                             "org='rise'")
-        # With a literal fleet file, check org, membership and product now (import error in
-        # the UI) rather than at run time.
-        path = self.fleet_file or default_fleet_file()
-        literal = not any(_templated(v) for v in (path, self.org, self.user, self.gpus,
-                                                  self.gpu_product))
-        if path and literal:
-            try:
-                validate_request(self._request(), fleetfile.cached(path))
-            except (FleetError, PlacementError) as exc:
-                raise ValueError(f"{where}: {exc}") from None
+        self._check_against_fleet(where)
 
-    def _request(self) -> Request:
+    def _check_against_fleet(self, where: str) -> None:
+        """With literal values, check the fleet file, the org and the product now (an import
+        error in the UI) rather than at run time. The org itself comes at run time."""
+        values = (self.fleet_file, self.org, self.gpus, self.gpu_product)
+        if any(_templated(v) for v in values) or not (self.fleet_file or default_fleet_file()):
+            return
+        try:
+            fleet = fleetfile.cached(fleet_path(self.fleet_file))
+            org = self.org or next(iter(fleet.orgs))  # any org: products are fleet-wide
+            validate_request(self._request(org), fleet)
+        except (FleetError, PlacementError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
+
+    def _request(self, org: str) -> Request:
         if self.gpus is not None:
             product, count = parse_gpus(self.gpus)
         else:
             product, count = str(self.gpu_product), int(self.gpu_count or 0)
-        return Request(gpu_product=product, gpu_count=count, org=self.org,
+        return Request(gpu_product=product, gpu_count=count, org=org,
                        user=self.user or self.owner)
 
     def _fleet(self) -> Fleet:
-        path = self.fleet_file or default_fleet_file()
-        if not path:
-            raise FleetError("(no fleet file)", "fleet_file", "no fleet file configured",
-                             "pass fleet_file=... or set [skyshare] fleet_file "
-                             "(AIRFLOW__SKYSHARE__FLEET_FILE)")
-        return fleetfile.cached(path)
+        return fleetfile.cached(fleet_path(self.fleet_file))
 
     # -- the pod template (KubernetesPodOperator's meaning of each argument) ---------------
     def build_template(self) -> dict[str, Any]:
@@ -265,7 +293,10 @@ class MultiClusterGpuOperator(BaseOperator):
     def _supervisor(self, context: Context) -> Supervisor:
         ti = context["ti"]
         fleet = self._fleet()
-        request = self._request()
+        org = org_of(fleet, origin(context), self.org, self.user or self.owner)
+        request = self._request(org)
+        self.log.info("org %s (%s identity); fleet %s", org, fleet.policy.identity.value,
+                      fleet.source)
         try:
             validate_request(request, fleet)
         except PlacementError as exc:
@@ -285,16 +316,16 @@ class MultiClusterGpuOperator(BaseOperator):
     def execute(self, context: Context) -> Any:
         try:
             return self._execute(context)
-        except (PlacementError, FleetError, ClusterConfigError) as exc:
+        except (PlacementError, FleetError, ClusterConfigError, IdentityError) as exc:
             raise SkyshareTaskError(str(exc)) from None
 
     def _execute(self, context: Context) -> Any:
         sup = self._supervisor(context)
         self._state = sup.state.to_dict()
         if not self.deferrable:
-            state = asyncio.run(_in_loop(_place_and_follow(sup)))
+            state = asyncio.run(_in_loop(_checked(sup, _place_and_follow(sup))))
             return self.execute_complete(context, event_payload(state, state.verdict))
-        state = asyncio.run(_in_loop(sup.place()))
+        state = asyncio.run(_in_loop(_checked(sup, sup.place())))
         self._state = state.to_dict()
         if state.verdict is not None:  # nothing could take it
             return self.execute_complete(context, event_payload(state, state.verdict))
@@ -363,6 +394,24 @@ async def _in_loop(coro: Any) -> Any:
     finally:
         await watch.close_hubs()
         await clients.close_async_clients()
+
+
+async def _checked(sup: Supervisor, then: Any) -> Any:
+    """The org's credential on every cluster it may use first: no 403 in a later move."""
+    try:
+        await clients.check_access(sup.job.fleet)
+    except BaseException:
+        then.close()
+        raise
+    return await then
+
+
+def origin(context: Context) -> Origin:
+    """The DAG's bundle and team, as Airflow's scheduler told the worker (not the DAG)."""
+    bundle = getattr(getattr(context["ti"], "bundle_instance", None), "name", None)
+    team = getattr(context.get("dag_run"), "team_name", None)
+    return Origin(bundle=bundle if isinstance(bundle, str) else None,
+                  team=team if isinstance(team, str) else None)
 
 
 async def _place_and_follow(sup: Supervisor) -> Follow:

@@ -13,14 +13,16 @@ class Sandbox:
     clusters: list[str]
 
     @classmethod
-    def ensure_up(cls, specs: list[cluster.ClusterSpec] | None = None) -> Sandbox:
+    def ensure_up(cls, specs: list[cluster.ClusterSpec] | None = None,
+                  fleets: list[str] | None = None) -> Sandbox:
         """Reuse a running sandbox (starting whatever died), or bring it up."""
-        state = cluster.up(specs)
+        state = cluster.up(specs, fleets)
         return cls(str(paths.state_dir() / "kubeconfig"), list(state.clusters))
 
     def ensure_cluster(self, name: str, nodes: int = 1, gpus: int = 2,
-                       product: str = "Tesla-T4") -> None:
-        state = cluster.up([cluster.ClusterSpec(name, nodes, gpus, product)])
+                       product: str = "Tesla-T4", fleet: str | None = None) -> None:
+        state = cluster.up([cluster.ClusterSpec(name, nodes, gpus, product)],
+                           [fleet] if fleet else None)
         self.clusters = list(state.clusters)
 
     def admin_context(self, name: str) -> str:
@@ -28,6 +30,9 @@ class Sandbox:
 
     def operator_context(self, name: str) -> str:
         return f"{name}-operator"
+
+    def org_context(self, org: str, name: str) -> str:
+        return f"{org}@{name}"
 
     def core_v1(self, context: str):
         from kubernetes import client, config

@@ -1,4 +1,4 @@
-"""A sandbox CA and the certificates signed by it (serving, admin, operator, webhook).
+"""A sandbox CA and the certificates signed by it (serving, admin, webhook).
 
 One CA for the whole sandbox: every component listens on 127.0.0.1 only, and one trust
 root keeps the kubeconfig and the webhook caBundle simple.
@@ -90,4 +90,3 @@ def ensure_all(d: Path) -> None:
     ensure_service_account_keys(d)
     issue(d, "serving", "127.0.0.1", server=True)
     issue(d, "admin", "skyshare-sandbox-admin", ("system:masters",))
-    issue(d, "operator", "skyshare-operator")

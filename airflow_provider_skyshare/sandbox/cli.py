@@ -1,9 +1,13 @@
 """`skyshare-sandbox`: local Kubernetes clusters with Kueue and fake T4 nodes, no Docker.
 
   build                      compile the pinned control plane into the cache (once)
-  up [--cluster SPEC]...     start clusters (default rise and bair: 1 node, 2x Tesla-T4)
+  up [--cluster SPEC]... [--fleet FILE]...
+                             start clusters (default rise and bair: 1 node, 2x Tesla-T4);
+                             each fleet's orgs get their namespaces, credentials, queues
+                             and tier policy there (default: each cluster is its own org's)
   status                     components, nodes, GPUs, Kueue workloads per cluster
-  kubeconfig                 print the kubeconfig path (contexts NAME and NAME-operator)
+  kubeconfig                 print the kubeconfig path (contexts NAME: admin, NAME-operator:
+                             the cluster's own, ORG@NAME: each org's, in its namespace)
   down                       stop everything and delete the state
   stop-component CLUSTER C   C in apiserver, scheduler, gc, kueue, kwok (fault tests)
   start-component CLUSTER C
@@ -26,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("build")
     up = sub.add_parser("up")
     up.add_argument("--cluster", action="append", default=[], metavar="SPEC")
+    up.add_argument("--fleet", action="append", default=[], metavar="FILE")
     sub.add_parser("status")
     sub.add_parser("kubeconfig")
     sub.add_parser("down")
@@ -40,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "up":
             start = time.monotonic()
             specs = [cluster.ClusterSpec.parse(s) for s in args.cluster]
-            state = cluster.up(specs)
+            state = cluster.up(specs, args.fleet)
             print(f"sandbox up in {time.monotonic() - start:.1f}s: {', '.join(state.clusters)}; "
                   f"kubeconfig {paths.state_dir() / 'kubeconfig'}")
             return 0

@@ -28,7 +28,8 @@ from typing import Any
 
 import yaml
 
-from airflow_provider_skyshare.sandbox import certs, manifests, paths
+from airflow_provider_skyshare.fleet import Fleet, FleetError
+from airflow_provider_skyshare.sandbox import certs, manifests, paths, tenants
 
 COMPONENTS = ("apiserver", "scheduler", "gc", "kwok", "kueue")
 FIELD_MANAGER = "skyshare-sandbox"
@@ -71,6 +72,10 @@ _SAVE_LOCK = threading.Lock()
 class State:
     clusters: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> spec + index
     pids: dict[str, int] = field(default_factory=dict)  # "etcd" | "<cluster>/<component>"
+    fleets: list[str] = field(default_factory=list)  # fleet files whose orgs it hosts
+
+    def tenant_fleets(self) -> list[Fleet]:
+        return tenants.fleets(self.fleets, self.clusters)
 
     @classmethod
     def load(cls) -> State:
@@ -84,7 +89,8 @@ class State:
         d = paths.state_dir()
         d.mkdir(parents=True, exist_ok=True)
         with _SAVE_LOCK:
-            data = {"clusters": copy.deepcopy(dict(self.clusters)), "pids": dict(self.pids)}
+            data = {"clusters": copy.deepcopy(dict(self.clusters)), "pids": dict(self.pids),
+                    "fleets": list(self.fleets)}
             tmp = d / f"state.json.{os.getpid()}.{threading.get_ident()}.tmp"
             tmp.write_text(json.dumps(data, indent=2))
             tmp.replace(d / "state.json")
@@ -209,7 +215,9 @@ def _b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
 
-def _kubeconfig_doc(clusters, users, contexts, current: str) -> dict[str, Any]:
+def _kubeconfig_doc(clusters, users, contexts, current: str,
+                    tokens: list[tuple[tenants.Credential, str]] = ()) -> dict[str, Any]:
+    """Cert users (admin) and token users (one per credential, named as its context)."""
     pki = paths.state_dir() / "pki"
     return {
         "apiVersion": "v1", "kind": "Config", "current-context": current,
@@ -217,24 +225,32 @@ def _kubeconfig_doc(clusters, users, contexts, current: str) -> dict[str, Any]:
                                              "certificate-authority-data": _b64(pki / "ca.crt")}}
                      for n, p in clusters],
         "users": [{"name": u, "user": {"client-certificate-data": _b64(c),
-                                       "client-key-data": _b64(k)}} for u, c, k in users],
-        "contexts": [{"name": n, "context": {"cluster": c, "user": u,
-                                             "namespace": manifests.NAMESPACE}}
-                     for n, c, u in contexts],
+                                       "client-key-data": _b64(k)}} for u, c, k in users]
+        + [{"name": cred.context, "user": {"token": token}} for cred, token in tokens],
+        "contexts": [{"name": n, "context": {"cluster": c, "user": u, "namespace": "default"}}
+                     for n, c, u in contexts]
+        + [{"name": cred.context, "context": {"cluster": cred.cluster, "user": cred.context,
+                                              "namespace": cred.namespace}}
+           for cred, _ in tokens],
     }
 
 
 def write_kubeconfig(state: State) -> Path:
+    """Contexts NAME (admin), NAME-operator (the cluster's own) and ORG@NAME (each org's)."""
     pki = paths.state_dir() / "pki"
     clusters = [(n, paths.cluster_ports(c["index"])["apiserver"])
                 for n, c in sorted(state.clusters.items(), key=lambda kv: kv[1]["index"])]
-    contexts = []
+    fleets = state.tenant_fleets()
+    tokens = []
     for n, _ in clusters:
-        contexts += [(n, n, "skyshare-sandbox-admin"), (f"{n}-operator", n, "skyshare-operator")]
+        api = api_client(state, n)
+        for cred in tenants.credentials(fleets, n):
+            _retrying(n, f"token of {cred.context}",
+                      lambda c=cred, a=api: tokens.append((c, tenants.request_token(a, c))))
     doc = _kubeconfig_doc(clusters, [
         ("skyshare-sandbox-admin", pki / "admin.crt", pki / "admin.key"),
-        ("skyshare-operator", pki / "operator.crt", pki / "operator.key"),
-    ], contexts, clusters[0][0] if clusters else "")
+    ], [(n, n, "skyshare-sandbox-admin") for n, _ in clusters],
+        clusters[0][0] if clusters else "", tokens)
     path = paths.state_dir() / "kubeconfig"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump(doc))
@@ -405,6 +421,8 @@ _PLURALS = {
     "ValidatingWebhookConfiguration": "validatingwebhookconfigurations",
     "ResourceFlavor": "resourceflavors", "ClusterQueue": "clusterqueues",
     "LocalQueue": "localqueues", "WorkloadPriorityClass": "workloadpriorityclasses",
+    "ValidatingAdmissionPolicy": "validatingadmissionpolicies",
+    "ValidatingAdmissionPolicyBinding": "validatingadmissionpolicybindings",
 }
 
 
@@ -487,7 +505,7 @@ def bootstrap_base(state: State, name: str) -> None:
     api = api_client(state, name)
     spec = state.clusters[name]
     _apply_all(api, name, manifests.namespaces() + manifests.priority_classes()
-               + manifests.operator_rbac() + manifests.crds(paths.kueue_manifests()))
+               + manifests.crds(paths.kueue_manifests()))
     for i in range(spec["nodes"]):
         node = manifests.node(name, i, spec["gpus"], spec["product"])
         _apply_all(api, name, [{k: v for k, v in node.items() if k != "status"}])
@@ -509,7 +527,7 @@ def bootstrap_queues(state: State, name: str) -> None:
 
 
 # -- up / down --------------------------------------------------------------------------
-def up(specs: list[ClusterSpec] | None = None) -> State:
+def up(specs: list[ClusterSpec] | None = None, fleets: list[str] | None = None) -> State:
     from airflow_provider_skyshare.sandbox.build import build
 
     if not all((paths.bin_dir() / b).exists() for b in paths.BINARIES) or not (
@@ -524,6 +542,14 @@ def up(specs: list[ClusterSpec] | None = None) -> State:
             used = {c["index"] for c in state.clusters.values()}
             index = next(i for i in range(1000) if i not in used)
             state.clusters[spec.name] = {**asdict(spec), "index": index}
+    for path in fleets or []:
+        path = str(Path(path).resolve())
+        if path not in state.fleets:
+            try:  # a broken fleet file fails here, before anything runs
+                tenants.fleets([path], {})
+            except FleetError as exc:
+                raise SandboxError(f"--fleet {path}: {exc}") from None
+            state.fleets.append(path)
     state.save()
     known = {pid for pid in state.pids.values() if alive(pid)}
     for pid in _strays():  # lost track of: they would hold the ports of the new ones
@@ -562,6 +588,8 @@ def _up_cluster_steps(state: State, name: str) -> None:
     if fresh or not marker.exists():
         bootstrap_queues(state, name)
         marker.touch()
+    # Every up: a fleet added since (`up --fleet`) brings its orgs to running clusters too.
+    _apply_all(api_client(state, name), name, tenants.objects(state.tenant_fleets(), name))
 
 
 def _strays() -> list[int]:

@@ -2,9 +2,10 @@
 
 Queue layout per cluster (docs/sandbox.md): ClusterQueues skyshare-owner (the cluster's
 GPUs as nominal quota; reclaims lent quota, preempts lower priority) and skyshare-borrower
-(no quota of its own, borrows everything from cohort `skyshare`), with LocalQueues of the
-same names in namespace skyshare. The owner's high-priority work therefore preempts
-borrowed low-priority work, both through cohort reclaim and through priority.
+(no quota of its own, borrows everything from cohort `skyshare`). The owner's high-priority
+work therefore preempts borrowed low-priority work, both through cohort reclaim and through
+priority. Each org's namespace, credential, LocalQueue and the tier policy come from the
+fleet (tenancy.py, applied by tenants.py).
 """
 
 from __future__ import annotations
@@ -14,19 +15,17 @@ from typing import Any
 
 import yaml
 
-NAMESPACE = "skyshare"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 DURATION = "sandbox.skyshare.dev/duration"
 EXIT_CODE = "sandbox.skyshare.dev/exit-code"
 GPU = "nvidia.com/gpu"
 KUEUE_API = "kueue.x-k8s.io/v1beta2"
 PRIORITIES = {"high-priority": 1000, "low-priority": 100}
-OPERATOR_USER = "skyshare-operator"
 
 
 def namespaces() -> list[dict[str, Any]]:
     out = []
-    for ns in ("default", "kube-system", "kueue-system", NAMESPACE):
+    for ns in ("default", "kube-system", "kueue-system"):
         out.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
         # No kube-controller-manager runs: create each namespace's default ServiceAccount.
         out.append({"apiVersion": "v1", "kind": "ServiceAccount",
@@ -73,46 +72,7 @@ def kueue_objects(gpus: int, cpu: int, memory_gi: int, pods: int) -> list[dict[s
                                                  "resources": quota(share)}]}],
             },
         })
-        out.append({"apiVersion": KUEUE_API, "kind": "LocalQueue",
-                    "metadata": {"name": name, "namespace": NAMESPACE},
-                    "spec": {"clusterQueue": name}})
     return out
-
-
-def operator_rbac() -> list[dict[str, Any]]:
-    """Exactly what the provider needs, and nothing else (docs/operations.md)."""
-    read = ["get", "list", "watch"]
-    return [
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-         "metadata": {"name": "skyshare-operator", "namespace": NAMESPACE},
-         "rules": [
-             {"apiGroups": [""], "resources": ["pods"],
-              "verbs": ["create", "get", "list", "watch", "delete", "patch"]},
-             {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
-         ]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-         "metadata": {"name": "skyshare-operator", "namespace": NAMESPACE},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                     "name": "skyshare-operator"},
-         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
-                       "name": OPERATOR_USER}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-         "metadata": {"name": "skyshare-operator-read"},
-         "rules": [
-             {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": read},
-             {"apiGroups": ["kueue.x-k8s.io"],
-              "resources": ["workloads", "clusterqueues", "localqueues", "resourceflavors",
-                            "workloadpriorityclasses"], "verbs": read},
-             {"apiGroups": ["scheduling.k8s.io"], "resources": ["priorityclasses"],
-              "verbs": read},
-         ]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-         "metadata": {"name": "skyshare-operator-read"},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                     "name": "skyshare-operator-read"},
-         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
-                       "name": OPERATOR_USER}]},
-    ]
 
 
 def node(cluster: str, index: int, gpus: int, product: str) -> dict[str, Any]:

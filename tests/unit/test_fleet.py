@@ -15,8 +15,10 @@ from airflow_provider_skyshare.fleet import (
     BORROWER,
     DEFAULT_TIERS,
     OWNER,
+    Access,
     Fleet,
     FleetError,
+    Identity,
     Org,
     Policy,
     parse,
@@ -78,13 +80,36 @@ BAD: list[tuple[str, Any, str, str, str]] = [
     ("org-unknown-key", mutate(lambda d: d["orgs"][0].update(member=["x"])), "orgs[0].member",
      "unknown key", "did you mean 'members'"),
     ("members-string", mutate(lambda d: d["orgs"][0].update(members="romil")), "orgs[0].members",
-     "not a list of user names", "['*'] for anyone"),
-    ("members-missing", mutate(lambda d: d["orgs"][0].pop("members")), "orgs[0].members",
-     "missing", "list the Airflow users"),
+     "not a list of names", "['*'] for anyone"),
     ("members-number", mutate(lambda d: d["orgs"][0].update(members=["romil", 7])),
-     "orgs[0].members", "not a list of user names", "list the Airflow users"),
+     "orgs[0].members", "not a list of names", "list the Airflow users"),
     ("members-empty-name", mutate(lambda d: d["orgs"][0].update(members=[""])), "orgs[0].members",
-     "not a list of user names", "list the Airflow users"),
+     "not a list of names", "list the Airflow users"),
+    ("bundles-string", mutate(lambda d: d["orgs"][0].update(bundles="rise")), "orgs[0].bundles",
+     "not a list of names", "DAG bundles"),
+    ("bundle-two-orgs", mutate(lambda d: (d["orgs"][0].update(bundles=["shared"]),
+                                          d["orgs"][1].update(bundles=["x", "shared"]))),
+     "orgs[1].bundles", "bundle 'shared' is mapped to org 'rise' too", "one org only"),
+    ("identity-unknown", mutate(lambda d: d.update(policy={"identity": "dag"})), "policy.identity",
+     "unknown identity 'dag'", "'airflow'"),
+    ("access-both", mutate(lambda d: d["clusters"][0].update(
+        access={"context": "{org}@x", "connection_id": "c_{org}"})), "clusters[0].access",
+     "exactly one of", "connection_id: 'skyshare_{org}_{cluster}'"),
+    ("access-neither", mutate(lambda d: d["clusters"][0].update(access={"kubeconfig": "/k"})),
+     "clusters[0].access", "exactly one of", "context: '{org}@{cluster}'"),
+    ("access-unknown-key", mutate(lambda d: d["clusters"][0].update(access={"ctx": "a"})),
+     "clusters[0].access.ctx", "unknown key", "did you mean 'context'"),
+    ("access-bad-placeholder", mutate(lambda d: d["clusters"][0].update(
+        access={"context": "{team}@{cluster}"})), "clusters[0].access.context",
+     "not a template over {org} and {cluster}", "only the placeholders"),
+    ("namespace-shared-when-enforced", mutate(lambda d: d["clusters"][0].update(
+        namespace="skyshare", access={"context": "{org}@{cluster}"})), "clusters[0].namespace",
+     "would be shared by every org", "skyshare-{org}"),
+    ("namespace-template-invalid-name", mutate(lambda d: d["clusters"][0].update(
+        namespace="Sky_{org}")), "clusters[0].namespace", "not a valid Kubernetes name",
+     "lower-case"),
+    ("view-unknown", mutate(lambda d: d.update(view="mit")), "view", "unknown org 'mit'",
+     "use one of the orgs"),
     ("clusters-missing", mutate(lambda d: d.pop("clusters")), "clusters", "missing or not a list",
      "'clusters:'"),
     ("clusters-empty", mutate(lambda d: d.update(clusters=[])), "clusters",
@@ -304,7 +329,8 @@ def test_seed_fleet_values() -> None:
     assert list(fleet.orgs) == ["rise", "bair"]
     assert list(fleet.clusters) == ["rise", "bair"]
     rise = fleet.clusters["rise"]
-    assert (rise.owner, rise.namespace, rise.context) == ("rise", "skyshare", "rise-operator")
+    assert (rise.owner, rise.namespace, rise.context) == ("rise", "skyshare-{org}", "rise-operator")
+    assert rise.namespace_of("bair") == "skyshare-bair" and not rise.enforced
     assert rise.gpu_label == "nvidia.com/gpu.product"
     assert dict(rise.gpu_products) == {"T4": "Tesla-T4"}
     assert rise.cost_per_gpu_hour == 0.35
@@ -434,7 +460,7 @@ def test_round_trip_keeps_every_field() -> None:
     assert cloud["lend"] is False
     assert cloud["tiers"]["owner"]["workload_priority_class"] == "wp-hi"
     assert cloud["tiers"]["borrower"]["local_queue"] == "skyshare-borrower"
-    assert {"name": "public", "members": ["*"]} in d["orgs"]
+    assert {"name": "public", "members": ["*"], "bundles": []} in d["orgs"]
     assert d["policy"]["pin_owned_after_preemptions"] == 4
     assert d["version"] == 1
 
@@ -483,3 +509,56 @@ def test_example_teams_fleet_loads() -> None:
     assert fleet.policy.borrow_cooldown_seconds == Policy().borrow_cooldown_seconds
     assert fleet.owned_by("team-b") == []
     assert parse(fleet.to_dict(), source=fleet.source) == fleet
+
+
+# -- each org's view: namespace and credential resolved ---------------------------------------
+
+
+def enforced() -> dict[str, Any]:
+    d = seed()
+    d["defaults"]["access"] = {"context": "{org}@{cluster}"}
+    d["orgs"][0]["bundles"] = ["rise-dags"]
+    return d
+
+
+def test_an_org_view_resolves_namespace_and_credential_and_keeps_the_reader() -> None:
+    fleet = parse(enforced(), source="f.yaml")
+    view = fleet.for_org("rise")
+    bair = view.clusters["bair"]
+    assert (bair.namespace, bair.context, bair.org) == ("skyshare-rise", "rise@bair", "rise")
+    assert bair.enforced and bair.reader == Access(context="bair-operator")
+    reader = bair.as_reader()
+    assert (reader.context, reader.reader) == ("bair-operator", None)
+    assert view.for_org("bair").clusters["bair"].context == "bair@bair"  # from the base
+    assert fleet.org_of_bundle("rise-dags").name == "rise" and fleet.org_of_bundle("x") is None
+
+
+def test_an_org_view_travels_as_trigger_kwargs() -> None:
+    view = parse(enforced()).for_org("bair")
+    again = parse(json.loads(json.dumps(view.to_dict())))
+    assert again == view and again.view == "bair"
+    assert again.clusters["rise"].context == "bair@rise"
+
+
+def test_without_access_every_org_uses_the_cluster_credential_in_its_own_namespace() -> None:
+    view = parse(seed()).for_org("rise")
+    rise = view.clusters["rise"]
+    assert (rise.namespace, rise.context, rise.reader, rise.enforced) == (
+        "skyshare-rise", "rise-operator", None, False)
+    assert rise.as_reader() is rise
+
+
+def test_tier_for_follows_ownership_and_lending() -> None:
+    d = enforced()
+    d["clusters"][1]["lend"] = False
+    fleet = parse(d)
+    assert fleet.clusters["rise"].tier_for("rise").name == "owner"
+    assert fleet.clusters["rise"].tier_for("bair").name == "borrower"
+    assert fleet.clusters["bair"].tier_for("rise") is None
+
+
+def test_identity_policy_parses() -> None:
+    d = seed()
+    d["policy"] = {"identity": "owner"}
+    assert parse(d).policy.identity is Identity.OWNER
+    assert parse(seed()).policy.identity is Identity.AIRFLOW

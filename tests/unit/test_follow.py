@@ -145,7 +145,7 @@ def test_an_ambiguous_create_leaves_an_orphan_that_is_deleted_after_placing(seed
     state, _ = step(make(seed_fleet), Start(), T0)
     state, _ = step(state, Probed(free), T0)
     state, actions = step(state, CreateFailed("rise", True, "timed out"), T0)
-    orphan = Orphan("rise", "skyshare", IDENTITY.pod_name(1))
+    orphan = Orphan("rise", "skyshare-rise", IDENTITY.pod_name(1))
     assert state.orphans == (orphan,)
     assert the(actions, Create).cluster == "bair"
     state, actions = step(state, Created("bair"), T0)
@@ -331,7 +331,7 @@ def test_unreachable_past_the_grace_moves_and_orphans_the_pod(seed_fleet, free, 
     state, actions = step(state, Tick(), T0 + 40)
     assert state.phase is Phase.PLACING and kinds(actions) == [Probe]
     assert state.timeline.last.reason == Reason.CLUSTER_UNREACHABLE.value
-    assert state.orphans == (Orphan("rise", "skyshare", IDENTITY.pod_name(1)),)
+    assert state.orphans == (Orphan("rise", "skyshare-rise", IDENTITY.pod_name(1)),)
 
 
 def test_unreachable_past_the_grace_fails_when_configured_to(seed_fleet, free, pod_fixture):
@@ -447,7 +447,7 @@ def test_state_round_trips_through_json(seed_fleet, free, pod_fixture):
     state, _ = feed(placed(seed_fleet, free, queue_timeout=9.0,
                            on_unreachable=OnUnreachable.FAIL),
                     events_of(pod_fixture, "running"), T0 + 1)
-    state = replace(state, orphans=(Orphan("bair", "skyshare", "p"),))
+    state = replace(state, orphans=(Orphan("bair", "skyshare-rise", "p"),))
     again = Follow.from_dict(json.loads(json.dumps(state.to_dict())))
     assert again.job == state.job and again.timeline == state.timeline
     assert again.orphans == state.orphans

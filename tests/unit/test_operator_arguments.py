@@ -25,9 +25,6 @@ GOOD = {"task_id": "t", "image": "busybox", "org": "rise", "gpus": "T4:2", "flee
         ({"gpus": None, "gpu_product": "T4", "gpu_count": 0}, ">= 1"),
         ({"gpus": "A100:1"}, "offered by no cluster"),
         ({"org": "berkeley"}, "unknown org"),
-        ({"org": "bair"}, "not a member of org 'bair'"),
-        ({"owner": "mallory"}, "not a member of org 'rise'"),
-        ({"user": "mallory"}, "add the user to orgs[rise].members"),
         ({"max_preemptions": -1}, "max_preemptions must be a whole number >= 0"),
         ({"max_preemptions": 1.5}, "max_preemptions must be a whole number >= 0"),
         ({"queue_timeout": -5}, "queue_timeout must be"),
@@ -35,7 +32,8 @@ GOOD = {"task_id": "t", "image": "busybox", "org": "rise", "gpus": "T4:2", "flee
         ({"on_finish_action": "delete"}, "delete_pod, delete_succeeded_pod, keep_pod"),
         ({"on_unreachable": "retry"}, "use 'move' or 'fail'"),
         ({"image": ""}, "image is empty"),
-        ({"org": ""}, "org is empty"),
+        ({"org": None}, None),  # the org comes from Airflow at run time
+        ({"org": "bair"}, None),  # checked against the DAG's bundle at run time
         ({"fleet_file": "/nonexistent/fleet.yaml"}, "file not found"),
         ({"gpus": "T4:4"}, None),  # fits no node now, but that is a runtime verdict: accepted
     ],
@@ -95,3 +93,53 @@ def test_map_index_zero_is_a_real_map_index(value, expected) -> None:
     from airflow_provider_skyshare.operators.gpu import _map_index
 
     assert _map_index(SimpleNamespace(map_index=value)) == expected
+
+
+def test_a_fleet_file_the_platform_did_not_configure_is_refused(monkeypatch, tmp_path):
+    other = tmp_path / "mine.yaml"
+    other.write_text(Path(FLEET).read_text())
+    monkeypatch.setenv("AIRFLOW__SKYSHARE__FLEET_FILE", FLEET)
+    MultiClusterGpuOperator(**GOOD)  # the configured one, named
+    MultiClusterGpuOperator(**{**GOOD, "fleet_file": None})  # the default
+    with pytest.raises(ValueError, match="is not a fleet file this Airflow is configured with"):
+        MultiClusterGpuOperator(**{**GOOD, "fleet_file": str(other)})
+
+
+def _context(bundle, team=None):
+    from types import SimpleNamespace
+
+    ti = SimpleNamespace(dag_id="d", task_id="t", run_id="r", try_number=1, map_index=-1,
+                         bundle_instance=SimpleNamespace(name=bundle) if bundle else None)
+    return {"ti": ti, "dag_run": SimpleNamespace(team_name=team)}
+
+
+@pytest.mark.parametrize(("changes", "bundle", "team", "expected"), [
+    ({"org": "rise"}, "bair", None, "org='rise' is not the org of this DAG"),
+    ({"org": None, "owner": "romil"}, "bair", None, "owner 'romil' is a member of rise, not of"),
+    ({"org": None}, "elsewhere", None, "DAG bundle 'elsewhere' belongs to no org"),
+    ({"org": None}, None, None, "did not say which DAG bundle"),
+    ({"org": "rise"}, "rise", "bair", "belongs to Airflow team 'bair' but to org 'rise'"),
+])
+def test_a_spoofed_org_is_refused_before_anything_reaches_a_cluster(changes, bundle, team,
+                                                                   expected, monkeypatch):
+    from airflow_provider_skyshare import clients
+    from airflow_provider_skyshare.operators.gpu import SkyshareTaskError
+
+    def no_cluster(*_args, **_kwargs):
+        raise AssertionError("a cluster was contacted")
+
+    monkeypatch.setattr(clients, "async_api", no_cluster)
+    monkeypatch.setattr(clients, "sync_api", no_cluster)
+    op = MultiClusterGpuOperator(**{**GOOD, **changes})
+    with pytest.raises(SkyshareTaskError, match=expected) as err:
+        op.execute(_context(bundle, team))
+    assert "'bair'" in str(err.value) or "elsewhere" in str(err.value) or bundle is None
+
+
+def test_the_org_is_derived_from_the_bundle():
+    from airflow_provider_skyshare.operators.gpu import origin
+
+    op = MultiClusterGpuOperator(**{**GOOD, "org": None, "owner": "abbeel"})
+    sup = op._supervisor(_context("bair"))
+    assert sup.job.request.org == "bair" and sup.job.fleet.view == "bair"
+    assert origin(_context("rise", "rise")).team == "rise"

@@ -432,11 +432,6 @@ def test_node_too_small_on_one_cluster_only() -> None:
 # -- refusals ---------------------------------------------------------------------------------
 
 REFUSALS = [
-    pytest.param(Request("T4", 2, "rise", "abbeel"),
-                 ["user 'abbeel' is not a member of org 'rise'", "(members: romil)",
-                  "add the user to orgs[rise].members in fleet.yaml"], id="non-member-owner-tier"),
-    pytest.param(Request("T4", 2, "rise", None), ["user None is not a member of org 'rise'"],
-                 id="no-user"),
     pytest.param(Request("T4", 2, "berkeley", "romil"),
                  ["org='berkeley'", "unknown org 'berkeley'", "use one of the orgs: bair, rise"],
                  id="unknown-org"),
@@ -470,12 +465,6 @@ def test_anyone_org_admits_every_user() -> None:
     f = fleet(orgs=[{"name": "rise", "members": ["*"]}, {"name": "bair", "members": ["abbeel"]}])
     validate(Request("T4", 1, "rise", "someone"), f)
     validate(Request("T4", 1, "rise", None), f)
-
-
-def test_empty_org_refuses_everyone() -> None:
-    f = fleet(orgs=[{"name": "rise", "members": []}, {"name": "bair", "members": ["abbeel"]}])
-    with pytest.raises(PlacementError, match=r"members: \(nobody\)"):
-        validate(Request("T4", 1, "rise", "romil"), f)
 
 
 def test_too_big_is_not_refused_while_a_cluster_is_unreachable() -> None:

@@ -160,7 +160,7 @@ def test_metadata(bair: Cluster) -> None:
     pod = borrowed_pod(bair, history_json=history.to_json())
     meta = pod["metadata"]
     assert pod["apiVersion"] == "v1" and pod["kind"] == "Pod"
-    assert meta["namespace"] == "skyshare"
+    assert meta["namespace"] == "skyshare-rise"  # the org of the request (romil of rise)
     assert "generateName" not in meta
     key = expected_key("train", "romil-train", RUN)
     assert meta["name"] == f"romil-train-{key[:8]}-t1-a2"
