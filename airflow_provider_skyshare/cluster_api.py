@@ -158,7 +158,9 @@ class KubeClusterApi:
     async def name_preemptor(self, cluster: str, uid: str) -> str:
         """The preempting pod's task ('dag/task/run'), or 'pod ns/name'; '' if not found."""
         try:
-            listing = await kube.request(self.fleet.clusters[cluster], "GET", "/api/v1/pods",
+            # every namespace: the cluster's own (reader) credential, never the org's
+            listing = await kube.request(self.fleet.clusters[cluster].as_reader(), "GET",
+                                         "/api/v1/pods",
                                          query={"resourceVersion": "0"},
                                          timeout=PREEMPTOR_LOOKUP_SECONDS)
         except kube.KubeError:

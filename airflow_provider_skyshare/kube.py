@@ -38,13 +38,24 @@ def _unreachable(cluster: Cluster, exc: BaseException) -> KubeError:
     return KubeError(cluster.name, 0, "Unreachable", text)
 
 
+async def _authorized(api: Any, headers: dict[str, str]) -> dict[str, str]:
+    """The request's headers with the credential's bearer token, if it has one (a
+    ServiceAccount token, a connection's token, an exec plugin's: refreshed by the client's
+    own hook). Client certificates travel in the TLS handshake instead."""
+    bearer = (await api.configuration.auth_settings()).get("BearerToken") or {}
+    if bearer.get("value"):
+        return {**headers, bearer["key"]: bearer["value"]}
+    return headers
+
+
 async def _call(cluster: Cluster, method: str, path: str, query: list[tuple[str, Any]],
                 body: Any, timeout: float | None, headers: dict[str, str]) -> bytes:
     """One round trip: the body of a 2xx answer, else KubeError (status 0: no answer)."""
     try:
         api = await clients.async_api(cluster)
         resp = await api.rest_client.request(
-            method, api.configuration.host + path, query_params=query, headers=headers,
+            method, api.configuration.host + path, query_params=query,
+            headers=await _authorized(api, headers),
             body=body, _preload_content=False, _request_timeout=timeout)
         try:
             data = await resp.read()
@@ -143,7 +154,8 @@ async def watch_pods(
     try:
         resp = await api.rest_client.request(
             "GET", api.configuration.host + pods_path(namespace), query_params=query,
-            headers={"Accept": "application/json"}, _preload_content=False,
+            headers=await _authorized(api, {"Accept": "application/json"}),
+            _preload_content=False,
             _request_timeout=timeout_seconds + 30,
         )
     except TRANSPORT_ERRORS as exc:

@@ -56,8 +56,8 @@ def part_d(args) -> dict:
     started = time.monotonic() - t
 
     def admin_pods(cluster, task_id):
-        pods = sandbox.core_v1(cluster).list_namespaced_pod(
-            "skyshare", label_selector=f"skyshare.dev/task-id={task_id}").items
+        pods = sandbox.core_v1(cluster).list_pod_for_all_namespaces(
+            label_selector=f"skyshare.dev/task-id={task_id}").items
         return [(p.metadata.name, p.status.phase) for p in pods]
 
     try:

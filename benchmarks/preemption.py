@@ -19,7 +19,8 @@ from typing import Any
 from benchmarks.common import admin_api, summary
 from scripts.scenario import Airflow, wait_for
 
-NS = "skyshare"
+NS = "skyshare-rise"  # the job is rise's: its namespace on every cluster
+OWNER_NS = {"rise": "skyshare-rise", "bair": "skyshare-bair"}  # each owner's, at home
 GPU_POD = {
     "apiVersion": "v1", "kind": "Pod",
     "spec": {"containers": [{"name": "base", "image": "busybox",
@@ -82,21 +83,21 @@ class Recorder:
         self._stop.set()
 
 
-def _delete(api, name: str) -> None:
+def _delete(api, name: str, ns: str = NS) -> None:
     from kubernetes.client.exceptions import ApiException
 
     try:
-        api.delete_namespaced_pod(name, NS, grace_period_seconds=0)
+        api.delete_namespaced_pod(name, ns, grace_period_seconds=0)
     except ApiException as exc:
         if exc.status != 404:
             raise
 
 
-def _create(api, body: dict) -> None:
-    _delete(api, body["metadata"]["name"])
+def _create(api, body: dict, ns: str = NS) -> None:
+    _delete(api, body["metadata"]["name"], ns)
     wait_for(lambda: not api.list_namespaced_pod(
-        NS, field_selector=f"metadata.name={body['metadata']['name']}").items, 30, "old pod gone")
-    api.create_namespaced_pod(NS, body)
+        ns, field_selector=f"metadata.name={body['metadata']['name']}").items, 30, "old pod gone")
+    api.create_namespaced_pod(ns, body)
 
 
 def round_trip(af: Airflow, dag_id: str, rise, bair, rec_rise: Recorder, rec_bair: Recorder,
@@ -114,7 +115,7 @@ def round_trip(af: Airflow, dag_id: str, rise, bair, rec_rise: Recorder, rec_bai
     # Preempt once the trigger follows the pod (as in real use), not in the second between
     # deferral and the triggerer picking the trigger up.
     wait_for(lambda: _trigger_started(af, dag_id, run), 60, f"{dag_id} trigger running")
-    _create(bair, owner_pod(f"preemptor-{i}", "1s"))
+    _create(bair, owner_pod(f"preemptor-{i}", "1s"), OWNER_NS["bair"])
     evicted = wait_for(lambda: rec_bair.evicted.get(first), 60, "eviction seen")
     rec = rec_rise if dag_id == "bench_skyshare" else rec_bair
 
@@ -151,8 +152,10 @@ def run(kubeconfig: str, rounds: int, baseline_rounds: int) -> dict:
     rise, bair = admin_api(kubeconfig, "rise"), admin_api(kubeconfig, "bair")
     # A fresh Airflow home each run: a deferred task left in an old one would resume and
     # keep placing pods on the clusters under measurement.
+    dags = Path(__file__).resolve().parent / "dags"  # rise's bundle: the job is rise's
     af = Airflow(home=Path(tempfile.mkdtemp(prefix="skyshare-bench-a-")), port=28181,
-                 dags_folder=Path(__file__).resolve().parent / "dags", kubeconfig=kubeconfig)
+                 bundles={"rise": dags}, kubeconfig=kubeconfig, extra_env={
+                     "AIRFLOW__SKYSHARE__FLEET_FILE": str(dags.parents[1] / "dags" / "fleet.yaml")})
     af.start()
     for dag_id in ("bench_skyshare", "bench_kpo"):
         wait_for(lambda d=dag_id: af.dag_ready(d), 120, f"{dag_id} parsed")
@@ -160,8 +163,8 @@ def run(kubeconfig: str, rounds: int, baseline_rounds: int) -> dict:
     # Leftovers of an interrupted earlier run would keep rise or bair full.
     for api in (rise, bair):
         for sel in ("skyshare.dev/task-id=bench", "skyshare-bench=kpo", "skyshare-bench=owner"):
-            for pod in api.list_namespaced_pod(NS, label_selector=sel).items:
-                _delete(api, pod.metadata.name)
+            for pod in api.list_pod_for_all_namespaces(label_selector=sel).items:
+                _delete(api, pod.metadata.name, pod.metadata.namespace)
     rec_rise = Recorder(rise, "")
     rec_bair = Recorder(bair, "")
     out: dict[str, Any] = {}

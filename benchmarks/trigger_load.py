@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from benchmarks.common import admin_api, request_total
 
 CLUSTER = "bench"
-NS = "skyshare"
+NS = "default"  # outside the orgs' namespaces: these pods are not Kueue's
 LABEL = "skyshare-bench=load"
 
 
@@ -65,7 +65,7 @@ def _skyshare_trigger(name: str, kubeconfig: str):
 
     fleet = parse({"orgs": [{"name": "bench", "members": ["*"]}], "clusters": [
         {"name": CLUSTER, "owner": "bench", "context": CLUSTER, "kubeconfig": kubeconfig,
-         "gpu_products": {"T4": "Tesla-T4"}}]})
+         "namespace": NS, "gpu_products": {"T4": "Tesla-T4"}}]})
     job = Job(fleet, Request("T4", 1, "bench", "x"), {"spec": {"containers": [{}]}},
               TaskIdentity("bench", name, "run"), Settings())
     state = Follow(job, Timeline((Attempt(1, CLUSTER, "owner", name, NS, time.time()),)))

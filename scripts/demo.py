@@ -35,8 +35,8 @@ def main() -> int:
 
     def admin_pods(cluster: str, task_id: str):
         api = sandbox.core_v1(cluster)
-        pods = api.list_namespaced_pod("skyshare",
-                                       label_selector=f"skyshare.dev/task-id={task_id}").items
+        pods = api.list_pod_for_all_namespaces(  # every org's namespace
+            label_selector=f"skyshare.dev/task-id={task_id}").items
         return [(p.metadata.name, p.status.phase) for p in pods]
 
     try:

@@ -50,8 +50,12 @@ class Airflow:
 
     home: Path
     port: int = 8080
-    dags_folder: Path = ROOT / "dags"
+    dags_folder: Path = ROOT / "dags"  # its fleet files; each sub-folder is a DAG bundle
     kubeconfig: str = ""
+    bundles: dict[str, Path] | None = None  # bundle name -> folder (default: the sub-folders)
+    # Bundles that are Airflow teams (multi-team mode: the org is the team); the others map
+    # to orgs through the fleet's orgs[].bundles. Each team gets its own triggerer.
+    teams: tuple[str, ...] = ("rise", "bair")
     extra_env: dict[str, str] = field(default_factory=dict)
     _ready: set[str] = field(default_factory=set, repr=False)
     extra_pids: list[int] = field(default_factory=list, repr=False)  # stopped with standalone
@@ -79,11 +83,29 @@ class Airflow:
             "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
             "KUBECONFIG": self.kubeconfig or env.get("KUBECONFIG", ""),
         })
-        fleet = self.dags_folder / "fleet.yaml"
-        if fleet.exists():  # the UI plugin's fleet page reads [skyshare] fleet_file
-            env.setdefault("AIRFLOW__SKYSHARE__FLEET_FILE", str(fleet))
+        env["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps([
+            {"name": name, "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+             "kwargs": {"path": str(path), "refresh_interval": 5},
+             **({"team_name": name} if name in self.active_teams() else {})}
+            for name, path in self.dag_bundles().items()])
+        if self.active_teams():
+            env["AIRFLOW__CORE__MULTI_TEAM"] = "True"
+        fleets = [str(p) for p in sorted(self.dags_folder.glob("fleet*.yaml"))]
+        if fleets:  # the platform's fleets: fleet.yaml first (the default)
+            fleets.sort(key=lambda p: not p.endswith("/fleet.yaml"))
+            env.setdefault("AIRFLOW__SKYSHARE__FLEET_FILE", ",".join(fleets))
         env.update(self.extra_env)
         return env
+
+    def active_teams(self) -> list[str]:
+        return [t for t in self.teams if t in self.dag_bundles()]
+
+    def dag_bundles(self) -> dict[str, Path]:
+        """Each org's DAGs are a bundle of their own: the org of a task is its bundle's."""
+        if self.bundles is not None:
+            return self.bundles
+        return {d.name: d for d in sorted(self.dags_folder.iterdir())
+                if d.is_dir() and any(d.glob("*.py"))}
 
     def healthy(self) -> bool:
         try:
@@ -97,6 +119,7 @@ class Airflow:
         if self.healthy():
             return
         self.home.mkdir(parents=True, exist_ok=True)
+        self._create_teams()
         log = open(self.home / "standalone.log", "ab")  # noqa: SIM115 - the child keeps it
         proc = subprocess.Popen(
             [sys.executable, "-m", "airflow", "standalone"], env=self.env(), stdout=log,
@@ -108,6 +131,53 @@ class Airflow:
                  timeout, f"airflow standalone healthy on {self.url}", interval=0.5)
         if proc.poll() is not None:
             raise ScenarioError(f"airflow standalone exited; see {self.home / 'standalone.log'}")
+        for team in self.active_teams():
+            self.start_triggerer(team)
+
+    def _airflow(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "airflow", *args], env=self.env(),
+                              capture_output=True, text=True, timeout=300, cwd=self.home)
+
+    def _create_teams(self) -> None:
+        """Multi-team mode: the teams exist before the bundles that name them are read."""
+        if not self.active_teams():
+            return
+        done = self._airflow("db", "migrate")
+        if done.returncode != 0:
+            raise ScenarioError(f"airflow db migrate failed: {done.stderr[-2000:]}")
+        for team in self.active_teams():
+            made = self._airflow("teams", "create", team)
+            if made.returncode != 0 and "already exists" not in made.stdout + made.stderr:
+                raise ScenarioError(f"airflow teams create {team} failed: {made.stderr[-2000:]}")
+
+    def start_triggerer(self, team: str | None = None) -> int:
+        """A triggerer of its own for a team (standalone runs the global one only): a team's
+        triggers run nowhere else. Stopped with Airflow."""
+        name = f"triggerer-{team or 'global'}"
+        env = {**self.env(), "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port())}
+        log = open(self.home / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "airflow", "triggerer", *(["--team-name", team] if team else [])],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=self.home)
+        self.extra_pids.append(proc.pid)
+        return proc.pid
+
+    def triggerer_pids(self, team: str | None = None) -> list[int]:
+        """This Airflow's triggerers (of `team`, or the global one): never another's."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                cmd = (entry / "cmdline").read_bytes().split(b"\0")
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except (OSError, ValueError):
+                continue
+            if b"triggerer" not in cmd or f"AIRFLOW_HOME={self.home}".encode() not in environ:
+                continue
+            named = b"--team-name" in cmd and cmd[cmd.index(b"--team-name") + 1].decode()
+            if (named or None) == team:
+                found.append(int(entry.name))
+        return found
 
     def stop(self) -> None:
         for pid in self.extra_pids:
@@ -211,6 +281,14 @@ class Airflow:
     def patch_task(self, dag_id: str, run_id: str, task_id: str, state: str) -> None:
         self.call("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{_q(run_id)}/taskInstances/"
                            f"{_q(task_id)}", {"new_state": state})
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _q(value: str) -> str:

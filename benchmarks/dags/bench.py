@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk import DAG
@@ -12,13 +11,12 @@ from kubernetes.client import models as k8s
 
 from airflow_provider_skyshare.operators import MultiClusterGpuOperator
 
-FLEET = str(Path(__file__).resolve().parents[2] / "dags" / "fleet.yaml")
 ARGS = {"owner": "romil"}
 
 with DAG("bench_skyshare", start_date=datetime(2026, 1, 1), schedule=None, catchup=False,
          default_args=ARGS, max_active_runs=1):
     MultiClusterGpuOperator(
-        task_id="bench", org="rise", gpus="T4:2", fleet_file=FLEET, image="busybox",
+        task_id="bench", gpus="T4:2", image="busybox",  # rise's, from its bundle
         annotations={"sandbox.skyshare.dev/duration": "300s"}, get_logs=False,
         max_preemptions=3, retries=0,
     )
@@ -26,8 +24,8 @@ with DAG("bench_skyshare", start_date=datetime(2026, 1, 1), schedule=None, catch
 with DAG("bench_kpo", start_date=datetime(2026, 1, 1), schedule=None, catchup=False,
          default_args=ARGS, max_active_runs=1):
     KubernetesPodOperator(
-        task_id="bench", name="kpo-bench", namespace="skyshare", image="busybox",
-        config_file=os.environ.get("KUBECONFIG"), cluster_context="bair-operator",
+        task_id="bench", name="kpo-bench", namespace="skyshare-rise", image="busybox",
+        config_file=os.environ.get("KUBECONFIG"), cluster_context="rise@bair",
         in_cluster=False,
         labels={"kueue.x-k8s.io/queue-name": "skyshare-borrower",
                 "kueue.x-k8s.io/priority-class": "low-priority", "skyshare-bench": "kpo"},

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 
 def job_pods(admin, cluster: str) -> list:
-    return admin[cluster].list_namespaced_pod("skyshare",
+    return admin[cluster].list_namespaced_pod("skyshare-rise",  # skyshare_job is rise's
                                               label_selector="skyshare.dev/task-id=job").items
 
 
@@ -30,29 +30,20 @@ def trigger_started(af, run: str) -> bool:
                for p in (af.home / "logs").rglob("*.trigger.*.log") if run in str(p))
 
 
-def _triggerer_pids() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "airflow triggerer"], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
-
-
 def test_triggerer_killed_mid_watch_task_completes_one_pod_per_attempt(
         airflow_server, admin, no_leaks):
     af = airflow_server
-    run = af.trigger("skyshare_job", {"org": "rise", "user": "romil", "gpus": "T4:1",
+    run = af.trigger("skyshare_job", {"gpus": "T4:1",
                                       "duration": "25s"})
     wait_for(lambda: running_on(admin, "rise"), 90, "job running on rise")
     wait_for(lambda: af.task_states("skyshare_job", run).get("job") == "deferred", 30,
              "task deferred")
-    victims = _triggerer_pids()
-    assert victims, "no triggerer process found"
+    victims = af.triggerer_pids("rise")  # skyshare_job is rise's: rise's triggerer runs it
+    assert victims, "no triggerer process of team rise found"
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
-    # standalone does not restart a dead component: start a new triggerer like an operator would
-    log = open(af.home / "triggerer2.log", "ab")  # noqa: SIM115
-    new = subprocess.Popen([os.path.join(os.path.dirname(os.sys.executable), "airflow"),
-                            "triggerer"], env=af.env(), stdout=log, stderr=subprocess.STDOUT,
-                           start_new_session=True)
-    af.extra_pids.append(new.pid)  # it serves the following tests; stopped with Airflow
+    # a dead triggerer is not restarted for us: start a new one like an operator would
+    af.start_triggerer("rise")  # it serves the following tests; stopped with Airflow
     wait_for(lambda: af.run_state("skyshare_job", run) in ("success", "failed"), 150,
              "run finished after the triggerer restart", interval=0.5)
     assert af.run_state("skyshare_job", run) == "success"
@@ -64,14 +55,14 @@ def test_triggerer_killed_mid_watch_task_completes_one_pod_per_attempt(
     pod = timeline[0]["pod"]
     prefix = pod[: pod.rindex("-a") + 2]
     seen = {e.involved_object.name for name in ("rise", "bair")
-            for e in admin[name].list_namespaced_event("skyshare").items
+            for e in admin[name].list_namespaced_event("skyshare-rise").items
             if e.involved_object.name.startswith(prefix)}
     assert seen == {pod}, seen
 
 
 def test_mark_failed_from_the_api_deletes_the_pod(airflow_server, admin, no_leaks):
     af = airflow_server
-    run = af.trigger("skyshare_job", {"org": "rise", "user": "romil", "gpus": "T4:1",
+    run = af.trigger("skyshare_job", {"gpus": "T4:1",
                                       "duration": "300s"})
     pod = wait_for(lambda: running_on(admin, "rise"), 90, "job running on rise")[0]
     wait_for(lambda: af.task_states("skyshare_job", run).get("job") == "deferred", 30,
@@ -95,12 +86,12 @@ def test_orphans_finds_the_pod_of_a_task_marked_failed_before_its_trigger_ran(
     """The known gap of mark-failed (no triggerer ran the trigger yet), made certain by
     stopping the triggerer, and closed by `skyshare orphans --delete`."""
     af = airflow_server
-    stopped = _triggerer_pids()
-    assert stopped, "no triggerer process found"
+    stopped = af.triggerer_pids("rise")  # skyshare_job is rise's
+    assert stopped, "no triggerer process of team rise found"
     for pid in stopped:
         os.kill(pid, signal.SIGSTOP)
     try:
-        run = af.trigger("skyshare_job", {"org": "rise", "user": "romil", "gpus": "T4:1",
+        run = af.trigger("skyshare_job", {"gpus": "T4:1",
                                           "duration": "300s"})
         wait_for(lambda: af.task_states("skyshare_job", run).get("job") == "deferred", 120,
                  "task deferred")
@@ -137,7 +128,7 @@ def test_orphans_finds_the_pod_of_a_task_marked_failed_before_its_trigger_ran(
     # ... nor did a pod exist for a moment: the apiservers' events name every pod there was.
     prefix = name[: name.rindex("-t") + 2]
     seen = {e.involved_object.name for c in ("rise", "bair")
-            for e in admin[c].list_namespaced_event("skyshare").items
+            for e in admin[c].list_namespaced_event("skyshare-rise").items
             if e.involved_object.name.startswith(prefix)}
     assert seen == {name}, seen
     logs = [p.read_text(errors="replace") for p in (af.home / "logs").rglob("*.trigger.*.log")

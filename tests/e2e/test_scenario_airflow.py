@@ -15,6 +15,8 @@ import pytest
 
 from scripts.scenario import run_scenario, run_team_queues
 
+ROOT = Path(__file__).resolve().parents[2]
+
 pytestmark = pytest.mark.e2e
 
 
@@ -127,7 +129,7 @@ def test_seed_scenario_through_real_airflow(airflow_server, admin_pods, no_leaks
 
 
 def test_team_queues_through_real_airflow(sandbox, airflow_server, admin_pods, no_leaks):
-    sandbox.ensure_cluster("campus", gpus=4)
+    sandbox.ensure_cluster("campus", gpus=4, fleet=str(ROOT / "dags" / "fleet-teams.yaml"))
     result = run_team_queues(airflow_server, admin_pods)
     assert result.states == {"team-b-experiment": "success", "team-a-production": "success"}
     assert placements(result.timelines["team-a-production"]) == [("campus", "owner", "Succeeded")]

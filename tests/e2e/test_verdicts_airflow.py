@@ -30,7 +30,7 @@ class PodChanges(threading.Thread):
         super().__init__(daemon=True)
         self.api, self.selector = api, f"{L_DAG}={dag_id}"
         self.seen: list[tuple[float, str, Any]] = []
-        self.rv = api.list_namespaced_pod("skyshare", label_selector=self.selector
+        self.rv = api.list_namespaced_pod("skyshare-rise", label_selector=self.selector
                                           ).metadata.resource_version
         self.stop = threading.Event()
         self.start()
@@ -38,7 +38,7 @@ class PodChanges(threading.Thread):
     def run(self) -> None:
         w = k8s_watch.Watch()
         while not self.stop.is_set():
-            for ev in w.stream(self.api.list_namespaced_pod, "skyshare",
+            for ev in w.stream(self.api.list_namespaced_pod, "skyshare-rise",
                                label_selector=self.selector, resource_version=self.rv,
                                timeout_seconds=5):
                 self.rv = ev["object"].metadata.resource_version
@@ -73,7 +73,7 @@ def two_second_job(af, admin) -> float:
     """Seconds from the pod's success (seen by the watch) to the task's end in Airflow."""
     changes = PodChanges(admin["rise"], "skyshare_job")
     try:
-        run = af.trigger("skyshare_job", {"org": "rise", "user": "romil", "gpus": "T4:1",
+        run = af.trigger("skyshare_job", {"gpus": "T4:1",
                                           "duration": "2s"})
         done_at = changes.first("the pod succeeded", run, lambda p: p.status.phase == "Succeeded")
         ti = ended(af, "skyshare_job", run, "job")
@@ -107,7 +107,7 @@ def test_a_bad_image_fails_the_task_within_5s_of_the_verdict(airflow_server, adm
                    for cs in pod.status.container_statuses or [])
 
     try:
-        run = af.trigger("skyshare_job", {"org": "rise", "user": "romil", "gpus": "T4:1",
+        run = af.trigger("skyshare_job", {"gpus": "T4:1",
                                           "duration": "2s", "image": "BUSYBOX:1"})
         verdict_at = changes.first("the container waiting with InvalidImageName", run,
                                    invalid)
@@ -121,7 +121,8 @@ def test_a_bad_image_fails_the_task_within_5s_of_the_verdict(airflow_server, adm
     timeline = af.xcom("skyshare_job", run, "job", "skyshare_timeline")
     assert [(a["outcome"], a["reason"]) for a in timeline] == [("Failed", "InvalidImageName")]
     wait_for(lambda: not admin["rise"].list_namespaced_pod(
-        "skyshare", label_selector=f"{L_DAG}=skyshare_job").items, 30, "the failed pod deleted")
+        "skyshare-rise", label_selector=f"{L_DAG}=skyshare_job").items, 30,
+        "the failed pod deleted")
 
 
 def test_fifty_short_deferred_tasks_all_end_as_their_pods_did(airflow_server, admin, no_leaks):

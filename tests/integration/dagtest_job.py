@@ -44,8 +44,9 @@ def main() -> int:
     p.add_argument("--dag-id", required=True)
     args = p.parse_args()
 
-    # dag.test() (Airflow 3.3) only runs DAGs it finds in a bundle: write one file per job.
-    folder = os.environ["AIRFLOW__CORE__DAGS_FOLDER"]
+    # dag.test() (Airflow 3.3) only runs DAGs it finds in a bundle: write one file per job,
+    # into the bundle of its org (the org of a task is its bundle's: docs/security.md).
+    folder = os.path.join(os.environ["SKYSHARE_IT_BUNDLES"], args.org)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"{args.dag_id}.py")
     with open(path + ".tmp", "w") as fh:

@@ -51,10 +51,17 @@ def test_the_manifests_are_found():
 
 @pytest.fixture(scope="module")
 def admin_apis(sandbox) -> dict[str, Any]:
-    """cluster name -> ApiClient as the sandbox admin, for every sandbox cluster."""
-    return {name: config.new_client_from_config(config_file=sandbox.kubeconfig,
+    """cluster name -> ApiClient as the sandbox admin, for every sandbox cluster. The
+    manifests' namespaces are made for real first (the kind fleet's `skyshare` is not the
+    sandbox's): a dry run of a namespace does not let the objects in it be dry-run."""
+    apis = {name: config.new_client_from_config(config_file=sandbox.kubeconfig,
                                                 context=sandbox.admin_context(name))
             for name in sandbox.clusters}
+    for api in apis.values():
+        for _, obj in MANIFESTS:
+            if obj["kind"] == "Namespace":
+                cluster.apply(api, obj)
+    return apis
 
 
 def _path(api, obj: dict[str, Any]) -> str:

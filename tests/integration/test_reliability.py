@@ -85,8 +85,8 @@ async def closing(coro):
 
 
 def pods_of(admin, cluster: str, sup: Driven) -> list:
-    return admin[cluster].list_namespaced_pod(
-        "skyshare", label_selector=sup.identity.selector(this_try=False)).items
+    return admin[cluster].list_pod_for_all_namespaces(  # the org's namespace, and any other
+        label_selector=sup.identity.selector(this_try=False)).items
 
 
 def running(admin, cluster: str, sup: Driven) -> list:
@@ -99,15 +99,16 @@ def wait_kueue_admits(admin, cluster: str, timeout: float = 120) -> None:
     working cluster instead of racing that back-off."""
     api = admin[cluster]
     name = f"kueue-probe-{uuid.uuid4().hex[:6]}"
-    api.create_namespaced_pod("skyshare", {
+    ns = f"skyshare-{cluster}"  # the owner's own namespace there (each sandbox cluster's org)
+    api.create_namespaced_pod(ns, {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "labels": {"kueue.x-k8s.io/queue-name": "skyshare-owner"}},
         "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}})
     try:
-        wait_for(lambda: not api.read_namespaced_pod(name, "skyshare").spec.scheduling_gates,
+        wait_for(lambda: not api.read_namespaced_pod(name, ns).spec.scheduling_gates,
                  timeout, f"Kueue on {cluster} admitting again")
     finally:
-        api.delete_namespaced_pod(name, "skyshare", grace_period_seconds=0)
+        api.delete_namespaced_pod(name, ns, grace_period_seconds=0)
 
 
 @pytest.fixture

@@ -14,7 +14,18 @@ from kubernetes.client.exceptions import ApiException
 from tests.helpers.fixtures import wait_for
 
 pytestmark = pytest.mark.integration
-NS = "skyshare"
+# On bair: rise's namespace is at the borrower tier, bair's own at the owner tier; pods that
+# are not Kueue's go where no org's tier applies.
+NAMESPACES = {"skyshare-borrower": "skyshare-rise", "skyshare-owner": "skyshare-bair",
+              None: "default"}
+
+
+def ns_of(pod: dict) -> str:
+    return NAMESPACES[pod["metadata"]["labels"].get("kueue.x-k8s.io/queue-name")]
+
+
+def create(api, pod: dict):
+    return api.create_namespaced_pod(ns_of(pod), pod)
 
 
 def gpu_pod(name: str, *, queue: str | None, priority: str, gpus: int = 2,
@@ -35,27 +46,21 @@ def gpu_pod(name: str, *, queue: str | None, priority: str, gpus: int = 2,
 def bair(admin):
     api = admin["bair"]
     yield api
-    api.delete_collection_namespaced_pod(NS, label_selector="sandbox-test=yes",
-                                         grace_period_seconds=0)
-    wait_for(lambda: not api.list_namespaced_pod(NS, label_selector="sandbox-test=yes").items,
+    for ns in NAMESPACES.values():
+        api.delete_collection_namespaced_pod(ns, label_selector="sandbox-test=yes",
+                                             grace_period_seconds=0)
+    wait_for(lambda: not api.list_pod_for_all_namespaces(label_selector="sandbox-test=yes").items,
              30, "test pods gone")
 
 
+def read(api, name):
+    found = api.list_pod_for_all_namespaces(field_selector=f"metadata.name={name}").items
+    return found[0] if found else None
+
+
 def phase(api, name):
-    try:
-        return api.read_namespaced_pod(name, NS).status.phase
-    except ApiException as exc:
-        if exc.status == 404:
-            return "Gone"
-        raise
-
-
-def conditions(api, name):
-    try:
-        pod = api.read_namespaced_pod(name, NS)
-    except ApiException:
-        return {}
-    return {c.type: c for c in pod.status.conditions or []}
+    pod = read(api, name)
+    return pod.status.phase if pod else "Gone"
 
 
 def test_up_is_idempotent_and_status_shows_two_t4_per_cluster(sandbox):
@@ -73,11 +78,11 @@ def test_up_is_idempotent_and_status_shows_two_t4_per_cluster(sandbox):
 
 def test_kueue_gates_admits_schedules_runs_and_kwok_finishes(bair):
     name = f"life-{uuid.uuid4().hex[:6]}"
-    created = bair.create_namespaced_pod(NS, gpu_pod(name, queue="skyshare-owner",
-                                                     priority="low-priority", duration="2s"))
+    created = create(bair, gpu_pod(name, queue="skyshare-owner", priority="low-priority",
+                                   duration="2s"))
     assert [g.name for g in created.spec.scheduling_gates or []] == ["kueue.x-k8s.io/admission"]
     wait_for(lambda: phase(bair, name) == "Running", 30, "running")
-    pod = bair.read_namespaced_pod(name, NS)
+    pod = read(bair, name)
     assert pod.spec.node_name == "bair-gpu-0"
     assert not pod.spec.scheduling_gates
     wait_for(lambda: phase(bair, name) == "Succeeded", 30, "succeeded after its duration")
@@ -91,11 +96,10 @@ def unique(name: str) -> str:
 
 def test_kueue_preempts_borrowed_low_priority_work_for_the_owner(bair):
     low, high = unique("low"), unique("high")
-    bair.create_namespaced_pod(NS, gpu_pod(low, queue="skyshare-borrower",
-                                           priority="low-priority"))
+    create(bair, gpu_pod(low, queue="skyshare-borrower", priority="low-priority"))
     wait_for(lambda: phase(bair, low) == "Running", 30, "low running")
-    term = seen_condition(bair, low, "TerminationTarget", lambda: bair.create_namespaced_pod(
-        NS, gpu_pod(high, queue="skyshare-owner", priority="high-priority", duration="60s")))
+    term = seen_condition(bair, low, "TerminationTarget", lambda: create(
+        bair, gpu_pod(high, queue="skyshare-owner", priority="high-priority", duration="60s")))
     assert term.reason == "WorkloadEvictedDueToPreempted"
     wait_for(lambda: phase(bair, low) == "Gone", 30, "low deleted")
     wait_for(lambda: phase(bair, high) == "Running", 30, "high running")
@@ -110,10 +114,10 @@ def seen_condition(api, name: str, kind: str, start, timeout: float = 30):
 
     selector = f"metadata.name={name}"
     # Watch from the resourceVersion before start(): the apiserver replays every change since.
-    rv = api.list_namespaced_pod(NS, field_selector=selector).metadata.resource_version
+    rv = api.list_pod_for_all_namespaces(field_selector=selector).metadata.resource_version
     start()
     w = watch.Watch()
-    for event in w.stream(api.list_namespaced_pod, NS, field_selector=selector,
+    for event in w.stream(api.list_pod_for_all_namespaces, field_selector=selector,
                           resource_version=rv, timeout_seconds=int(timeout)):
         for c in event["object"].status.conditions or []:
             if c.type == kind and c.status == "True":
@@ -124,41 +128,55 @@ def seen_condition(api, name: str, kind: str, start, timeout: float = 30):
 
 def test_kube_scheduler_preempts_without_kueue(bair):
     low, high = unique("plain-low"), unique("plain-high")
-    bair.create_namespaced_pod(NS, gpu_pod(low, queue=None, priority="low-priority"))
+    create(bair, gpu_pod(low, queue=None, priority="low-priority"))
     wait_for(lambda: phase(bair, low) == "Running", 30, "plain-low running")
-    cond = seen_condition(bair, low, "DisruptionTarget", lambda: bair.create_namespaced_pod(
-        NS, gpu_pod(high, queue=None, priority="high-priority", duration="60s")))
+    cond = seen_condition(bair, low, "DisruptionTarget", lambda: create(
+        bair, gpu_pod(high, queue=None, priority="high-priority", duration="60s")))
     assert cond.reason == "PreemptionByScheduler"
     wait_for(lambda: phase(bair, high) == "Running", 30, "plain-high running")
 
 
-def test_restricted_user_can_do_what_the_operator_needs_and_nothing_else(sandbox, bair):
-    op = client.CoreV1Api(config.new_client_from_config(config_file=sandbox.kubeconfig,
-                                                        context="bair-operator"))
-    name = f"op-{uuid.uuid4().hex[:6]}"
-    op.create_namespaced_pod(NS, gpu_pod(name, queue="skyshare-borrower", priority="low-priority",
-                                         gpus=1, duration="60s"))
-    assert op.read_namespaced_pod(name, NS).metadata.name == name
-    assert op.list_namespaced_pod(NS).items
-    assert op.list_pod_for_all_namespaces().items is not None
-    assert op.list_node().items
-    client.CustomObjectsApi(op.api_client).list_cluster_custom_object(
+def test_each_credential_can_do_what_the_provider_needs_and_nothing_else(sandbox, bair):
+    """The cluster's own credential reads capacity; an org's runs pods in its namespace."""
+    def core(context: str) -> client.CoreV1Api:
+        return client.CoreV1Api(config.new_client_from_config(config_file=sandbox.kubeconfig,
+                                                            context=context))
+
+    reader, rise = core("bair-operator"), core("rise@bair")
+    assert reader.list_pod_for_all_namespaces().items is not None
+    assert reader.list_node().items
+    client.CustomObjectsApi(reader.api_client).list_cluster_custom_object(
         "kueue.x-k8s.io", "v1beta2", "clusterqueues")
+    name = f"op-{uuid.uuid4().hex[:6]}"
+    rise.create_namespaced_pod("skyshare-rise", gpu_pod(
+        name, queue="skyshare-borrower", priority="low-priority", gpus=1, duration="60s"))
+    assert rise.read_namespaced_pod(name, "skyshare-rise").metadata.name == name
+    assert rise.list_namespaced_pod("skyshare-rise").items
     forbidden = [
-        lambda: op.delete_node("bair-gpu-0"),
-        lambda: op.list_namespaced_secret(NS),
-        lambda: op.create_namespaced_pod("default", gpu_pod("x", queue=None,
-                                                            priority="low-priority")),
-        lambda: op.create_namespace({"metadata": {"name": "evil"}}),
-        lambda: op.patch_node("bair-gpu-0", {"metadata": {"labels": {"x": "y"}}}),
-        lambda: client.CustomObjectsApi(op.api_client).delete_cluster_custom_object(
+        lambda: reader.create_namespaced_pod("skyshare-rise", gpu_pod(
+            "x", queue="skyshare-borrower", priority="low-priority")),
+        lambda: reader.delete_namespaced_pod(name, "skyshare-rise"),
+        lambda: reader.delete_node("bair-gpu-0"),
+        lambda: reader.list_namespaced_secret("skyshare-rise"),
+        lambda: rise.list_namespaced_secret("skyshare-rise"),
+        lambda: rise.create_namespaced_pod("default", gpu_pod("x", queue=None,
+                                                              priority="low-priority")),
+        lambda: rise.create_namespace({"metadata": {"name": "evil"}}),
+        lambda: rise.patch_namespace("skyshare-rise", {"metadata": {"labels": {
+            "skyshare.dev/tier": "owner"}}}),
+        lambda: reader.patch_node("bair-gpu-0", {"metadata": {"labels": {"x": "y"}}}),
+        lambda: client.CustomObjectsApi(reader.api_client).delete_cluster_custom_object(
             "kueue.x-k8s.io", "v1beta2", "clusterqueues", "skyshare-owner"),
+        lambda: client.CustomObjectsApi(rise.api_client).create_namespaced_custom_object(
+            "kueue.x-k8s.io", "v1beta2", "skyshare-rise", "localqueues", {
+                "apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
+                "metadata": {"name": "skyshare-owner"}, "spec": {"clusterQueue": "skyshare-owner"}}),
     ]
     for attempt in forbidden:
         with pytest.raises(ApiException) as err:
             attempt()
         assert err.value.status == 403
-    op.delete_namespaced_pod(name, NS, grace_period_seconds=0)
+    rise.delete_namespaced_pod(name, "skyshare-rise", grace_period_seconds=0)
 
 
 def test_one_apiserver_down_leaves_the_other_serving(sandbox, admin):
@@ -176,14 +194,14 @@ def test_garbage_collector_removes_what_a_deleted_pod_owned(bair):
     """Kueue's Workloads are owned by their pods: the sandbox runs the garbage collector (only)
     so that what a deleted pod owned goes too, as on a real cluster."""
     name = unique("owner")
-    pod = bair.create_namespaced_pod(NS, gpu_pod(name, queue=None, priority="low-priority",
-                                                 gpus=0))
+    pod = create(bair, gpu_pod(name, queue=None, priority="low-priority", gpus=0))
     owned = client.V1ConfigMap(metadata=client.V1ObjectMeta(
         name=f"{name}-owned", labels={"sandbox-test": "yes"},
         owner_references=[client.V1OwnerReference(api_version="v1", kind="Pod", name=name,
                                                   uid=pod.metadata.uid)]))
-    bair.create_namespaced_config_map(NS, owned)
-    bair.delete_namespaced_pod(name, NS, grace_period_seconds=0)
+    bair.create_namespaced_config_map("default", owned)
+    bair.delete_namespaced_pod(name, "default", grace_period_seconds=0)
     wait_for(lambda: phase(bair, name) == "Gone", 30, "pod gone")
     wait_for(lambda: not bair.list_namespaced_config_map(
-        NS, field_selector=f"metadata.name={name}-owned").items, 30, "owned object collected")
+        "default", field_selector=f"metadata.name={name}-owned").items, 30,
+        "owned object collected")

@@ -24,6 +24,18 @@ FLEET = str(ROOT / "dags" / "fleet.yaml")
 JOB = str(Path(__file__).with_name("dagtest_job.py"))
 
 
+def bundle_env() -> dict[str, str]:
+    """dag.test() needs its DAG in a bundle: one per org (rise, bair), not the examples."""
+    root = os.path.join(os.environ["AIRFLOW_HOME"], "it-bundles")
+    bundles = [{"name": org, "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+                "kwargs": {"path": os.path.join(root, org)}} for org in ("rise", "bair")]
+    for org in ("rise", "bair"):
+        os.makedirs(os.path.join(root, org), exist_ok=True)
+    return {"SKYSHARE_IT_BUNDLES": root,
+            "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles),
+            "AIRFLOW__SKYSHARE__FLEET_FILE": FLEET}
+
+
 class Job:
     """One dag.test() process, started ahead and run on `go()`: the scenario's timing must not
     depend on how long a process takes to start on a busy machine."""
@@ -34,9 +46,7 @@ class Job:
                 "--dag-id", f"it_{task_id.replace('-', '_')}_{uuid.uuid4().hex[:6]}"]
         for key, value in extra.items():
             args += [f"--{key.replace('_', '-')}", value]
-        # dag.test() needs its DAG in a bundle: a folder of its own, not the examples
-        env = {**os.environ,
-               "AIRFLOW__CORE__DAGS_FOLDER": os.path.join(os.environ["AIRFLOW_HOME"], "it-dags")}
+        env = {**os.environ, **bundle_env()}
         self.name = task_id
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)

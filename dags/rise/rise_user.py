@@ -1,16 +1,13 @@
-"""Seed scenario (SkyPilot multi-cluster example): orgs rise and bair, one 2xT4 cluster each.
+"""Seed scenario (SkyPilot multi-cluster example), rise's side: DAG bundle ``rise``.
 
-* ``rise_user`` (owner romil): ``romil`` lands on rise as owner; ``romil-train`` waits until
-  romil is placed, then lands on bair as borrower (rise is full).
-* ``bair_user`` (owner abbeel): ``abbeel`` lands on bair as owner and reclaims the GPUs
-  romil-train borrowed; romil-train is placed again, without an Airflow retry.
-
-Trigger rise_user first, then bair_user once romil-train runs (``./dev demo`` does it).
+``rise_user`` (owner romil): ``romil`` lands on rise as owner; ``romil-train`` waits until
+romil is placed, then lands on bair as borrower (rise is full). bair's bundle holds
+``bair_user``, whose ``abbeel`` reclaims bair; romil-train is placed again, without an
+Airflow retry. Trigger rise_user first, then bair_user once romil-train runs (``./dev demo``).
 """
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 
 from airflow.providers.standard.sensors.python import PythonSensor
@@ -18,19 +15,17 @@ from airflow.sdk import DAG, Param
 
 from airflow_provider_skyshare.operators import MultiClusterGpuOperator
 
-FLEET = os.path.join(os.path.dirname(__file__), "fleet.yaml")
 PARAMS = {
     "duration": Param("20s", type="string", description="how long each job runs (Go duration)"),
     "gpus": Param("T4:2", type="string", description="GPUs per job, PRODUCT:COUNT"),
 }
 
 
-def job(task_id: str, org: str) -> MultiClusterGpuOperator:
+def job(task_id: str) -> MultiClusterGpuOperator:
+    """A seed job: its org is the one of this DAG bundle (Airflow says it, not the DAG)."""
     return MultiClusterGpuOperator(
         task_id=task_id,
-        org=org,
         gpus="{{ params.gpus }}",
-        fleet_file=FLEET,
         image="nvidia/cuda:12.4.1-base-ubuntu22.04",
         cmds=["sh", "-c", "nvidia-smi; sleep {{ params.duration[:-1] }}"],
         # The sandbox's KWOK nodes finish a pod after this annotation's duration.
@@ -54,24 +49,12 @@ with DAG(
     params=PARAMS,
     tags=["skyshare", "example"],
 ):
-    romil = job("romil", org="rise")
+    romil = job("romil")
     romil_placed = PythonSensor(
         task_id="romil_placed", python_callable=placed, op_args=["romil"],
         # poke, not reschedule: a reschedule every second trips an Airflow race (the executor
         # reports the finished poke while the TI is already queued again -> marked failed).
         poke_interval=1, timeout=300, mode="poke",
     )
-    romil_train = job("romil-train", org="rise")
+    romil_train = job("romil-train")
     romil_placed >> romil_train
-
-with DAG(
-    dag_id="bair_user",
-    description="As a bair user: abbeel on bair (owner) preempts romil-train",
-    start_date=datetime(2026, 1, 1),
-    schedule=None,
-    catchup=False,
-    default_args={"owner": "abbeel"},
-    params=PARAMS,
-    tags=["skyshare", "example"],
-):
-    job("abbeel", org="bair")
