@@ -40,8 +40,10 @@ def get_provider_info() -> dict:
                 "description": "Defaults of the skyshare provider.",
                 "options": {
                     "fleet_file": {
-                        "description": "Path of the fleet YAML used when an operator does "
-                        "not pass fleet_file.",
+                        "description": "The platform's fleet YAML files, comma-separated; "
+                        "the first is the default. A task may only pick one of them "
+                        "(fleet_file=). Empty: development only, the task's own fleet_file "
+                        "is used.",
                         "version_added": "0.1.0",
                         "type": "string",
                         "example": "/opt/airflow/fleet.yaml",

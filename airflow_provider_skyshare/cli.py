@@ -30,7 +30,7 @@ from airflow_provider_skyshare import (
     watch,
 )
 from airflow_provider_skyshare.fleet import Cluster, Fleet, FleetError
-from airflow_provider_skyshare.fleetfile import load
+from airflow_provider_skyshare.fleetfile import configured, load
 from airflow_provider_skyshare.names import A_TASK
 from airflow_provider_skyshare.placement import PlacementError, Request, choose, parse_gpus
 from airflow_provider_skyshare.pods import TaskIdentity
@@ -52,7 +52,7 @@ def _fleet(path: str | None) -> Fleet:
     if not path:
         raise FleetError("(no fleet file)", "--fleet", "no fleet file given",
                          "pass --fleet FILE or set AIRFLOW__SKYSHARE__FLEET_FILE")
-    return load(path)
+    return load(path if os.path.exists(path) else configured(path)[0])  # a list: the first
 
 
 async def _run(coro: Any) -> Any:

@@ -46,6 +46,12 @@ def load(path: str | os.PathLike[str]) -> Fleet:
 
 
 
+def configured(value: str | None) -> list[str]:
+    """The fleet files of ``[skyshare] fleet_file``: comma-separated, the first the default."""
+    return [os.path.abspath(os.path.expanduser(p.strip())) for p in (value or "").split(",")
+            if p.strip()]
+
+
 def cached(path: str) -> Fleet:
     """``load``, once per change of the file (DAG parsing calls this for every task)."""
     path = os.path.abspath(os.path.expanduser(path))

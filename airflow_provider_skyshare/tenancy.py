@@ -170,7 +170,10 @@ def tier_policy(cluster: Cluster) -> list[dict[str, Any]]:
         "spec": {
             "failurePolicy": "Fail",
             "matchConstraints": {"resourceRules": [{
-                "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                # CREATE only: an org cannot change a pod afterwards (its Role has no update
+                # or patch), and checking Kueue's own updates (ungating, finalizers) would
+                # leave a pod made before the policy unable to ever go away.
+                "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
                 "resources": ["pods"]}]},
             "variables": _variables(cluster),
             "validations": [

@@ -63,8 +63,9 @@ def main() -> int:
     print(f"scenario wall time: {result.wall_seconds:.1f} s")
     if not args.teardown:
         print(f"\nAirflow UI: {af.url}  (local demo: no login needed, everyone is admin)")
-        print(f"stop it with: kill -TERM -$(cat {af.home / 'standalone.pid'})  "
-              "or run ./dev demo --teardown")
+        pids = " ".join(f"-{pid}" for t in af.active_teams() for pid in af.triggerer_pids(t))
+        print(f"stop it with: kill -TERM -$(cat {af.home / 'standalone.pid'}) {pids}  "
+              "(standalone and the teams' triggerers) or run ./dev demo --teardown")
     ok = all(s == "success" for s in result.states.values())
     return 0 if ok else 1
 

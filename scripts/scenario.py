@@ -116,7 +116,10 @@ class Airflow:
         return all((health.get(p) or {}).get("status") == "healthy" for p in parts)
 
     def start(self, timeout: float = 180) -> None:
-        if self.healthy():
+        if self.healthy():  # reused: its teams' triggerers may have died with an earlier run
+            for team in self.active_teams():
+                if not self.triggerer_pids(team):
+                    self.start_triggerer(team)
             return
         self.home.mkdir(parents=True, exist_ok=True)
         self._create_teams()
@@ -180,7 +183,8 @@ class Airflow:
         return found
 
     def stop(self) -> None:
-        for pid in self.extra_pids:
+        teams = [pid for t in self.active_teams() for pid in self.triggerer_pids(t)]
+        for pid in {*self.extra_pids, *teams}:  # also those an earlier process started
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
         self.extra_pids.clear()

@@ -47,8 +47,7 @@ class SkyshareTaskError(RuntimeError):
 def configured_fleet_files() -> list[str]:
     """``[skyshare] fleet_file``: the platform's fleet(s), comma-separated; the first is the
     default. A task may pick one of them (``fleet_file=``), never a file of its own."""
-    value = conf.get("skyshare", "fleet_file", fallback=None) or ""
-    return [os.path.abspath(os.path.expanduser(p.strip())) for p in value.split(",") if p.strip()]
+    return fleetfile.configured(conf.get("skyshare", "fleet_file", fallback=None))
 
 
 def default_fleet_file() -> str | None:

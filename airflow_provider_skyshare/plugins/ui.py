@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse
 
 from airflow_provider_skyshare import capacity, metadb, taskpods, views
 from airflow_provider_skyshare.fleet import Fleet
-from airflow_provider_skyshare.fleetfile import load
+from airflow_provider_skyshare.fleetfile import configured, load
 from airflow_provider_skyshare.links import PREFIX, SkyshareTimelineLink
 from airflow_provider_skyshare.pods import TaskIdentity
 from airflow_provider_skyshare.timeline import HEADERS, Timeline
@@ -34,10 +34,10 @@ h1{font-size:1.4rem}h2{font-size:1.1rem}.muted{color:#777;font-size:.85rem}
 def _fleet() -> Fleet:
     from airflow.configuration import conf
 
-    path = conf.get("skyshare", "fleet_file", fallback="")
-    if not path:
+    paths = configured(conf.get("skyshare", "fleet_file", fallback=""))
+    if not paths:
         raise ValueError("[skyshare] fleet_file is not set (AIRFLOW__SKYSHARE__FLEET_FILE)")
-    return load(path)
+    return load(paths[0])
 
 
 def _table(headers: list[str], rows: list[list[str]], classes: list[str] | None = None) -> str:

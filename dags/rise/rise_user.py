@@ -11,27 +11,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from airflow.providers.standard.sensors.python import PythonSensor
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG
 
-from airflow_provider_skyshare.operators import MultiClusterGpuOperator
-
-PARAMS = {
-    "duration": Param("20s", type="string", description="how long each job runs (Go duration)"),
-    "gpus": Param("T4:2", type="string", description="GPUs per job, PRODUCT:COUNT"),
-}
-
-
-def job(task_id: str) -> MultiClusterGpuOperator:
-    """A seed job: its org is the one of this DAG bundle (Airflow says it, not the DAG)."""
-    return MultiClusterGpuOperator(
-        task_id=task_id,
-        gpus="{{ params.gpus }}",
-        image="nvidia/cuda:12.4.1-base-ubuntu22.04",
-        cmds=["sh", "-c", "nvidia-smi; sleep {{ params.duration[:-1] }}"],
-        # The sandbox's KWOK nodes finish a pod after this annotation's duration.
-        annotations={"sandbox.skyshare.dev/duration": "{{ params.duration }}"},
-        max_preemptions=3,
-    )
+from airflow_provider_skyshare.examples import SEED_PARAMS, seed_job
 
 
 def placed(task_id: str, ti=None) -> bool:
@@ -46,15 +28,15 @@ with DAG(
     schedule=None,
     catchup=False,
     default_args={"owner": "romil"},
-    params=PARAMS,
+    params=SEED_PARAMS,
     tags=["skyshare", "example"],
 ):
-    romil = job("romil")
+    romil = seed_job("romil")
     romil_placed = PythonSensor(
         task_id="romil_placed", python_callable=placed, op_args=["romil"],
         # poke, not reschedule: a reschedule every second trips an Airflow race (the executor
         # reports the finished poke while the TI is already queued again -> marked failed).
         poke_interval=1, timeout=300, mode="poke",
     )
-    romil_train = job("romil-train")
+    romil_train = seed_job("romil-train")
     romil_placed >> romil_train

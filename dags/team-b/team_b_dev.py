@@ -1,40 +1,14 @@
-"""Seeds 002/003: two teams share ONE cluster through Kueue cohort queues; DAG bundle ``team-b``.
+"""Seeds 002/003, team-b's experiment: two teams share ONE cluster through Kueue cohort queues.
 
-team-a owns the cluster's GPUs (its work runs at the owner tier in ClusterQueue
-skyshare-owner); team-b has no GPUs of its own and borrows them (skyshare-borrower,
-nominal quota 0, borrowing within the cohort). When team-a's production job arrives, Kueue
-reclaims the borrowed GPUs; the operator re-queues team-b's experiment, which runs again as
-soon as team-a is done. Needs: skyshare-sandbox up --cluster campus:gpus=4 --fleet
-dags/fleet-teams.yaml, and fleet-teams.yaml among [skyshare] fleet_file.
+team-a owns the cluster's GPUs (owner tier, ClusterQueue skyshare-owner); team-b has none
+and borrows them (skyshare-borrower, nominal quota 0). When team-a's production job
+arrives, Kueue reclaims the borrowed GPUs; the operator re-queues team-b's experiment, which
+runs again when team-a is done. This folder is DAG bundle ``team-b``: its DAGs are team-b's.
+Needs: skyshare-sandbox up --cluster campus:gpus=4 --fleet dags/fleet-teams.yaml.
 """
 
-from __future__ import annotations
-
 import os
-from datetime import datetime
 
-from airflow.sdk import DAG, Param
+from airflow_provider_skyshare.examples import team_dag
 
-from airflow_provider_skyshare.operators import MultiClusterGpuOperator
-
-# One of the fleets the platform configured ([skyshare] fleet_file), not a file of its own.
-FLEET = os.path.join(os.path.dirname(__file__), os.pardir, "fleet-teams.yaml")
-
-with DAG(
-    dag_id="team_b_dev",
-    start_date=datetime(2026, 1, 1),
-    schedule=None,
-    catchup=False,
-    default_args={"owner": "team-b-dev"},
-    params={"duration": Param("20s", type="string")},
-    tags=["skyshare", "example", "team-queues"],
-):
-    MultiClusterGpuOperator(
-        task_id="team-b-experiment",
-        gpus="T4:4",
-        fleet_file=FLEET,
-        image="rayproject/ray-ml:2.9.0-gpu",
-        cmds=["python", "-c", "import ray; ray.init(); print(ray.cluster_resources())"],
-        annotations={"sandbox.skyshare.dev/duration": "{{ params.duration }}"},
-        max_preemptions=3,
-    )
+team_b_dev = team_dag(os.path.dirname(__file__), "team_b_dev", "team-b-experiment", "team-b-dev", "20s")

@@ -33,7 +33,8 @@ def skyshare(af, *args: str) -> str:
 
 
 def lent(af) -> dict[str, dict[str, int]]:
-    return {r["cluster"]: r["lent"] for r in json.loads(skyshare(af, "fleet", "--json"))}
+    return {r["cluster"]: r["lent"]
+            for r in json.loads(skyshare(af, "fleet", "--json"))["clusters"]}
 
 
 def chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess:
@@ -105,6 +106,9 @@ def test_seed_scenario_through_real_airflow(airflow_server, admin_pods, no_leaks
     train = result.timelines["romil-train"]
     assert placements(train) == [("bair", "borrower", "Preempted"), ("rise", "owner", "Succeeded")]
     assert train[0]["reason"] == "WorkloadEvictedDueToPreempted"
+    # each org in its own namespace, with its own credential: rise's on bair too
+    assert [a["namespace"] for a in train] == ["skyshare-rise", "skyshare-rise"]
+    assert result.timelines["abbeel"][0]["namespace"] == "skyshare-bair"
     assert "abbeel" in train[0]["preempted_by"]
     assert sum(a["outcome"] == "Preempted" for a in train) == 1
     for task, timeline in result.timelines.items():  # one consistent clock per attempt
@@ -118,6 +122,10 @@ def test_seed_scenario_through_real_airflow(airflow_server, admin_pods, no_leaks
     assert " on bair as owner " in explain["summary"], explain["summary"]
     assert any("romil-train" in v["task"] for v in explain["preempts"]), explain["preempts"]
     assert "romil-train" in seen["explain_text"]
+    # per org and cluster, the tier it may use, and that the cluster enforces it
+    assert {(r["cluster"], r["tier"], r["credential"]) for r in explain["tiers"]} == {
+        ("bair", "owner", "bair@bair"), ("rise", "borrower", "bair@rise")}
+    assert all(r["enforced"] for r in explain["tiers"])
     # and after: nothing lent
     assert lent(airflow_server) == {"rise": {}, "bair": {}}
     timeline = skyshare(airflow_server, "timeline", "rise_user", result.runs["rise_user"],

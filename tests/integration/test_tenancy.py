@@ -46,12 +46,16 @@ def pod(name: str, queue: str, workload_priority: str, priority_class: str) -> d
     ("skyshare-borrower", "high-priority", "low-priority", "kueue.x-k8s.io/priority-class"),
     ("skyshare-borrower", "low-priority", "high-priority", "spec.priorityClassName"),
 ])
-def test_a_borrower_cannot_write_itself_a_higher_tier(sandbox, queue, workload_priority,
+def test_a_borrower_cannot_write_itself_a_higher_tier(sandbox, admin, queue, workload_priority,
                                                       priority_class, what):
     rise_on_bair = core(sandbox.kubeconfig, "rise@bair")
-    with pytest.raises(ApiException) as err:
-        rise_on_bair.create_namespaced_pod("skyshare-rise",
-                                           pod("cheat", queue, workload_priority, priority_class))
+    try:
+        with pytest.raises(ApiException) as err:
+            rise_on_bair.create_namespaced_pod(
+                "skyshare-rise", pod("cheat", queue, workload_priority, priority_class))
+    finally:  # admitted by mistake: it must not hold bair for the tests after this one
+        admin["bair"].delete_collection_namespaced_pod(
+            "skyshare-rise", field_selector="metadata.name=cheat", grace_period_seconds=0)
     assert err.value.status == 403
     body = json.loads(err.value.body)["message"]
     assert f"ValidatingAdmissionPolicy '{TIER_POLICY}'" in body

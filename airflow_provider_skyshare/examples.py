@@ -1,0 +1,50 @@
+"""Builders of the example DAGs (dags/): one bundle per org, each holding only its own DAGs.
+
+A DAG bundle is a folder of its own, so code its DAGs share lives here, importable from
+every bundle. None of them says an org: the bundle (Airflow) does (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+
+from airflow.sdk import DAG, Param
+
+from airflow_provider_skyshare.operators import MultiClusterGpuOperator
+
+SEED_PARAMS = {
+    "duration": Param("20s", type="string", description="how long each job runs (Go duration)"),
+    "gpus": Param("T4:2", type="string", description="GPUs per job, PRODUCT:COUNT"),
+}
+
+
+def seed_job(task_id: str) -> MultiClusterGpuOperator:
+    """A job of the seed scenario (SkyPilot's multi-cluster example)."""
+    return MultiClusterGpuOperator(
+        task_id=task_id,
+        gpus="{{ params.gpus }}",
+        image="nvidia/cuda:12.4.1-base-ubuntu22.04",
+        cmds=["sh", "-c", "nvidia-smi; sleep {{ params.duration[:-1] }}"],
+        # The sandbox's KWOK nodes finish a pod after this annotation's duration.
+        annotations={"sandbox.skyshare.dev/duration": "{{ params.duration }}"},
+        max_preemptions=3,
+    )
+
+
+def team_dag(folder: str, dag_id: str, task_id: str, owner: str, duration: str) -> DAG:
+    """Seeds 002/003: a team's job on the one cluster the teams share (dags/fleet-teams.yaml,
+    one of the fleets the platform configured, never a file of the DAG's own)."""
+    with DAG(dag_id=dag_id, start_date=datetime(2026, 1, 1), schedule=None, catchup=False,
+             default_args={"owner": owner}, params={"duration": Param(duration, type="string")},
+             tags=["skyshare", "example", "team-queues"]) as dag:
+        MultiClusterGpuOperator(
+            task_id=task_id,
+            gpus="T4:4",
+            fleet_file=os.path.join(folder, os.pardir, "fleet-teams.yaml"),
+            image="rayproject/ray-ml:2.9.0-gpu",
+            cmds=["python", "-c", "import ray; ray.init(); print(ray.cluster_resources())"],
+            annotations={"sandbox.skyshare.dev/duration": "{{ params.duration }}"},
+            max_preemptions=3,
+        )
+    return dag
