@@ -34,7 +34,7 @@ def org_of(fleet: Fleet, origin: Origin, declared: str | None, user: str | None)
     org, source = _derived(fleet, origin)
     if declared and declared != org:
         raise IdentityError(
-            f"org={declared!r} is not the org of this DAG: {source} make it {org!r}. Fix: drop "
+            f"org={declared!r} is not the org of this DAG, {org!r} (from {source}). Fix: drop "
             f"org= (the org comes from Airflow), or move the DAG to a bundle of {declared!r}")
     others = sorted(o.name for o in fleet.orgs.values()
                     if o.name != org and user in o.members)
@@ -59,7 +59,7 @@ def _derived(fleet: Fleet, origin: Origin) -> tuple[str, str]:
                 f"bundle {origin.bundle!r} belongs to Airflow team {origin.team!r} but to org "
                 f"{mapped.name!r} in {fleet.source}. Fix: map the bundle to {origin.team!r} in "
                 "orgs[].bundles, or remove it there (the team decides)")
-        return origin.team, f"the Airflow team {origin.team!r} of bundle {origin.bundle!r}"
+        return origin.team, f"the Airflow team {origin.team!r} of DAG bundle {origin.bundle!r}"
     if origin.bundle is None:
         raise IdentityError(
             "Airflow did not say which DAG bundle this task comes from (as in dag.test()), "
@@ -69,7 +69,7 @@ def _derived(fleet: Fleet, origin: Origin) -> tuple[str, str]:
         raise IdentityError(
             f"DAG bundle {origin.bundle!r} belongs to no org of {fleet.source}. Fix: add it to "
             "the bundles of its org (orgs[].bundles), or give the bundle an Airflow team")
-    return mapped.name, f"DAG bundle {origin.bundle!r} and {fleet.source}"
+    return mapped.name, f"DAG bundle {origin.bundle!r} in {fleet.source}"
 
 
 def _declared(fleet: Fleet, declared: str | None, user: str | None) -> str:

@@ -33,8 +33,9 @@ def pods_ever(admin, dag_id: str) -> set[str]:
 
 
 @pytest.mark.parametrize(("dag_id", "words"), [
-    ("spoof_org", ["org='rise' is not the org of this DAG", "DAG bundle 'bair'",
-                   "make it 'bair'"]),
+    # multi-team: bair's bundle belongs to Airflow team bair, and the team is the org
+    ("spoof_org", ["org='rise' is not the org of this DAG, 'bair' (from the Airflow team "
+                   "'bair' of DAG bundle 'bair')"]),
     ("spoof_owner", ["owner 'romil' is a member of rise, not of 'bair'"]),
 ])
 def test_a_dag_claiming_another_org_is_refused_and_no_pod_exists(airflow_server, admin, dag_id,

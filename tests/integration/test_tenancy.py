@@ -18,8 +18,9 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from airflow_provider_skyshare import capacity, clients, tenancy
+from airflow_provider_skyshare import capacity, clients, kube, tenancy
 from airflow_provider_skyshare.clients import ClusterConfigError
+from airflow_provider_skyshare.fleet import parse
 from airflow_provider_skyshare.fleetfile import load
 from airflow_provider_skyshare.names import TIER_POLICY
 from airflow_provider_skyshare.sandbox import cluster as sandbox_cluster
@@ -157,3 +158,37 @@ async def _checked(view):
         await clients.check_access(view)
     finally:
         await clients.close_async_clients()
+
+
+def test_an_orgs_credential_as_an_airflow_connection(sandbox, kube_env, monkeypatch):
+    """access.connection_id: each org's credential is an Airflow connection of type
+    kubernetes (the cncf-kubernetes hook reads it); its token rides on every request."""
+    import yaml
+
+    with open(sandbox.kubeconfig) as fh:
+        full = yaml.safe_load(fh)
+    ctx = next(c for c in full["contexts"] if c["name"] == "rise@bair")
+    only = {**full, "current-context": "rise@bair", "contexts": [ctx],
+            "users": [u for u in full["users"] if u["name"] == ctx["context"]["user"]],
+            "clusters": [c for c in full["clusters"] if c["name"] == "bair"]}
+    monkeypatch.setenv("AIRFLOW_CONN_SKYSHARE_RISE_BAIR", json.dumps(
+        {"conn_type": "kubernetes", "extra": {"kube_config": json.dumps(only)}}))
+    data = yaml.safe_load(FLEET.read_text())
+    data["clusters"][1]["access"] = {"connection_id": "skyshare_{org}_{cluster}"}
+    bair = parse(data, source="conn-fleet").for_org("rise").clusters["bair"]
+    assert bair.connection_id == "skyshare_rise_bair" and bair.context is None
+
+    async def attempt(queue: str, priority: str):
+        try:
+            return await kube.request(bair, "POST", kube.pods_path(bair.namespace),
+                                      query={"dryRun": "All"},
+                                      body=pod("via-conn", queue, priority, priority))
+        finally:
+            await clients.close_async_clients()
+
+    made = asyncio.run(attempt("skyshare-borrower", "low-priority"))
+    assert made["metadata"]["namespace"] == "skyshare-rise"
+    with pytest.raises(kube.KubeError) as err:
+        asyncio.run(attempt("skyshare-owner", "high-priority"))
+    assert err.value.status == 403 and f"ValidatingAdmissionPolicy '{TIER_POLICY}'" in str(
+        err.value.message)

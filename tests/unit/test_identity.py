@@ -40,12 +40,12 @@ def test_the_org_comes_from_the_team_else_the_bundle(origin, declared, user, org
 
 @pytest.mark.parametrize(("origin", "declared", "user", "words"), [
     (Origin(bundle="bair-dags"), "rise", "abbeel",
-     ["org='rise' is not the org of this DAG", "DAG bundle 'bair-dags'", "make it 'bair'",
-      "drop org="]),
+     ["org='rise' is not the org of this DAG, 'bair' (from DAG bundle 'bair-dags' in "
+      "fleet.yaml)", "drop org="]),
     (Origin(bundle="bair-dags"), None, "romil",
      ["owner 'romil' is a member of rise, not of 'bair'", "give the task an owner of 'bair'"]),
     (Origin(bundle="bair-dags", team="bair"), "rise", None,
-     ["the Airflow team 'bair'", "make it 'bair'"]),
+     ["the org of this DAG, 'bair' (from the Airflow team 'bair' of DAG bundle 'bair-dags')"]),
     (Origin(bundle="lab-dags"), None, None,
      ["DAG bundle 'lab-dags' belongs to no org of fleet.yaml", "orgs[].bundles"]),
     (Origin(bundle=None), "rise", "romil",
