@@ -11,9 +11,9 @@ import asyncio
 import time
 from collections.abc import Iterable
 
-from airflow_provider_skyshare import clients, kube
+from airflow_provider_skyshare import clients, kube, tenancy
 from airflow_provider_skyshare.fleet import Cluster, Fleet
-from airflow_provider_skyshare.names import POLICY_BINDING_PATH, TIER_POLICY
+from airflow_provider_skyshare.names import POLICY_PATHS, TIER_POLICY
 from airflow_provider_skyshare.snapshot import ClusterCapacity, Snapshot, summarize
 
 NON_TERMINAL = "status.phase!=Succeeded,status.phase!=Failed"
@@ -29,12 +29,12 @@ async def probe_cluster(cluster: Cluster, timeout: float) -> ClusterCapacity:
     try:
         await clients.ready(cluster)
         start = time.monotonic()
-        nodes, pods, policy = await asyncio.wait_for(
+        nodes, pods, problem = await asyncio.wait_for(
             asyncio.gather(
                 kube.list_nodes(cluster, timeout),
                 kube.request(cluster, "GET", "/api/v1/pods",
                              query={"fieldSelector": NON_TERMINAL}, timeout=timeout),
-                _policy_binding(cluster, timeout) if enforced else _none(),
+                _policy_problem(cluster, timeout) if enforced else _none(),
             ),
             timeout,
         )
@@ -46,24 +46,38 @@ async def probe_cluster(cluster: Cluster, timeout: float) -> ClusterCapacity:
     except Exception as exc:  # noqa: BLE001 - bad kubeconfig etc.: say why, skip the cluster
         return ClusterCapacity(cluster.name, False, f"{type(exc).__name__}: {exc}"[:200])
     latency = (time.monotonic() - start) * 1000
-    if enforced and policy is None:
-        return ClusterCapacity(cluster.name, False, f"{NO_POLICY}: each org has its own "
-                               "credential here but the tier policy is missing; apply "
-                               f"`skyshare manifests --cluster {cluster.name}`")
+    if problem:
+        return ClusterCapacity(cluster.name, False, f"{NO_POLICY}: {problem}; each org has its "
+                               "own credential here, so apply `skyshare manifests --cluster "
+                               f"{cluster.name}`")
     return summarize(cluster, nodes.get("items") or [], pods.get("items") or [], latency)
 
 
-NO_POLICY = f"no ValidatingAdmissionPolicyBinding {TIER_POLICY}"
+NO_POLICY = f"the tier policy {TIER_POLICY} is not enforced"
 
 
-async def _policy_binding(cluster: Cluster, timeout: float) -> dict | None:
-    """The binding of the tier policy (manifests.py), or None when the cluster lacks it."""
+async def _policy_problem(cluster: Cluster, timeout: float) -> str | None:
+    """Why the cluster does not enforce the tier policy (tenancy.py), or None when it does:
+    a binding without its policy, or one that only warns, enforces nothing."""
+    found = await asyncio.gather(*(_get(cluster, path, timeout) for path in POLICY_PATHS))
+    return tenancy.enforcement_problem(*found)
+
+
+async def _get(cluster: Cluster, path: str, timeout: float) -> dict | str:
+    """The object, or what stops us from seeing it (a reason, not an exception)."""
+    kind = _KINDS[path.split("/")[-2]]
     try:
-        return await kube.request(cluster, "GET", POLICY_BINDING_PATH, timeout=timeout)
+        return await kube.request(cluster, "GET", path, timeout=timeout)
     except kube.KubeError as exc:
         if exc.status == 404:
-            return None
+            return f"no {kind} {TIER_POLICY}"
+        if exc.status == 403:
+            return f"the cluster's own credential may not read its {kind}s"
         raise
+
+
+_KINDS = {"validatingadmissionpolicybindings": "ValidatingAdmissionPolicyBinding",
+          "validatingadmissionpolicies": "ValidatingAdmissionPolicy"}
 
 
 async def _none() -> None:
@@ -95,8 +109,9 @@ async def probe_shared(fleet: Fleet, max_age: float) -> Snapshot:
     times. Placement itself always calls probe(), since it acts on what it sees.
     """
     loop = asyncio.get_running_loop()
-    key = (id(loop), *((c.name, c.context, c.kubeconfig, c.connection_id, c.namespace)
-                       for c in fleet.clusters.values()))
+    # the clusters' own credentials: every org's view of a fleet shares one probe
+    key = (id(loop), *((r.name, r.context, r.kubeconfig, r.connection_id, r.enforced)
+                       for r in (c.as_reader() for c in fleet.clusters.values())))
     now = time.monotonic()
     for k in [k for k, (at, _) in _shared.items() if now - at > max(max_age, 60.0)]:
         del _shared[k]  # old entries (other loops, other fleets) do not pile up

@@ -52,7 +52,10 @@ def _fleet(path: str | None) -> Fleet:
     if not path:
         raise FleetError("(no fleet file)", "--fleet", "no fleet file given",
                          "pass --fleet FILE or set AIRFLOW__SKYSHARE__FLEET_FILE")
-    return load(path if os.path.exists(path) else configured(path)[0])  # a list: the first
+    paths = [path] if os.path.exists(path) else configured(path)  # a list: the first
+    if not paths:
+        raise FleetError(path, "--fleet", "names no fleet file", "pass --fleet FILE")
+    return load(paths[0])
 
 
 async def _run(coro: Any) -> Any:
@@ -171,11 +174,17 @@ def _orphan_rows(found: list[tuple[str, dict]],
     return rows
 
 
+def _action(row: dict[str, Any]) -> str:
+    if row.get("error"):
+        return f"NOT deleted: {row['error']}"
+    return "deleted" if row["deleted"] else "gone"
+
+
 def _print_orphans(rows: list[dict[str, Any]], found: int, down: dict[str, str],
                    deleted: bool) -> None:
     if rows:
         print(format_table([[r["cluster"], r["pod"], r["phase"], r["task"], r["why"]]
-                            + (["deleted" if r["deleted"] else "gone"] if deleted else [])
+                            + ([_action(r)] if deleted else [])
                             for r in rows],
                            ["cluster", "pod", "phase", "task", "why"]
                            + (["action"] if deleted else [])))
@@ -208,15 +217,21 @@ def cmd_orphans(args: argparse.Namespace) -> int:
         return 2
     rows = _orphan_rows(found, states)
     if args.delete:
-        async def delete_all() -> None:
-            for r in rows:
-                r["deleted"] = await kube.delete_pod(_deleter(fleet, r), r["namespace"], r["pod"])
-        asyncio.run(_run(delete_all()))
+        asyncio.run(_run(_delete_rows(fleet, rows)))
     if args.json:
         print(json.dumps({"orphans": rows, "unreachable": down}, indent=2))
     else:
         _print_orphans(rows, len(found), down, args.delete)
-    return 1 if down else 0
+    return 1 if down or any(r.get("error") for r in rows) else 0
+
+
+async def _delete_rows(fleet: Fleet, rows: list[dict[str, Any]]) -> None:
+    """Each with its org's credential; one that cannot be deleted says why, the rest go."""
+    for r in rows:
+        try:
+            r["deleted"] = await kube.delete_pod(_deleter(fleet, r), r["namespace"], r["pod"])
+        except (kube.KubeError, clients.ClusterConfigError) as exc:
+            r["error"] = str(exc)[:200]
 
 
 def main(argv: list[str] | None = None) -> int:

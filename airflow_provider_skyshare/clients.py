@@ -54,9 +54,10 @@ def check_kubeconfig(cluster: Cluster) -> str:
         if cluster.reader is not None:  # an org's own credential (fleet access)
             raise ClusterConfigError(
                 f"org {cluster.org!r} has no credential on cluster {cluster.name!r}: context "
-                f"{cluster.context!r} is not in {path} (contexts: {listed}). Fix: add it (a "
-                f"token of ServiceAccount skyshare in namespace {cluster.namespace}, made by "
-                f"`skyshare manifests --cluster {cluster.name}`), or correct the fleet's access")
+                f"{cluster.context!r} is not in {path} (contexts: {listed}). Fix: apply "
+                f"`skyshare manifests --cluster {cluster.name}` there, add a context with a "
+                f"token of its ServiceAccount (`kubectl -n {cluster.namespace} create token "
+                "skyshare`), or correct the fleet's access")
         raise ClusterConfigError(
             f"{where}: context {cluster.context!r} is not in {path} (contexts: {listed}). "
             "Fix: set clusters[].context to one of them"

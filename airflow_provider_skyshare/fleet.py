@@ -24,6 +24,9 @@ BORROWER = "borrower"
 TIER_NAMES = (OWNER, BORROWER)
 ANYONE = "*"
 DEFAULT_NAMESPACE = "skyshare-{org}"
+# The cluster's and the provider's own (tenancy.py): never an org's, whatever its name.
+RESERVED_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease",
+                                 "kueue-system", "skyshare-system"})
 
 
 class Identity(str, enum.Enum):
@@ -162,11 +165,12 @@ class Fleet:
     base: Fleet | None = field(default=None, compare=False, repr=False)
 
     def for_org(self, org: str) -> Fleet:
-        """The fleet as `org` reaches it: namespaces and credentials resolved for `org`."""
+        """The fleet as `org` reaches it: the clusters it may use (not those that do not lend
+        to it: it has no credential there), with its namespace and credential resolved."""
         if self.base is not None:
             return self.base.for_org(org)
         self.org(org)
-        clusters = {n: c.as_org(org) for n, c in self.clusters.items()}
+        clusters = {n: c.as_org(org) for n, c in self.clusters.items() if c.tier_for(org)}
         return replace(self, clusters=clusters, view=org, base=self)
 
     def org_of_bundle(self, bundle: str) -> Org | None:
@@ -472,7 +476,11 @@ def _namespace(r: _Reader, key: str, raw: Any, name: str, orgs: Mapping[str, Org
     """The namespace template; every org's namespace must be a valid, separate name."""
     template = _template(r, raw, f"{key}.namespace")
     for org in orgs:
-        r.text(template.format(org=org, cluster=name), f"{key}.namespace", dns=True)
+        namespace = r.text(template.format(org=org, cluster=name), f"{key}.namespace", dns=True)
+        if namespace in RESERVED_NAMESPACES:
+            raise r.fail(f"{key}.namespace", f"org {org!r} would get namespace {namespace!r}, "
+                         "which the cluster or the provider itself uses",
+                         "rename the org, or use a namespace template that avoids it")
     if enforced and "{org}" not in template and len(orgs) > 1:
         raise r.fail(f"{key}.namespace", f"{template!r} would be shared by every org, but each "
                      "org's namespace holds its own tier on this cluster",

@@ -31,13 +31,14 @@ QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 KUEUE_GATE = "kueue.x-k8s.io/admission"
 
-# The cluster side of ownership (manifests.py): each org's namespace says its tier there, and
+# The cluster side of ownership (tenancy.py): each org's namespace says its tier there, and
 # one ValidatingAdmissionPolicy holds every pod in such a namespace to that tier.
 NS_ORG_LABEL = f"{PREFIX}/org"
 NS_TIER_LABEL = f"{PREFIX}/tier"
 TIER_POLICY = "skyshare-tier"
-POLICY_BINDING_PATH = (
-    f"/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings/{TIER_POLICY}")
+_ADMISSION = "/apis/admissionregistration.k8s.io/v1"
+POLICY_PATHS = (f"{_ADMISSION}/validatingadmissionpolicybindings/{TIER_POLICY}",
+                f"{_ADMISSION}/validatingadmissionpolicies/{TIER_POLICY}")
 ORG_SERVICE_ACCOUNT = "skyshare"  # each org's credential in its namespace
 READER_NAMESPACE = "skyshare-system"
 READER_SERVICE_ACCOUNT = "skyshare-operator"  # the cluster's own credential (reads)

@@ -97,7 +97,7 @@ def reader(*, enforced: bool) -> list[dict[str, Any]]:
 
 def org_namespace(cluster: Cluster, namespace: str, orgs: list[str]) -> list[dict[str, Any]]:
     """One org's namespace (or, where not enforced, the namespace the orgs share)."""
-    tiers = sorted({cluster.tier_for(o).name for o in orgs})  # type: ignore[union-attr]
+    tiers = sorted({t.name for t in map(cluster.tier_for, orgs) if t is not None})
     labels = {NS_ORG_LABEL: orgs[0], NS_TIER_LABEL: tiers[0]} if cluster.enforced else {}
     runner = (_sa_subject(ORG_SERVICE_ACCOUNT, namespace) if cluster.enforced
               else _sa_subject(READER_SERVICE_ACCOUNT, READER_NAMESPACE))
@@ -162,6 +162,33 @@ def _variables(cluster: Cluster) -> list[dict[str, str]]:
     ]
 
 
+def _validations() -> list[dict[str, str]]:
+    """Each a rule a pod of an org's namespace must meet, with what to fix when it does not."""
+    def rule(expression: str, message: str) -> dict[str, str]:
+        return {"expression": expression, "message": message, "reason": "Forbidden"}
+
+    return [
+        _check(QUEUE_LABEL, "queues", f"label {QUEUE_LABEL}", required=True),
+        _check(PRIORITY_LABEL, "workloadPriorities", f"label {PRIORITY_LABEL}", required=False),
+        {"expression": "!has(object.spec.priorityClassName) || "
+                       "object.spec.priorityClassName in variables.priorities",
+         "messageExpression": (
+             "'namespace ' + namespaceObject.metadata.name + ' may use the ' + variables.tier"
+             " + ' tier on this cluster: spec.priorityClassName must be one of ' + "
+             "variables.priorities.join(', ')"),
+         "reason": "Forbidden"},
+        rule(f"!has(object.spec.serviceAccountName) || "
+             f"object.spec.serviceAccountName != '{ORG_SERVICE_ACCOUNT}'",
+             f"a pod may not run as ServiceAccount {ORG_SERVICE_ACCOUNT}: it is the org's "
+             "credential, not a workload's"),
+        # Kueue leaves a pod alone when a Job or another kind it manages owns it: a made-up
+        # owner would run the pod outside every quota.
+        rule("!has(object.metadata.ownerReferences)",
+             "a pod of an org's namespace may not name an owner: create it bare, as the "
+             "provider does (Kueue would not queue it)"),
+    ]
+
+
 def tier_policy(cluster: Cluster) -> list[dict[str, Any]]:
     """The admission policy that holds every pod of an org's namespace to its tier."""
     policy = {
@@ -176,18 +203,7 @@ def tier_policy(cluster: Cluster) -> list[dict[str, Any]]:
                 "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
                 "resources": ["pods"]}]},
             "variables": _variables(cluster),
-            "validations": [
-                _check(QUEUE_LABEL, "queues", f"label {QUEUE_LABEL}", required=True),
-                _check(PRIORITY_LABEL, "workloadPriorities", f"label {PRIORITY_LABEL}",
-                       required=False),
-                {"expression": "!has(object.spec.priorityClassName) || "
-                               "object.spec.priorityClassName in variables.priorities",
-                 "messageExpression": (
-                     "'namespace ' + namespaceObject.metadata.name + ' may use the ' + "
-                     "variables.tier + ' tier on this cluster: spec.priorityClassName must be "
-                     "one of ' + variables.priorities.join(', ')"),
-                 "reason": "Forbidden"},
-            ],
+            "validations": _validations(),
         },
     }
     binding = {
@@ -203,3 +219,18 @@ def tier_policy(cluster: Cluster) -> list[dict[str, Any]]:
 def tier_table(fleet: Fleet) -> dict[str, dict[str, Tier | None]]:
     """org -> cluster -> the tier it may use there (None: the cluster is not lent to it)."""
     return {org: {c.name: c.tier_for(org) for c in fleet.clusters.values()} for org in fleet.orgs}
+
+
+def enforcement_problem(binding: dict[str, Any] | str, policy: dict[str, Any] | str) -> str | None:
+    """Why a cluster's tier policy does not hold (each argument: the object read from the
+    cluster, or why it could not be read), or None when it does."""
+    for found in (binding, policy):
+        if isinstance(found, str):
+            return found
+    spec = binding.get("spec") or {}  # type: ignore[union-attr]
+    if spec.get("policyName") != TIER_POLICY:
+        return f"binding {TIER_POLICY} binds {spec.get('policyName')!r}, not {TIER_POLICY}"
+    if "Deny" not in (spec.get("validationActions") or []):
+        return f"binding {TIER_POLICY} does not Deny (validationActions: " \
+               f"{spec.get('validationActions')})"
+    return None

@@ -75,16 +75,20 @@ def _key(obj: Mapping[str, Any]) -> tuple:
 
 
 def credentials(fleets_: Iterable[Fleet], cluster: str) -> list[Credential]:
-    """The contexts of `cluster`: its own credential, then each org's where enforced."""
-    found = {f"{cluster}-operator": Credential(f"{cluster}-operator", cluster, READER_NAMESPACE,
-                                               READER_SERVICE_ACCOUNT)}
+    """The contexts of `cluster`, named as the fleets name them: its own credential
+    (default NAME-operator), then each org's where enforced (e.g. ORG@NAME)."""
+    own = f"{cluster}-operator"
+    found = {own: Credential(own, cluster, READER_NAMESPACE, READER_SERVICE_ACCOUNT)}
     for fleet in fleets_:
         c = fleet.clusters.get(cluster)
-        if c is None or not c.enforced:
+        if c is None:
             continue
-        for org in fleet.orgs:
-            if c.tier_for(org) is not None:
-                name = f"{org}@{cluster}"
+        if c.context and c.context != own:
+            found[c.context] = Credential(c.context, cluster, READER_NAMESPACE,
+                                          READER_SERVICE_ACCOUNT)
+        for org in fleet.orgs if c.enforced else ():
+            name = c.access_of(org).context
+            if c.tier_for(org) is not None and name:  # a connection_id: Airflow's, not ours
                 found[name] = Credential(name, cluster, c.namespace_of(org), ORG_SERVICE_ACCOUNT)
     return list(found.values())
 

@@ -13,7 +13,7 @@ import pytest
 
 from airflow_provider_skyshare import capacity, clients, kube
 from airflow_provider_skyshare.fleetfile import load
-from airflow_provider_skyshare.names import POLICY_BINDING_PATH
+from airflow_provider_skyshare.names import POLICY_PATHS
 
 pytestmark = pytest.mark.integration
 FLEET = Path(__file__).resolve().parents[2] / "dags" / "fleet.yaml"
@@ -50,10 +50,10 @@ def test_queued_tasks_share_one_probe(requests) -> None:
     assert all(c.reachable for c in many[0].clusters.values()), many[0].clusters
     assert many[0].get("rise").total("Tesla-T4") == 2
     assert fresh is not many[0]
-    # nodes, pods and the tier policy's binding per cluster, once for the 51 shared calls,
-    # once more for the fresh one
+    # nodes, pods, the tier policy and its binding per cluster, once for the 51 shared
+    # calls, once more for the fresh one
     assert sorted(requests) == sorted(2 * [(c, path) for c in ("rise", "bair") for path in
-                                           ("/api/v1/nodes", "/api/v1/pods", POLICY_BINDING_PATH)])
+                                           ("/api/v1/nodes", "/api/v1/pods", *POLICY_PATHS)])
 
 
 def test_placement_probes_are_never_shared(requests) -> None:
@@ -64,7 +64,7 @@ def test_placement_probes_are_never_shared(requests) -> None:
         await clients.close_async_clients()
 
     asyncio.run(main())
-    assert len(requests) == 12
+    assert len(requests) == 16
 
 
 FRESH_PROBE = """

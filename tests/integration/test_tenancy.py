@@ -64,6 +64,23 @@ def test_a_borrower_cannot_write_itself_a_higher_tier(sandbox, admin, queue, wor
     assert what in body
 
 
+@pytest.mark.parametrize(("change", "words"), [
+    (lambda b: b["spec"].update(serviceAccountName="skyshare"),
+     "may not run as ServiceAccount skyshare"),
+    # (a made-up Job is refused by Kueue's webhook already; any owner is, by the policy)
+    (lambda b: b["metadata"].update(ownerReferences=[{
+        "apiVersion": "v1", "kind": "ConfigMap", "name": "fake", "controller": True,
+        "uid": "00000000-0000-0000-0000-000000000000"}]), "may not name an owner"),
+])
+def test_a_pod_cannot_carry_the_orgs_credential_or_hide_from_kueue(sandbox, change, words):
+    body = pod("sly", "skyshare-borrower", "low-priority", "low-priority")
+    change(body)
+    with pytest.raises(ApiException) as err:
+        core(sandbox.kubeconfig, "rise@bair").create_namespaced_pod("skyshare-rise", body,
+                                                                    dry_run="All")
+    assert err.value.status == 403 and words in err.value.body
+
+
 def test_the_borrower_tier_is_admitted_and_the_owner_tier_on_its_own_cluster(sandbox, admin):
     cases = [("rise@bair", "skyshare-rise", "skyshare-borrower", "low-priority"),
              ("bair@bair", "skyshare-bair", "skyshare-owner", "high-priority")]
@@ -143,7 +160,8 @@ def test_an_org_without_a_credential_is_refused_before_placing(sandbox, kube_env
         asyncio.run(_checked(view))
     text = str(err.value)
     assert "org 'rise' has no credential on cluster 'bair'" in text
-    assert "context 'rise-x@bair'" in text and "namespace skyshare-rise" in text
+    assert "context 'rise-x@bair'" in text
+    assert "kubectl -n skyshare-rise create token skyshare" in text
 
 
 async def _probe(cluster):

@@ -110,6 +110,12 @@ BAD: list[tuple[str, Any, str, str, str]] = [
      "lower-case"),
     ("view-unknown", mutate(lambda d: d.update(view="mit")), "view", "unknown org 'mit'",
      "use one of the orgs"),
+    ("namespace-reserved", mutate(lambda d: d["orgs"].append({"name": "system"})),
+     "clusters[0].namespace", "org 'system' would get namespace 'skyshare-system'",
+     "rename the org"),
+    ("namespace-kube-system", mutate(lambda d: (d["orgs"].append({"name": "system"}),
+                                                d["clusters"][0].update(namespace="kube-{org}"))),
+     "clusters[0].namespace", "would get namespace 'kube-system'", "avoids it"),
     ("clusters-missing", mutate(lambda d: d.pop("clusters")), "clusters", "missing or not a list",
      "'clusters:'"),
     ("clusters-empty", mutate(lambda d: d.update(clusters=[])), "clusters",
@@ -555,6 +561,8 @@ def test_tier_for_follows_ownership_and_lending() -> None:
     assert fleet.clusters["rise"].tier_for("rise").name == "owner"
     assert fleet.clusters["rise"].tier_for("bair").name == "borrower"
     assert fleet.clusters["bair"].tier_for("rise") is None
+    assert list(fleet.for_org("rise").clusters) == ["rise"]  # no credential where not lent
+    assert list(fleet.for_org("bair").clusters) == ["rise", "bair"]
 
 
 def test_identity_policy_parses() -> None:

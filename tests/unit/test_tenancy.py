@@ -82,6 +82,9 @@ def test_the_policy_allows_each_tier_its_own_values_and_the_lower_ones() -> None
     checks = [v["expression"] for v in policy["spec"]["validations"]]
     assert checks[0].startswith("'kueue.x-k8s.io/queue-name' in variables.labels && ")  # needed
     assert checks[1].startswith("!('kueue.x-k8s.io/priority-class' in variables.labels) || ")
+    assert checks[3] == ("!has(object.spec.serviceAccountName) || "
+                         "object.spec.serviceAccountName != 'skyshare'")  # not the org's key
+    assert checks[4] == "!has(object.metadata.ownerReferences)"  # Kueue skips owned pods
     assert policy["spec"]["failurePolicy"] == "Fail"
     assert binding["spec"]["validationActions"] == ["Deny"]
     assert binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"] == [
@@ -114,3 +117,16 @@ def test_the_tier_table_says_per_org_and_cluster_what_it_may_use(only, rows) -> 
             for r in found] == rows
     assert all(r["enforced"] for r in found)
     assert "NO: shared credential" not in views.tier_table(fleet())
+
+
+def test_a_policy_holds_only_with_its_binding_denying() -> None:
+    f = fleet()
+    policy, binding = tenancy.tier_policy(f.clusters["bair"])
+    assert tenancy.enforcement_problem(binding, policy) is None
+    warn = {**binding, "spec": {**binding["spec"], "validationActions": ["Warn"]}}
+    assert "does not Deny" in tenancy.enforcement_problem(warn, policy)
+    other = {**binding, "spec": {**binding["spec"], "policyName": "x"}}
+    assert "binds 'x'" in tenancy.enforcement_problem(other, policy)
+    assert tenancy.enforcement_problem("no ValidatingAdmissionPolicy skyshare-tier", binding
+                                       ) == "no ValidatingAdmissionPolicy skyshare-tier"
+    assert tenancy.enforcement_problem(binding, "no X") == "no X"
