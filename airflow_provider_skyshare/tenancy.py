@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_provider_skyshare.fleet import BORROWER, OWNER, Cluster, Fleet, Tier
+from airflow_provider_skyshare.fleet import BORROWER, OWNER, Cluster, Fleet
 from airflow_provider_skyshare.names import (
     NS_ORG_LABEL,
     NS_TIER_LABEL,
@@ -41,7 +41,7 @@ _AT_OR_BELOW = {OWNER: (OWNER, BORROWER), BORROWER: (BORROWER,)}
 
 def objects(fleet: Fleet, cluster: Cluster) -> list[dict[str, Any]]:
     """Every object, in an order that applies cleanly (namespaces before what is in them)."""
-    out = reader(enforced=cluster.enforced)
+    out = reader()
     for namespace, orgs in namespaces(fleet, cluster).items():
         out += org_namespace(cluster, namespace, orgs)
     if cluster.enforced:
@@ -71,8 +71,9 @@ def _sa_subject(name: str, namespace: str) -> dict[str, str]:
     return {"kind": "ServiceAccount", "name": name, "namespace": namespace}
 
 
-def reader(*, enforced: bool) -> list[dict[str, Any]]:
-    """The cluster's own credential: reads capacity; where not enforced it also runs pods."""
+def reader() -> list[dict[str, Any]]:
+    """The cluster's own credential: reads capacity (and, where the cluster is not enforced,
+    runs the pods too: org_namespace binds it there)."""
     rules = [
         {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": READ},
         {"apiGroups": ["kueue.x-k8s.io"], "verbs": READ,
@@ -214,11 +215,6 @@ def tier_policy(cluster: Cluster) -> list[dict[str, Any]]:
                      {"key": NS_TIER_LABEL, "operator": "Exists"}]}}},
     }
     return [policy, binding]
-
-
-def tier_table(fleet: Fleet) -> dict[str, dict[str, Tier | None]]:
-    """org -> cluster -> the tier it may use there (None: the cluster is not lent to it)."""
-    return {org: {c.name: c.tier_for(org) for c in fleet.clusters.values()} for org in fleet.orgs}
 
 
 def enforcement_problem(binding: dict[str, Any] | str, policy: dict[str, Any] | str) -> str | None:
