@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from airflow_provider_skyshare import clients, kube, tenancy
 from airflow_provider_skyshare.fleet import Cluster, Fleet
-from airflow_provider_skyshare.names import POLICY_PATHS, TIER_POLICY
+from airflow_provider_skyshare.names import NOT_ENFORCED, POLICY_PATHS, TIER_POLICY
 from airflow_provider_skyshare.snapshot import ClusterCapacity, Snapshot, summarize
 
 NON_TERMINAL = "status.phase!=Succeeded,status.phase!=Failed"
@@ -53,7 +53,7 @@ async def probe_cluster(cluster: Cluster, timeout: float) -> ClusterCapacity:
     return summarize(cluster, nodes.get("items") or [], pods.get("items") or [], latency)
 
 
-NO_POLICY = f"the tier policy {TIER_POLICY} is not enforced"
+NO_POLICY = NOT_ENFORCED
 
 
 async def _policy_problem(cluster: Cluster, timeout: float) -> str | None:

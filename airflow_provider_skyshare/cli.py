@@ -71,11 +71,11 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     snapshot = asyncio.run(_run(capacity.probe(fleet)))
     if args.json:
         print(json.dumps({"clusters": views.fleet_rows(fleet, snapshot),
-                          "tiers": views.tier_rows(fleet)}, indent=2))
+                          "tiers": views.tier_rows(fleet, snapshot=snapshot)}, indent=2))
     else:
         print(views.fleet_table(fleet, snapshot))
         print()
-        print(views.tier_table(fleet))
+        print(views.tier_table(fleet, snapshot=snapshot))
     return 0
 
 
@@ -88,14 +88,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({
             "summary": decision.summary(),
-            "tiers": views.tier_rows(fleet, only=args.org),
+            "tiers": views.tier_rows(fleet, only=args.org, snapshot=snapshot),
             "rows": [asdict(r) for r in decision.rows],
             "preempts": [asdict(h) for h in views.victims(decision, snapshot)],
         }, indent=2))
     else:
         print(views.explain_text(decision, snapshot))
         print()
-        print(views.tier_table(fleet, only=args.org))
+        print(views.tier_table(fleet, only=args.org, snapshot=snapshot))
     return 0
 
 

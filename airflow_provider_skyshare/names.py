@@ -37,6 +37,7 @@ NS_ORG_LABEL = f"{PREFIX}/org"
 NS_TIER_LABEL = f"{PREFIX}/tier"
 TIER_POLICY = "skyshare-tier"
 _ADMISSION = "/apis/admissionregistration.k8s.io/v1"
+NOT_ENFORCED = f"the tier policy {TIER_POLICY} is not enforced"  # a probe's reason, and views'
 POLICY_PATHS = (f"{_ADMISSION}/validatingadmissionpolicybindings/{TIER_POLICY}",
                 f"{_ADMISSION}/validatingadmissionpolicies/{TIER_POLICY}")
 ORG_SERVICE_ACCOUNT = "skyshare"  # each org's credential in its namespace

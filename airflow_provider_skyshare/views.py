@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_skyshare.fleet import Fleet
+from airflow_provider_skyshare.names import NOT_ENFORCED
 from airflow_provider_skyshare.placement import Decision, Mode
 from airflow_provider_skyshare.snapshot import Holder, Snapshot
 from airflow_provider_skyshare.timeline import format_table
@@ -101,9 +102,13 @@ def explain_text(decision: Decision, snapshot: Snapshot) -> str:
 
 
 
-def tier_rows(fleet: Fleet, only: str | None = None) -> list[dict[str, Any]]:
+def tier_rows(fleet: Fleet, only: str | None = None,
+              snapshot: Snapshot | None = None) -> list[dict[str, Any]]:
     """Per org and cluster: the tier it may use there, where, and whether the cluster holds
-    it to that tier (its own credential and the admission policy; docs/security.md)."""
+    it to that tier (its own credential and the admission policy; docs/security.md). With
+    a snapshot, a cluster whose probe found the policy missing says so."""
+    missing = {n for n, cap in (snapshot.clusters.items() if snapshot else ())
+               if NOT_ENFORCED in cap.error}
     rows = []
     for org in fleet.orgs:
         if only is not None and org != only:
@@ -117,15 +122,22 @@ def tier_rows(fleet: Fleet, only: str | None = None) -> list[dict[str, Any]]:
                 "priority_class": tier.priority_class if tier else None,
                 "namespace": cluster.namespace_of(org) if tier else None,
                 "credential": (access.connection_id or access.context) if tier else None,
-                "enforced": cluster.enforced,
+                "enforced": cluster.enforced and cluster.name not in missing,
+                "policy_missing": cluster.name in missing,
             })
     return rows
 
 
-def tier_table(fleet: Fleet, only: str | None = None) -> str:
+def _enforced(row: dict[str, Any]) -> str:
+    if row["policy_missing"]:
+        return "NO: policy missing"
+    return "yes" if row["enforced"] else "NO: shared credential"
+
+
+def tier_table(fleet: Fleet, only: str | None = None, snapshot: Snapshot | None = None) -> str:
     rows = [[r["org"], r["cluster"], r["tier"] or "- (not lent)", r["queue"] or "",
              r["priority_class"] or "", r["namespace"] or "", r["credential"] or "",
-             "yes" if r["enforced"] else "NO: shared credential"]
-            for r in tier_rows(fleet, only)]
+             _enforced(r)]
+            for r in tier_rows(fleet, only, snapshot)]
     return format_table(rows, ["org", "cluster", "may use", "queue", "priority class",
                                "namespace", "credential", "enforced by the cluster"])

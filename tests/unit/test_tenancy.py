@@ -130,3 +130,14 @@ def test_a_policy_holds_only_with_its_binding_denying() -> None:
     assert tenancy.enforcement_problem("no ValidatingAdmissionPolicy skyshare-tier", binding
                                        ) == "no ValidatingAdmissionPolicy skyshare-tier"
     assert tenancy.enforcement_problem(binding, "no X") == "no X"
+
+
+def test_the_tier_table_says_when_a_probe_found_the_policy_missing() -> None:
+    from airflow_provider_skyshare.names import NOT_ENFORCED
+    from airflow_provider_skyshare.snapshot import ClusterCapacity, Snapshot
+
+    snap = Snapshot({"bair": ClusterCapacity("bair", False, f"{NOT_ENFORCED}: no binding")})
+    rows = {r["cluster"]: r for r in views.tier_rows(fleet(), only="rise", snapshot=snap)}
+    assert rows["bair"]["policy_missing"] and not rows["bair"]["enforced"]
+    assert rows["rise"]["enforced"] and not rows["rise"]["policy_missing"]
+    assert "NO: policy missing" in views.tier_table(fleet(), only="rise", snapshot=snap)
