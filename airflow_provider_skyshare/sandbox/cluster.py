@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from airflow_provider_skyshare.fleet import Fleet, FleetError
+from airflow_provider_skyshare.names import NS_TIER_LABEL, TIER_POLICY
 from airflow_provider_skyshare.sandbox import certs, manifests, paths, tenants
 
 COMPONENTS = ("apiserver", "scheduler", "gc", "kwok", "kueue")
@@ -413,7 +414,7 @@ def api_client(state: State, name: str):
 
 
 _PLURALS = {
-    "Namespace": "namespaces", "ServiceAccount": "serviceaccounts", "Node": "nodes",
+    "Namespace": "namespaces", "ServiceAccount": "serviceaccounts", "Node": "nodes", "Pod": "pods",
     "PriorityClass": "priorityclasses", "Role": "roles", "RoleBinding": "rolebindings",
     "ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings",
     "CustomResourceDefinition": "customresourcedefinitions",
@@ -589,7 +590,33 @@ def _up_cluster_steps(state: State, name: str) -> None:
         bootstrap_queues(state, name)
         marker.touch()
     # Every up: a fleet added since (`up --fleet`) brings its orgs to running clusters too.
-    _apply_all(api_client(state, name), name, tenants.objects(state.tenant_fleets(), name))
+    objects = tenants.objects(state.tenant_fleets(), name)
+    _apply_all(api_client(state, name), name, objects)
+    _wait_enforced(state, name, objects)
+
+
+def _wait_enforced(state: State, name: str, objects: list[dict[str, Any]]) -> None:
+    """The API server loads admission policies a moment after they are stored: `up` returns
+    once it refuses what the tier policy refuses (a dry run in an org's namespace)."""
+    tiered = [o["metadata"]["name"] for o in objects if o["kind"] == "Namespace"
+              and NS_TIER_LABEL in (o["metadata"].get("labels") or {})]
+    if not tiered:
+        return
+    api = api_client(state, name)
+    probe = {"apiVersion": "v1", "kind": "Pod",
+             "metadata": {"name": "skyshare-policy-probe", "namespace": tiered[0]},
+             "spec": {"containers": [{"name": "c", "image": "none"}]}}  # no queue: refused
+
+    def refused() -> None:
+        try:
+            apply(api, probe, dry_run=True)
+        except Exception as exc:
+            if TIER_POLICY in str(getattr(exc, "body", "")):
+                return
+            raise
+        raise SandboxError(f"{name}: the tier policy does not refuse a pod without a queue yet")
+
+    _retrying(name, f"the tier policy {TIER_POLICY} in force", refused, timeout=30)
 
 
 def _strays() -> list[int]:
