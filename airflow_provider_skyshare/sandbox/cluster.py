@@ -608,10 +608,12 @@ def _wait_enforced(state: State, name: str, objects: list[dict[str, Any]]) -> No
              "spec": {"containers": [{"name": "c", "image": "none"}]}}  # no queue: refused
 
     def refused() -> None:
+        from kubernetes.client.exceptions import ApiException
+
         try:
             apply(api, probe, dry_run=True)
-        except Exception as exc:
-            if TIER_POLICY in str(getattr(exc, "body", "")):
+        except ApiException as exc:  # the refusal is what we wait for; the rest is retried
+            if exc.status == 403 and TIER_POLICY in str(exc.body):
                 return
             raise
         raise SandboxError(f"{name}: the tier policy does not refuse a pod without a queue yet")
