@@ -27,6 +27,8 @@ FINISHED = frozenset({"success", "failed", "skipped", "upstream_failed", "remove
 # The first answer in a fresh triggerer takes seconds (6.5 s measured); following does not wait
 # for it, so a late answer still counts rather than being given up on.
 TASK_STATE_TIMEOUT = 120.0
+# A trigger cancelled while its task is still deferred was moved to another triggerer.
+HANDED_OVER = "deferred"
 TIMELINE_XCOM = "skyshare_timeline"  # the timeline of a task that did not succeed
 
 
@@ -122,10 +124,19 @@ class MultiClusterPodTrigger(BaseTrigger):
         return str(getattr(state, "value", state)) if state else None
 
     async def on_kill(self) -> None:
-        """A user marked the task failed/success or cleared it: delete its pod wherever it is."""
+        """Airflow cancelled this trigger here. A user marked the task failed/success or
+        cleared it: delete its pod wherever it is. But Airflow 3.3 says the same when it hands
+        the trigger to another triggerer (this one's heartbeat was late): the task is still
+        deferred then, and the pod is the new triggerer's to follow, not ours to delete."""
         sup = self._supervisor or Supervisor(Follow.from_dict(self.state), log=self.log)
+        state = await self._task_state(sup)
+        if state == HANDED_OVER:
+            self.log.warning("trigger cancelled here while the task is still deferred: handed "
+                             "to another triggerer, which follows the pod; not deleting it")
+            return
         deleted = await sup.delete_all(grace=0)
-        self.log.info("on_kill deleted %s", ", ".join(deleted) or "no pod")
+        self.log.info("on_kill (task %s) deleted %s", state or "state unknown",
+                      ", ".join(deleted) or "no pod")
 
 
 async def _end(*tasks: asyncio.Task[Any]) -> None:

@@ -185,3 +185,23 @@ def test_a_cancelled_trigger_leaves_no_follower_behind(monkeypatch, admin, kube_
         asyncio.run(closing(sup.delete_all(0)))
     assert len(mine) == 2, f"expected the follower and the question: {mine}"
     assert left == [], f"still running after the trigger was cancelled: {left}"
+
+
+@pytest.mark.parametrize(("task_state", "deletes"), [
+    ("deferred", False),  # handed to another triggerer (this one's heartbeat was late)
+    ("failed", True), ("success", True), (None, True),  # marked or cleared by a user
+])
+def test_on_kill_deletes_the_pod_unless_the_task_is_still_deferred(
+        task_state, deletes, monkeypatch, admin, kube_env, no_leaks):
+    """Airflow 3.3 calls on_kill both when a user acts on the task and when it moves the
+    trigger to another triggerer (seen in the production-shaped e2e): only the first may
+    delete the pod, or the new triggerer finds it gone and moves the work for nothing."""
+    sup = make(f"on-kill-{task_state}", duration="300s")
+    attempt = asyncio.run(closing(sup.start()))
+    ident = sup.identity
+    answer(monkeypatch, {ident.run_id: {ident.task_id: task_state} if task_state else {}})
+    asyncio.run(closing(MultiClusterPodTrigger(sup.state()).on_kill()))
+    live = [p.metadata.name for p in pods_of(admin, attempt.cluster, sup)
+            if p.metadata.deletion_timestamp is None]
+    assert live == ([] if deletes else [attempt.pod])
+    asyncio.run(closing(sup.delete_all(0)))
