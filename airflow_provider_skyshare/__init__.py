@@ -50,11 +50,14 @@ def get_provider_info() -> dict:
                         "default": "",
                     },
                     "default_deferrable": {
-                        "description": "Whether MultiClusterGpuOperator defers by default.",
+                        "description": "Whether MultiClusterGpuOperator defers by default. "
+                        "Empty: as [operators] default_deferrable (Airflow's setting for "
+                        "every deferrable operator; its default is False, True is "
+                        "recommended).",
                         "version_added": "0.1.0",
                         "type": "boolean",
-                        "example": "False",
-                        "default": "True",
+                        "example": "True",
+                        "default": "",
                     },
                 },
             }

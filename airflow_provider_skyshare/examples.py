@@ -19,9 +19,10 @@ SEED_PARAMS = {
 }
 
 
-def seed_job(task_id: str) -> MultiClusterGpuOperator:
+def seed_job(task_id: str, deferrable: bool | None = None) -> MultiClusterGpuOperator:
     """A job of the seed scenario (SkyPilot's multi-cluster example)."""
     return MultiClusterGpuOperator(
+        deferrable=deferrable,
         task_id=task_id,
         gpus="{{ params.gpus }}",
         image="nvidia/cuda:12.4.1-base-ubuntu22.04",
@@ -30,6 +31,40 @@ def seed_job(task_id: str) -> MultiClusterGpuOperator:
         annotations={"sandbox.skyshare.dev/duration": "{{ params.duration }}"},
         max_preemptions=3,
     )
+
+
+def placed(task_id: str, ti=None) -> bool:
+    """True once the task has created its pod somewhere (its placement XCom exists)."""
+    return ti.xcom_pull(task_ids=task_id, key="skyshare_placement") is not None
+
+
+def rise_user_dag(dag_id: str = "rise_user", deferrable: bool | None = None) -> DAG:
+    """rise's side of the seed: romil, then (once romil is placed) romil-train."""
+    from airflow.providers.standard.sensors.python import PythonSensor
+
+    with DAG(dag_id=dag_id, start_date=datetime(2026, 1, 1), schedule=None, catchup=False,
+             description="As a rise user: romil on rise (owner), romil-train on bair (borrower)",
+             default_args={"owner": "romil"}, params=SEED_PARAMS,
+             tags=["skyshare", "example"]) as dag:
+        romil_placed = PythonSensor(
+            task_id="romil_placed", python_callable=placed, op_args=["romil"],
+            # poke, not reschedule: a reschedule every second trips an Airflow race (the
+            # executor reports the finished poke while the TI is already queued again).
+            poke_interval=1, timeout=300, mode="poke",
+        )
+        seed_job("romil", deferrable)
+        romil_placed >> seed_job("romil-train", deferrable)
+    return dag
+
+
+def bair_user_dag(dag_id: str = "bair_user", deferrable: bool | None = None) -> DAG:
+    """bair's side of the seed: abbeel, who reclaims bair."""
+    with DAG(dag_id=dag_id, start_date=datetime(2026, 1, 1), schedule=None, catchup=False,
+             description="As a bair user: abbeel on bair (owner) preempts romil-train",
+             default_args={"owner": "abbeel"}, params=SEED_PARAMS,
+             tags=["skyshare", "example"]) as dag:
+        seed_job("abbeel", deferrable)
+    return dag
 
 
 def team_dag(folder: str, dag_id: str, task_id: str, owner: str, duration: str) -> DAG:

@@ -13,13 +13,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.scenario import Airflow, ScenarioError, run_scenario
+from scripts.scenario import Airflow, ScenarioError, Shape, run_scenario
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--teardown", action="store_true", help="stop Airflow afterwards")
+    parser.add_argument("--stop", action="store_true", help="only stop the demo's Airflow")
     parser.add_argument("--port", type=int, default=int(os.environ.get("SKYSHARE_DEMO_PORT", 8080)))
+    parser.add_argument("--shape", choices=[s.value for s in Shape], default=Shape.STANDALONE.value,
+                        help="standalone: airflow standalone on SQLite (default); production: "
+                        "PostgreSQL, Redis, Celery, two schedulers, workers and triggerers")
     parser.add_argument("--romil-duration", default="30s")
     parser.add_argument("--abbeel-duration", default="10s")
     args = parser.parse_args()
@@ -28,9 +32,15 @@ def main() -> int:
 
     sandbox = Sandbox.ensure_up()
     state = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
-    af = Airflow(home=state / "skyshare-demo" / "airflow", port=args.port,
-                 kubeconfig=sandbox.kubeconfig)
-    print(f"==> Airflow (scheduler, triggerer, API server) in {af.home}")
+    shape = Shape(args.shape)
+    home = "airflow" if shape is Shape.STANDALONE else f"airflow-{shape.value}"
+    af = Airflow(home=state / "skyshare-demo" / home, port=args.port,
+                 kubeconfig=sandbox.kubeconfig, shape=shape)
+    if args.stop:
+        af.stop()
+        print(f"stopped the {shape.value} Airflow in {af.home}")
+        return 0
+    print(f"==> Airflow ({shape.value} shape) in {af.home}")
     af.start()
 
     def admin_pods(cluster: str, task_id: str):
@@ -63,9 +73,13 @@ def main() -> int:
     print(f"scenario wall time: {result.wall_seconds:.1f} s")
     if not args.teardown:
         print(f"\nAirflow UI: {af.url}  (local demo: no login needed, everyone is admin)")
-        pids = " ".join(f"-{pid}" for t in af.active_teams() for pid in af.triggerer_pids(t))
-        print(f"stop it with: kill -TERM -$(cat {af.home / 'standalone.pid'}) {pids}  "
-              "(standalone and the teams' triggerers) or run ./dev demo --teardown")
+        if shape is Shape.STANDALONE:
+            pids = " ".join(f"-{pid}" for t in af.active_teams() for pid in af.triggerer_pids(t))
+            print(f"stop it with: kill -TERM -$(cat {af.home / 'standalone.pid'}) {pids}  "
+                  "(standalone and the teams' triggerers) or: ./dev demo --stop")
+        else:
+            print(f"each component logs to {af.home}/<component>.log; stop them all (and "
+                  f"PostgreSQL, Redis) with: ./dev demo --shape {shape.value} --stop")
     ok = all(s == "success" for s in result.states.values())
     return 0 if ok else 1
 

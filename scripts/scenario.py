@@ -1,8 +1,10 @@
 """The romil/abbeel scenario through a real Airflow (scheduler + triggerer + API server).
 
-Used by the main job (scripts/demo.py) and by the e2e tests: start or reuse
-``airflow standalone`` with the example DAGs, trigger runs through the REST API in the
-seed's order, wait on the APIs (never on a clock), and collect every task's timeline.
+Used by the main job (scripts/demo.py) and by the e2e tests: start or reuse an Airflow with
+the example DAGs in one of two shapes (``airflow standalone`` on SQLite, or the production
+shape of scripts/production.py: PostgreSQL, Redis, Celery, two of each component), trigger
+runs through the REST API in the seed's order, wait on the APIs (never on a clock), and
+collect every task's timeline.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +47,18 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2) -> Any
     raise ScenarioError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
 
 
+class Shape(str, Enum):
+    STANDALONE = "standalone"  # airflow standalone: SQLite, LocalExecutor, one of each
+    PRODUCTION = "production"  # PostgreSQL, Redis, Celery; two schedulers, workers, triggerers
+
+
 @dataclass
 class Airflow:
-    """An ``airflow standalone`` in its own home; reused when already running there."""
+    """An Airflow of one shape in its own home; reused when already running there."""
 
     home: Path
     port: int = 8080
+    shape: Shape = Shape.STANDALONE
     dags_folder: Path = ROOT / "dags"  # its fleet files; each sub-folder is a DAG bundle
     kubeconfig: str = ""
     bundles: dict[str, Path] | None = None  # bundle name -> folder (default: the sub-folders)
@@ -68,10 +77,19 @@ class Airflow:
         env = os.environ.copy()
         # standalone starts its components as `airflow ...`: this interpreter's bin first.
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+        if self.shape is Shape.PRODUCTION:
+            from scripts import production
+            from scripts.services import Services
+
+            self.home.mkdir(parents=True, exist_ok=True)
+            env.update(production.env(self, Services.load_or_new(self.home)))
         env.update({
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            # Airflow's switch for every deferrable operator (its default is False): long
+            # waits free the worker slot. The operator follows it (docs/operator.md).
+            "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",
             "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__API__BASE_URL": self.url,
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
@@ -116,13 +134,16 @@ class Airflow:
         return all((health.get(p) or {}).get("status") == "healthy" for p in parts)
 
     def start(self, timeout: float = 180) -> None:
+        if self.shape is Shape.PRODUCTION:
+            return self._start_production(timeout)
         if self.healthy():  # reused: its teams' triggerers may have died with an earlier run
             for team in self.active_teams():
                 if not self.triggerer_pids(team):
                     self.start_triggerer(team)
             return
         self.home.mkdir(parents=True, exist_ok=True)
-        self._create_teams()
+        if self.active_teams():
+            self.prepare_db()
         log = open(self.home / "standalone.log", "ab")  # noqa: SIM115 - the child keeps it
         proc = subprocess.Popen(
             [sys.executable, "-m", "airflow", "standalone"], env=self.env(), stdout=log,
@@ -141,10 +162,18 @@ class Airflow:
         return subprocess.run([sys.executable, "-m", "airflow", *args], env=self.env(),
                               capture_output=True, text=True, timeout=300, cwd=self.home)
 
-    def _create_teams(self) -> None:
-        """Multi-team mode: the teams exist before the bundles that name them are read."""
-        if not self.active_teams():
+    def _start_production(self, timeout: float) -> None:
+        from scripts import production
+
+        if self.healthy():  # reused: restart what a test (or a crash) killed
+            for name in production.dead(self):
+                production.launch(self, production.by_name(self, name))
             return
+        production.start(self, timeout)
+
+    def prepare_db(self) -> None:
+        """Migrate; in multi-team mode the teams exist before the bundles that name them are
+        read."""
         done = self._airflow("db", "migrate")
         if done.returncode != 0:
             raise ScenarioError(f"airflow db migrate failed: {done.stderr[-2000:]}")
@@ -156,6 +185,10 @@ class Airflow:
     def start_triggerer(self, team: str | None = None) -> int:
         """A triggerer of its own for a team (standalone runs the global one only): a team's
         triggers run nowhere else. Stopped with Airflow."""
+        if self.shape is Shape.PRODUCTION:
+            from scripts import production
+
+            return production.launch(self, production.next_triggerer(self, team))
         name = f"triggerer-{team or 'global'}"
         env = {**self.env(), "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port())}
         log = open(self.home / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
@@ -182,7 +215,13 @@ class Airflow:
                 found.append(int(entry.name))
         return found
 
-    def stop(self) -> None:
+    def stop(self, purge: bool = False) -> None:
+        """Stop every process of this Airflow; purge: also drop its database server's data
+        (a throwaway home)."""
+        if self.shape is Shape.PRODUCTION:
+            from scripts import production
+
+            return production.stop(self, purge)
         teams = [pid for t in self.active_teams() for pid in self.triggerer_pids(t)]
         for pid in {*self.extra_pids, *teams}:  # also those an earlier process started
             with contextlib.suppress(ProcessLookupError):
@@ -275,12 +314,29 @@ class Airflow:
         return value
 
     def db(self, sql: str, *params: Any) -> list[tuple]:
-        """Read this Airflow's SQLite metadata DB (for what the REST API does not show)."""
-        import contextlib
+        """Read this Airflow's metadata DB (for what the REST API does not show); ``?``
+        marks a parameter in either shape."""
         import sqlite3
 
+        if self.shape is Shape.PRODUCTION:
+            import psycopg2
+
+            from scripts.services import Services
+
+            dsn = Services.load_or_new(self.home).sql_alchemy_conn.replace("+psycopg2", "")
+            with contextlib.closing(psycopg2.connect(dsn)) as con, con.cursor() as cur:
+                cur.execute(sql.replace("?", "%s"), params)
+                return cur.fetchall()
         with contextlib.closing(sqlite3.connect(self.home / "airflow.db", timeout=30)) as con:
             return con.execute(sql, params).fetchall()
+
+    def following(self, dag_id: str, run_id: str, task_id: str) -> bool:
+        """Something follows the task's running pod: its trigger (or, deferrable=False, its
+        worker) logged it running. Before that nothing watches the pod, and a preemption in
+        that gap is seen later as a lost pod (docs/operations.md)."""
+        folder = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+        return any(" running on " in log.read_text(errors="replace")
+                   for log in folder.glob("*.log*"))
 
     def patch_task(self, dag_id: str, run_id: str, task_id: str, state: str) -> None:
         self.call("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{_q(run_id)}/taskInstances/"
@@ -340,45 +396,50 @@ def placement(af: Airflow, dag_id: str, run_id: str, task_id: str) -> dict[str, 
 
 
 def run_scenario(af: Airflow, admin_pods, durations: dict[str, str] | None = None,
-                 timeout: float = 240, say=print, before_abbeel=None) -> Result:
+                 timeout: float = 240, say=print, before_abbeel=None,
+                 dags: tuple[str, str] = ("rise_user", "bair_user")) -> Result:
     """admin_pods(cluster, task_id) -> list of (pod name, phase) as cluster admin.
 
     before_abbeel(): called while romil-train runs on its first cluster, before abbeel is
     triggered (the e2e test looks at the fleet from the CLI and the UI there).
+    dags: rise's and bair's DAG (the e2e tests also run deferrable=False twins).
     """
+    rise, bair = dags
     durations = {"romil": "30s", "abbeel": "10s", **(durations or {})}
-    for dag_id in ("rise_user", "bair_user"):
+    for dag_id in dags:
         wait_for(lambda d=dag_id: af.dag_ready(d), 120, f"DAG {dag_id} parsed")
         af.unpause(dag_id)
-    ours = {"rise_user.py", "bair_user.py"}  # other bundles' errors are not the scenario's
+    ours = {f"{d}.py" for d in dags}  # other bundles' errors are not the scenario's
     errors = [e for e in af.import_errors() if Path(e.get("filename", "")).name in ours]
     if errors:
         raise ScenarioError(f"DAG import errors: {errors}")
     start = time.time()
-    rise_run = af.trigger("rise_user", {"duration": durations["romil"]})
-    say(f"triggered rise_user ({rise_run}): romil, then romil-train")
-    where = wait_for(lambda: placement(af, "rise_user", rise_run, "romil-train"), timeout,
+    rise_run = af.trigger(rise, {"duration": durations["romil"]})
+    say(f"triggered {rise} ({rise_run}): romil, then romil-train")
+    where = wait_for(lambda: placement(af, rise, rise_run, "romil-train"), timeout,
                      "romil-train placed")
     say(f"romil-train placed on {where['cluster']} as {where['tier']} ({where['why']})")
     wait_for(lambda: any(phase == "Running" for _, phase in admin_pods(where["cluster"],
                                                                         "romil-train")),
              timeout, "romil-train running")
+    wait_for(lambda: af.following(rise, rise_run, "romil-train"), timeout,
+             "a triggerer following romil-train")
     if before_abbeel:
         before_abbeel()
     abbeel_submitted = time.time()
-    bair_run = af.trigger("bair_user", {"duration": durations["abbeel"]})
-    say(f"triggered bair_user ({bair_run}): abbeel")
+    bair_run = af.trigger(bair, {"duration": durations["abbeel"]})
+    say(f"triggered {bair} ({bair_run}): abbeel")
 
     def done() -> bool:
-        return (af.run_state("rise_user", rise_run) in TERMINAL_RUN
-                and af.run_state("bair_user", bair_run) in TERMINAL_RUN)
+        return (af.run_state(rise, rise_run) in TERMINAL_RUN
+                and af.run_state(bair, bair_run) in TERMINAL_RUN)
 
     wait_for(done, timeout, "both DAG runs finished", interval=0.5)
-    runs = {"rise_user": rise_run, "bair_user": bair_run}
-    states = {**af.task_states("rise_user", rise_run), **af.task_states("bair_user", bair_run)}
+    runs = {rise: rise_run, bair: bair_run}
+    states = {**af.task_states(rise, rise_run), **af.task_states(bair, bair_run)}
     timelines: dict[str, list[dict[str, Any]]] = {}
-    for dag_id, task in (("rise_user", "romil"), ("rise_user", "romil-train"),
-                         ("bair_user", "abbeel")):
+    for dag_id, task in ((rise, "romil"), (rise, "romil-train"),
+                         (bair, "abbeel")):
         timelines[task] = (af.xcom(dag_id, runs[dag_id], task)
                            or af.xcom(dag_id, runs[dag_id], task, "skyshare_timeline") or [])
     train = timelines.get("romil-train") or []
@@ -396,6 +457,8 @@ def run_team_queues(af: Airflow, admin_pods, timeout: float = 240, say=print) ->
     say(f"triggered team_b_dev ({b_run})")
     wait_for(lambda: any(ph == "Running" for _, ph in admin_pods("campus", "team-b-experiment")),
              timeout, "team-b experiment running on campus")
+    wait_for(lambda: af.following("team_b_dev", b_run, "team-b-experiment"), timeout,
+             "a triggerer following the team-b experiment")
     a_submitted = time.time()
     a_run = af.trigger("team_a_prod")
     say(f"triggered team_a_prod ({a_run})")

@@ -20,6 +20,8 @@ os.environ["AIRFLOW_HOME"] = _home
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
+# As the test beds' Airflow (and docs/operations.md) recommend: deferrable operators defer.
+os.environ.setdefault("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "True")
 
 pytest_plugins = ["airflow_provider_skyshare.sandbox.pytest_plugin", "tests.helpers.fixtures"]
 

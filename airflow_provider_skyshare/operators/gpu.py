@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, conf
@@ -74,6 +74,16 @@ def fleet_path(requested: str | None) -> str:
     return path
 
 
+def default_deferrable() -> bool:
+    """``[skyshare] default_deferrable`` when set, else Airflow's own ``[operators]
+    default_deferrable`` (as every provider's deferrable operator): a deployment decides
+    once whether long waits free the worker slot."""
+    ours = (conf.get("skyshare", "default_deferrable", fallback="") or "").strip()
+    if ours:
+        return conf.getboolean("skyshare", "default_deferrable")
+    return conf.getboolean("operators", "default_deferrable", fallback=False)
+
+
 def _templated(value: Any) -> bool:
     return isinstance(value, str) and ("{{" in value or "{%" in value)
 
@@ -93,7 +103,8 @@ class MultiClusterGpuOperator(BaseOperator):
     :param queue_timeout: seconds an attempt may wait queued before the task fails.
     :param unreachable_grace: seconds the running attempt's cluster may be unreachable
         before the work moves (``on_unreachable="move"``) or the task fails (``"fail"``).
-    :param deferrable: follow the pod in the triggerer (default) or in the worker.
+    :param deferrable: follow the pod in the triggerer, or in the worker slot; default
+        ``[skyshare] default_deferrable``, else ``[operators] default_deferrable``.
     The other arguments mean what they mean for KubernetesPodOperator.
     """
 
@@ -168,10 +179,7 @@ class MultiClusterGpuOperator(BaseOperator):
         self.termination_grace_period = termination_grace_period
         self.get_logs = get_logs
         self.on_finish_action = on_finish_action
-        self.deferrable = (
-            conf.getboolean("skyshare", "default_deferrable", fallback=True)
-            if deferrable is None else deferrable
-        )
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
         self.max_preemptions = max_preemptions
         self.queue_timeout = queue_timeout
         self.unreachable_grace = unreachable_grace
@@ -322,17 +330,17 @@ class MultiClusterGpuOperator(BaseOperator):
         sup = self._supervisor(context)
         self._state = sup.state.to_dict()
         if not self.deferrable:
-            state = asyncio.run(_in_loop(_checked(sup, _place_and_follow(sup))))
-            return self.execute_complete(context, event_payload(state, state.verdict))
-        state = asyncio.run(_in_loop(_checked(sup, sup.place())))
+            self.log.info("following the pod in this worker slot (deferrable=False)")
+
+        def placed(state: Follow) -> None:
+            self._state = state.to_dict()
+            _push_placement(context, state)
+
+        state = asyncio.run(_in_loop(_checked(sup, _place(sup, placed,
+                                                          follow=not self.deferrable))))
         self._state = state.to_dict()
-        if state.verdict is not None:  # nothing could take it
+        if state.verdict is not None:  # done here: nothing could take it, or followed here
             return self.execute_complete(context, event_payload(state, state.verdict))
-        attempt = state.timeline.last
-        context["ti"].xcom_push(key="skyshare_placement", value={
-            "cluster": attempt.cluster, "tier": attempt.tier, "pod": attempt.pod,
-            "namespace": attempt.namespace, "attempt": attempt.number, "why": attempt.why,
-        })
         self.defer(trigger=MultiClusterPodTrigger(state=self._state,
                                                   finish=self._finish_policy().to_dict()),
                    method_name="execute_complete")
@@ -413,9 +421,24 @@ def origin(context: Context) -> Origin:
                   team=team if isinstance(team, str) else None)
 
 
-async def _place_and_follow(sup: Supervisor) -> Follow:
+async def _place(sup: Supervisor, placed: Callable[[Follow], None], follow: bool) -> Follow:
+    """Place (or adopt) the first attempt, say where, and with ``follow`` (deferrable=False)
+    follow it here to a verdict."""
     state = await sup.place()
-    return state if state.verdict is not None else await sup.run()
+    if state.verdict is not None:
+        return state
+    placed(state)
+    return await sup.run() if follow else state
+
+
+def _push_placement(context: Context, state: Follow) -> None:
+    """Where the work went first (the UI, the seed DAG's sensor and the tests read it)."""
+    attempt = state.timeline.last
+    assert attempt is not None, "placed without an attempt"
+    context["ti"].xcom_push(key="skyshare_placement", value={
+        "cluster": attempt.cluster, "tier": attempt.tier, "pod": attempt.pod,
+        "namespace": attempt.namespace, "attempt": attempt.number, "why": attempt.why,
+    })
 
 
 __all__ = ["MultiClusterGpuOperator", "SkyshareTaskError", "kube"]

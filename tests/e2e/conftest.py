@@ -1,15 +1,21 @@
-"""A real Airflow (scheduler, triggerer, API server, SQLite) for the e2e tests."""
+"""A real Airflow for the e2e tests, in the production shape (PostgreSQL, Redis, Celery, two
+schedulers, workers and triggerers; scripts/production.py) unless SKYSHARE_E2E_SHAPE says
+``standalone`` (airflow standalone on SQLite, the shape of ./dev demo)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
-from scripts.scenario import Airflow
+from scripts.scenario import Airflow, Shape
+
+SHAPE = Shape(os.environ.get("SKYSHARE_E2E_SHAPE", Shape.PRODUCTION.value))
 
 
 def _free_port() -> int:
@@ -22,14 +28,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _bundles(home: Path) -> dict[str, Path]:
-    """The example bundles; bair's also holds DAGs that claim rise's identity (bundles/bair)."""
+    """The example bundles, each with the test DAGs of tests/e2e/bundles/<bundle> added (bair:
+    DAGs that claim rise's identity; both: deferrable=False twins of the seed DAGs)."""
     bundles = {d.name: d for d in sorted((ROOT / "dags").iterdir())
                if d.is_dir() and any(d.glob("*.py"))}
-    bair = home / "bundles" / "bair"
-    bair.mkdir(parents=True)
-    for src in [*bundles["bair"].glob("*.py"), *(HERE / "bundles" / "bair").glob("*.py")]:
-        shutil.copy(src, bair / src.name)
-    return {**bundles, "bair": bair}
+    for extra in sorted((HERE / "bundles").iterdir()):
+        copy = home / "bundles" / extra.name
+        copy.mkdir(parents=True)
+        for src in [*bundles[extra.name].glob("*.py"), *extra.glob("*.py")]:
+            shutil.copy(src, copy / src.name)
+        bundles[extra.name] = copy
+    return bundles
 
 
 HERE = Path(__file__).resolve().parent
@@ -38,10 +47,13 @@ HERE = Path(__file__).resolve().parent
 @pytest.fixture(scope="session")
 def airflow_server(kube_env):
     home = Path(tempfile.mkdtemp(prefix="skyshare-e2e-"))
-    af = Airflow(home=home, port=_free_port(), kubeconfig=kube_env, bundles=_bundles(home))
+    af = Airflow(home=home, port=_free_port(), kubeconfig=kube_env, bundles=_bundles(home),
+                 shape=SHAPE)
+    started = time.monotonic()
     af.start()
+    print(f"\nAirflow ({SHAPE.value} shape) healthy in {time.monotonic() - started:.0f}s")
     yield af
-    af.stop()
+    af.stop(purge=True)
 
 
 @pytest.fixture(scope="session")

@@ -143,3 +143,17 @@ def test_team_queues_through_real_airflow(sandbox, airflow_server, admin_pods, n
     assert placements(result.timelines["team-a-production"]) == [("campus", "owner", "Succeeded")]
     assert placements(result.timelines["team-b-experiment"]) == [
         ("campus", "borrower", "Preempted"), ("campus", "borrower", "Succeeded")]
+
+
+def test_seed_scenario_followed_in_worker_slots(airflow_server, admin_pods, no_leaks):
+    """deferrable=False: every job is followed, and moved, by the worker that placed it."""
+    af = airflow_server
+    result = run_scenario(af, admin_pods, {"romil": "20s", "abbeel": "5s"},
+                          dags=("rise_user_sync", "bair_user_sync"))
+    assert set(result.states.values()) == {"success"}, result.states
+    assert placements(result.timelines["romil-train"]) == [
+        ("bair", "borrower", "Preempted"), ("rise", "owner", "Succeeded")]
+    assert placements(result.timelines["abbeel"]) == [("bair", "owner", "Succeeded")]
+    triggers = [p for dag in ("rise_user_sync", "bair_user_sync")
+                for p in (af.home / "logs" / f"dag_id={dag}").rglob("*.trigger.*.log")]
+    assert triggers == []  # no triggerer took part

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from scripts.scenario import Shape
+
 pytestmark = pytest.mark.e2e
 
 
@@ -31,7 +33,21 @@ def test_secrets_never_reach_logs_xcom_or_events(airflow_server, kube_env):
     for path in af_files(airflow_server.home):
         text = path.read_text(errors="replace")
         found += [f"{path}: {s[:12]}..." for s in secrets if s in text]
+    for where, text in db_texts(airflow_server):
+        found += [f"{where}: {s[:12]}..." for s in secrets if s in text]
     assert not found, found
+
+
+def db_texts(af):
+    """Where a credential could land in a PostgreSQL metadata DB (the production shape; the
+    standalone shape's SQLite file is read whole by af_files)."""
+    if af.shape is not Shape.PRODUCTION:
+        return
+    for table, column in (("xcom", "value"), ("trigger", "kwargs"),
+                          ("task_instance", "next_kwargs"), ("log", "extra"),
+                          ("dag_run", "conf")):
+        for (value,) in af.db(f"SELECT CAST({column} AS TEXT) FROM {table}"):
+            yield f"{table}.{column}", value or ""
 
 
 def af_files(home):

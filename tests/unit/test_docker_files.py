@@ -31,7 +31,9 @@ COMMANDS = {
     "airflow-scheduler": "scheduler",
     "airflow-dag-processor": "dag-processor",
     "airflow-triggerer": "triggerer",
+    "airflow-worker": "celery worker",
 }
+TWO_OF_EACH = ("airflow-scheduler", "airflow-worker", "airflow-triggerer")
 _DEFAULT = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}")
 
 
@@ -58,7 +60,7 @@ def _mounts(service: dict) -> dict[str, Path | str]:
 
 def test_compose_runs_every_airflow_component(compose):
     services = compose["services"]
-    assert {*COMMANDS, "airflow-init", "postgres"} <= set(services)
+    assert {*COMMANDS, "airflow-init", "postgres", "redis"} <= set(services)
     assert {name: services[name]["command"] for name in COMMANDS} == COMMANDS
     assert services["airflow-init"]["command"] == "db migrate"
     assert any(str(p).endswith(":8080") for p in services["airflow-apiserver"]["ports"])
@@ -66,6 +68,24 @@ def test_compose_runs_every_airflow_component(compose):
         deps = services[name]["depends_on"]
         assert deps["airflow-init"]["condition"] == "service_completed_successfully"
         assert deps["postgres"]["condition"] == "service_healthy"
+        assert deps["redis"]["condition"] == "service_healthy"
+
+
+def test_compose_is_the_production_shape_the_e2e_tests_run(compose):
+    """Two schedulers, workers and triggerers, Celery on Redis: what scripts/production.py
+    starts and tests/e2e runs on."""
+    from scripts import production
+
+    services = compose["services"]
+    assert {name: services[name]["deploy"]["replicas"] for name in TWO_OF_EACH} == {
+        "airflow-scheduler": production.SCHEDULERS, "airflow-worker": production.WORKERS,
+        "airflow-triggerer": production.TRIGGERERS_PER_QUEUE}
+    env = services["airflow-scheduler"]["environment"]
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://redis:6379/0"
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://")
+    assert env["AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE"] == "True"
+    assert services["redis"]["healthcheck"]["test"][-1] == "ping"
 
 
 def test_airflow_services_use_the_provider_image(compose):
@@ -95,7 +115,8 @@ def test_dags_fleet_and_kubeconfig_are_mounted_and_configured(compose):
 def test_components_share_database_execution_api_and_jwt_secret(compose):
     envs = [compose["services"][name]["environment"] for name in COMMANDS]
     for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
-                "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__EXECUTOR"):
+                "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__EXECUTOR",
+                "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__CELERY__BROKER_URL"):
         values = {env[key] for env in envs}
         assert len(values) == 1 and values != {""}, key
     assert envs[0]["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == (

@@ -81,9 +81,22 @@ def test_template_keeps_kubernetes_pod_operator_meanings():
     assert pod["spec"]["restartPolicy"] == "Never"
 
 
-def test_deferrable_by_default():
-    assert MultiClusterGpuOperator(**GOOD).deferrable is True
-    assert MultiClusterGpuOperator(**GOOD, deferrable=False).deferrable is False
+@pytest.mark.parametrize(("ours", "airflows", "expected"), [
+    (None, None, False),  # Airflow's own default for every deferrable operator
+    (None, "True", True),  # [operators] default_deferrable is honoured
+    (None, "False", False),
+    ("", "True", True),  # empty (the provider's default): as Airflow's
+    ("True", "False", True),  # [skyshare] default_deferrable wins when set
+    ("False", "True", False),
+])
+def test_default_deferrable_follows_skyshare_then_airflow(monkeypatch, ours, airflows, expected):
+    for key, value in (("SKYSHARE", ours), ("OPERATORS", airflows)):
+        if value is None:
+            monkeypatch.delenv(f"AIRFLOW__{key}__DEFAULT_DEFERRABLE", raising=False)
+        else:
+            monkeypatch.setenv(f"AIRFLOW__{key}__DEFAULT_DEFERRABLE", value)
+    assert MultiClusterGpuOperator(**GOOD).deferrable is expected
+    assert MultiClusterGpuOperator(**GOOD, deferrable=not expected).deferrable is (not expected)
 
 
 @pytest.mark.parametrize(("value", "expected"), [(None, -1), (-1, -1), (0, 0), (3, 3)])

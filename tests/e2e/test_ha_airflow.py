@@ -1,0 +1,121 @@
+"""High availability on the production-shaped Airflow (issue 13): components die, work goes on.
+
+Each test kills a real process with SIGKILL (a lost machine, no clean-up) and checks, from the
+apiservers' watch events, that the task never had two live pods. A killed component is started
+again afterwards (``af.start()`` restarts the dead), as a deployment's supervisor would.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from scripts import production
+from scripts.scenario import Shape, run_scenario, wait_for
+from tests.e2e.conftest import SHAPE
+from tests.helpers.podwatch import PodRecorder
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(SHAPE is not Shape.PRODUCTION,
+                       reason="needs the production shape: two of each component"),
+]
+CLUSTERS = ("rise", "bair")
+
+
+def finished(af, dag_id: str, run: str, timeout: float = 240) -> str:
+    wait_for(lambda: af.run_state(dag_id, run) in ("success", "failed"), timeout,
+             f"{dag_id} finished", interval=0.5)
+    return af.run_state(dag_id, run)
+
+
+def test_a_killed_triggerer_hands_the_trigger_over_and_the_task_finishes(
+        airflow_server, admin, no_leaks):
+    af = airflow_server
+    with PodRecorder(admin, CLUSTERS, "skyshare.dev/dag-id=skyshare_job") as pods:
+        run = af.trigger("skyshare_job", {"gpus": "T4:1", "duration": "45s"})
+        victim = wait_for(lambda: production.triggerer_running(af, "skyshare_job", "job"), 120,
+                          "a triggerer running the task's trigger")
+        killed_at = time.time()
+        production.kill(af, victim)
+        heir = wait_for(lambda: production.triggerer_running(af, "skyshare_job", "job"), 120,
+                        "another triggerer running the trigger")
+        takeover = time.time() - killed_at
+        assert heir != victim and heir.startswith("triggerer-rise-"), (victim, heir)
+        print(f"\ntriggerer takeover: kill -9 {victim} -> {heir} following the pod in "
+              f"{takeover:.1f}s")
+        assert finished(af, "skyshare_job", run) == "success"
+    timeline = af.xcom("skyshare_job", run, "job")
+    assert [(a["number"], a["outcome"]) for a in timeline] == [(1, "Succeeded")]
+    assert len(pods.created()) == 1, pods.created()
+    assert pods.most_live_at_once()[0] == 1
+    af.start()  # the killed triggerer comes back for the tests after this one
+
+
+def test_preempted_while_the_trigger_changes_hands_the_work_moves_once(
+        airflow_server, admin, admin_pods, no_leaks):
+    af = airflow_server
+    killed: list[str] = []
+
+    def kill_the_follower():  # romil-train runs on bair as a borrower; abbeel comes next
+        victim = wait_for(lambda: production.triggerer_running(af, "rise_user", "romil-train"),
+                          60, "the triggerer following romil-train")
+        production.kill(af, victim)
+        killed.append(victim)
+
+    with PodRecorder(admin, CLUSTERS, "skyshare.dev/task-id=romil-train") as pods:
+        result = run_scenario(af, admin_pods, {"romil": "30s", "abbeel": "5s"},
+                              before_abbeel=kill_the_follower)
+    print(result.table())
+    assert killed and set(result.states.values()) == {"success"}, result.states
+    train = result.timelines["romil-train"]
+    assert [(a["cluster"], a["tier"]) for a in train] == [("bair", "borrower"),
+                                                          ("rise", "owner")]
+    # Preempted while no triggerer followed it: the heir finds the pod being evicted (or gone).
+    assert train[0]["outcome"] in ("Preempted", "Lost") and train[1]["outcome"] == "Succeeded"
+    assert len(pods.created()) == 2, pods.created()  # moved once, never placed twice
+    most, which = pods.most_live_at_once()
+    assert most == 1, which
+    af.start()
+
+
+def test_a_worker_killed_between_pod_create_and_defer_leaves_one_pod(
+        airflow_server, admin, no_leaks):
+    """bair_slow_defer's first try pauses after creating its pod; its Celery worker dies
+    there. Airflow fails the try (no heartbeat) and retries it on the other worker, which
+    deletes the first try's pod before placing its own."""
+    af = airflow_server
+    with PodRecorder(admin, CLUSTERS, "skyshare.dev/dag-id=bair_slow_defer") as pods:
+        run = af.trigger("bair_slow_defer")
+        wait_for(lambda: pods.created(), 120, "the first try's pod created")
+        pid = wait_for(lambda: (af.db("SELECT pid FROM task_instance WHERE dag_id = ? AND "
+                                      "run_id = ? AND task_id = 'job'", "bair_slow_defer",
+                                      run) or [[None]])[0][0], 60, "the task's process id")
+        worker = production.component_of(af, pid)
+        assert worker and worker.startswith("worker-"), (pid, worker)
+        killed_at = time.time()
+        production.kill(af, worker)
+        print(f"\nkilled {worker} (task process {pid}) after its pod was created")
+        assert finished(af, "bair_slow_defer", run, timeout=300) == "success"
+        retried = max(start for _, start, _ in pods.intervals().values())
+        print(f"the retry's pod was created {retried - killed_at:.1f}s after the kill")
+    tries = af.db("SELECT try_number FROM task_instance WHERE dag_id = ? AND run_id = ?",
+                  "bair_slow_defer", run)
+    assert tries == [(2,)]
+    created = pods.created()
+    assert len(created) == 2 and {n.split("-t")[-1][0] for n in created} == {"1", "2"}, created
+    most, which = pods.most_live_at_once()
+    assert most == 1, which
+    af.start()
+
+
+def test_a_scheduler_killed_mid_scenario_the_scenario_completes(
+        airflow_server, admin_pods, no_leaks):
+    af = airflow_server
+    result = run_scenario(af, admin_pods, {"romil": "20s", "abbeel": "5s"},
+                          before_abbeel=lambda: production.kill(af, "scheduler-1"))
+    assert "scheduler-1" in production.dead(af)
+    assert set(result.states.values()) == {"success"}, result.states
+    assert [a["outcome"] for a in result.timelines["romil-train"]][-1] == "Succeeded"
+    af.start()

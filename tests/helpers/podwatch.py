@@ -1,0 +1,134 @@
+"""The apiservers' own account of a task's pods: a watch per cluster, recorded as it happens.
+
+"At most one live pod" is a claim about every moment, so it is checked from watch events
+(each pod's creation and the moment it was marked for deletion or finished), not from
+sampling a list now and then. A pod is live from its ADDED event until the first event that
+shows it terminating (deletionTimestamp), finished (Succeeded/Failed) or gone (DELETED).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from kubernetes import watch
+
+TERMINAL = {"Succeeded", "Failed"}
+
+
+@dataclass(frozen=True)
+class Seen:
+    at: float  # when this process received the event (all clusters share one clock)
+    cluster: str
+    kind: str  # ADDED, MODIFIED, DELETED
+    name: str
+    uid: str
+    phase: str
+    terminating: bool
+
+
+@dataclass
+class PodRecorder:
+    """Watch every namespace of each cluster for pods matching ``selector`` from now on."""
+
+    admin: object  # tests.helpers.fixtures.AdminClients
+    clusters: tuple[str, ...]
+    selector: str
+    events: list[Seen] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _failed: list[BaseException] = field(default_factory=list)
+
+    def __enter__(self) -> PodRecorder:
+        ready = []
+        for cluster in self.clusters:
+            api = self.admin[cluster]
+            listing = api.list_pod_for_all_namespaces(label_selector=self.selector)
+            for pod in listing.items:  # what already exists counts from now
+                self._record(cluster, "ADDED", pod)
+            started = threading.Event()
+            thread = threading.Thread(target=self._watch, daemon=True, name=f"watch-{cluster}",
+                                      args=(cluster, listing.metadata.resource_version, started))
+            thread.start()
+            self._threads.append(thread)
+            ready.append(started)
+        for started in ready:
+            started.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(15)
+        self._check()
+
+    def _check(self) -> None:
+        """A recorder that stopped recording cannot vouch for anything: fail, never pass."""
+        if self._failed:
+            raise AssertionError(f"the pod watch failed: {self._failed[0]!r}") from self._failed[0]
+
+    def _watch(self, cluster: str, resource_version: str, started: threading.Event) -> None:
+        try:
+            self._follow(cluster, resource_version, started)
+        except BaseException as exc:  # noqa: BLE001 - kept and raised in the test's thread
+            self._failed.append(exc)
+            started.set()
+
+    def _follow(self, cluster: str, resource_version: str, started: threading.Event) -> None:
+        api = self.admin[cluster]
+        while not self._stop.is_set():
+            w = watch.Watch()
+            started.set()
+            for event in w.stream(api.list_pod_for_all_namespaces, label_selector=self.selector,
+                                  resource_version=resource_version, timeout_seconds=5,
+                                  allow_watch_bookmarks=True, _request_timeout=(5, 30)):
+                kind, pod = event["type"], event["object"]
+                if kind == "ERROR":  # e.g. 410 Gone: events were missed
+                    raise RuntimeError(f"watch of {cluster} ended: {event.get('raw_object')}")
+                if kind == "BOOKMARK":  # delivered as a plain dict
+                    raw = event.get("raw_object") or {}
+                    resource_version = raw.get("metadata", {}).get("resourceVersion",
+                                                                    resource_version)
+                else:
+                    resource_version = pod.metadata.resource_version
+                    self._record(cluster, kind, pod)
+                if self._stop.is_set():
+                    w.stop()
+
+    def _record(self, cluster: str, kind: str, pod) -> None:
+        self.events.append(Seen(time.time(), cluster, kind, pod.metadata.name, pod.metadata.uid,
+                                pod.status.phase or "", pod.metadata.deletion_timestamp is not None))
+
+    # -- what the events say ------------------------------------------------------------------
+    def intervals(self) -> dict[str, tuple[str, float, float | None]]:
+        """uid -> (cluster/name, live from, live until or None while still live)."""
+        self._check()
+        out: dict[str, tuple[str, float, float | None]] = {}
+        for e in sorted(self.events, key=lambda e: e.at):
+            if e.uid not in out:
+                out[e.uid] = (f"{e.cluster}/{e.name}", e.at, None)
+            name, start, end = out[e.uid]
+            if end is None and (e.kind == "DELETED" or e.terminating or e.phase in TERMINAL):
+                out[e.uid] = (name, start, e.at)
+        return out
+
+    def most_live_at_once(self) -> tuple[int, list[str]]:
+        """The largest number of pods live at one moment, and which they were."""
+        marks = []
+        for uid, (name, start, end) in self.intervals().items():
+            marks.append((start, 1, uid, name))
+            marks.append((end if end is not None else float("inf"), -1, uid, name))
+        live: dict[str, str] = {}
+        best: tuple[int, list[str]] = (0, [])
+        for _, delta, uid, name in sorted(marks, key=lambda m: (m[0], m[1])):  # ends first
+            if delta > 0:
+                live[uid] = name
+                if len(live) > best[0]:
+                    best = (len(live), sorted(live.values()))
+            else:
+                live.pop(uid, None)
+        return best
+
+    def created(self) -> list[str]:
+        return [name for name, _, _ in self.intervals().values()]
