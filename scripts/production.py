@@ -110,7 +110,6 @@ def triggerer(team: str | None, index: int) -> Component:
 
 
 def start(af: Airflow, timeout: float) -> None:
-    af.home.mkdir(parents=True, exist_ok=True)
     Services.load_or_new(af.home).start()
     af.prepare_db()  # migrate and create the teams before any component reads them
     for component in components(af):

@@ -81,7 +81,6 @@ class Airflow:
             from scripts import production
             from scripts.services import Services
 
-            self.home.mkdir(parents=True, exist_ok=True)
             env.update(production.env(self, Services.load_or_new(self.home)))
         env.update({
             "AIRFLOW_HOME": str(self.home),

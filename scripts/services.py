@@ -64,6 +64,7 @@ class Services:
     def load_or_new(cls, home: Path) -> Services:
         """The servers' ports and password are kept in the home, so a restart reuses them."""
         saved = home / "services.json"
+        home.mkdir(parents=True, exist_ok=True)
         if saved.exists():
             return cls(home=home, **json.loads(saved.read_text()))
         made = cls(home, _free_port(), _free_port(), secrets.token_urlsafe(18))
