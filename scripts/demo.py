@@ -30,16 +30,16 @@ def main() -> int:
 
     from airflow_provider_skyshare.sandbox.api import Sandbox
 
-    sandbox = Sandbox.ensure_up()
     state = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
     shape = Shape(args.shape)
-    home = "airflow" if shape is Shape.STANDALONE else f"airflow-{shape.value}"
-    af = Airflow(home=state / "skyshare-demo" / home, port=args.port,
-                 kubeconfig=sandbox.kubeconfig, shape=shape)
+    home = state / "skyshare-demo" / ("airflow" if shape is Shape.STANDALONE
+                                      else f"airflow-{shape.value}")
     if args.stop:
-        af.stop()
-        print(f"stopped the {shape.value} Airflow in {af.home}")
+        Airflow(home=home, port=args.port, shape=shape).stop()
+        print(f"stopped the {shape.value} Airflow in {home}")
         return 0
+    sandbox = Sandbox.ensure_up()
+    af = Airflow(home=home, port=args.port, kubeconfig=sandbox.kubeconfig, shape=shape)
     print(f"==> Airflow ({shape.value} shape) in {af.home}")
     af.start()
 

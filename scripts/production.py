@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scripts.services import Services
+from scripts.services import Services, free_port, write_private
 
 if TYPE_CHECKING:
     from scripts.scenario import Airflow
@@ -78,7 +78,7 @@ def components(af: Airflow) -> list[Component]:
     found += [Component(f"scheduler-{i}", ("scheduler",)) for i in range(1, SCHEDULERS + 1)]
     found += [Component(f"worker-{i}", ("celery", "worker", "--celery-hostname",
                                         f"worker-{i}@%h"),
-                        (("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", str(_free_port())),))
+                        (("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", str(free_port())),))
               for i in range(1, WORKERS + 1)]
     for team in [None, *af.active_teams()]:
         found += [triggerer(team, i) for i in range(1, TRIGGERERS_PER_QUEUE + 1)]
@@ -106,22 +106,27 @@ def next_triggerer(af: Airflow, team: str | None) -> Component:
 def triggerer(team: str | None, index: int) -> Component:
     return Component(f"triggerer-{team or 'global'}-{index}",
                      ("triggerer", *(["--team-name", team] if team else [])),
-                     (("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT", str(_free_port())),))
+                     (("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT", str(free_port())),))
 
 
 def start(af: Airflow, timeout: float) -> None:
-    Services.load_or_new(af.home).start()
-    af.prepare_db()  # migrate and create the teams before any component reads them
-    for component in components(af):
-        launch(af, component)
-    from scripts.scenario import wait_for
+    """Start the servers and every component not running yet (never a second copy of one),
+    then wait until Airflow says it is healthy."""
+    from scripts.scenario import ScenarioError, wait_for
 
+    Services.load_or_new(af.home).start()
+    running = pids(af)
+    if not running:
+        af.prepare_db()  # migrate and create the teams before any component reads them
+    for component in components(af):
+        if component.name not in running:
+            launch(af, component)
     wait_for(lambda: af.healthy() or dead(af), timeout,
              f"production-shaped Airflow healthy on {af.url}", interval=0.5)
     exited = dead(af)
     if exited:
-        raise RuntimeError(f"Airflow component(s) exited: {', '.join(exited)}; see their logs in "
-                           f"{af.home}")
+        raise ScenarioError(f"Airflow component(s) exited: {', '.join(exited)}; see "
+                            f"{', '.join(str(af.home / f'{n}.log') for n in exited)}")
 
 
 def launch(af: Airflow, component: Component) -> int:
@@ -141,32 +146,29 @@ def pids(af: Airflow) -> dict[str, int]:
     found = {}
     for pid_file in sorted((af.home / "pids").glob("*.pid")):
         pid = int(pid_file.read_text())
-        if _running(pid):
+        if _running(pid, af.home):
             found[pid_file.stem] = pid
     return found
 
 
-def _running(pid: int) -> bool:
-    """Alive, and not a zombie: a component killed by a test stays one until its parent (the
-    process that launched it) reaps it, so it is reaped here when it is ours."""
+def _running(pid: int, home: Path) -> bool:
+    """Alive, not a zombie, and this home's (a pid file outlives its process: after a
+    reboot the number may be another's). A component killed by a test stays a zombie until
+    its parent (the process that launched it) reaps it, so it is reaped here when ours."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except (OSError, IndexError):
         return False
-    return state != "Z"
+    return state != "Z" and f"AIRFLOW_HOME={home}".encode() in environ
 
 
-def kill(af: Airflow, name: str) -> list[int]:
+def kill(af: Airflow, name: str) -> None:
     """kill -9 a component and every process it started, as when its machine is lost (a
     worker's task processes die with it)."""
-    leader = int((af.home / "pids" / f"{name}.pid").read_text())
-    victims = [leader, *_descendants(leader)]
-    for pid in victims:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return victims
+    signal_all(af, name, signal.SIGKILL)
 
 
 def component_of(af: Airflow, pid: int) -> str | None:
@@ -177,20 +179,34 @@ def component_of(af: Airflow, pid: int) -> str | None:
     return None
 
 
-def triggerer_running(af: Airflow, dag_id: str, task_id: str) -> str | None:
-    """The triggerer that runs this task's trigger now: the one holding its trigger log
-    open (Airflow names no process in the trigger's row)."""
+def triggerers_running(af: Airflow, dag_id: str, task_id: str) -> list[str]:
+    """The triggerers that run this task's trigger now: those holding its trigger log open
+    (Airflow names no process in the trigger's row). Two, for a moment, in a hand-over."""
     marks = (f"/dag_id={dag_id}/", f"/task_id={task_id}/", ".log.trigger.")
+    found = []
     for name, leader in pids(af).items():
-        if not name.startswith("triggerer-"):
-            continue
-        for pid in (leader, *_descendants(leader)):
+        if name.startswith("triggerer-") and any(
+                all(m in target for m in marks)
+                for pid in (leader, *_descendants(leader)) for target in _open_files(pid)):
+            found.append(name)
+    return found
+
+
+def signal_all(af: Airflow, name: str, sig: signal.Signals) -> None:
+    """Signal a component and every process it started (SIGSTOP: a machine that froze)."""
+    leader = int((af.home / "pids" / f"{name}.pid").read_text())
+    for pid in (leader, *_descendants(leader)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _open_files(pid: int) -> list[str]:
+    targets = []
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
             with contextlib.suppress(OSError):
-                for fd in Path(f"/proc/{pid}/fd").iterdir():
-                    with contextlib.suppress(OSError):
-                        if all(m in os.readlink(fd) for m in marks):
-                            return name
-    return None
+                targets.append(os.readlink(fd))
+    return targets
 
 
 def _descendants(pid: int) -> list[int]:
@@ -209,16 +225,19 @@ def _descendants(pid: int) -> list[int]:
 
 
 def stop(af: Airflow, purge: bool) -> None:
+    """SIGTERM every component, SIGKILL what is left after 30 s, including processes that
+    left its process group (Airflow's supervisor starts task and trigger runners in their own)."""
     running = pids(af)
+    victims = {pid for leader in running.values() for pid in (leader, *_descendants(leader))}
     for pid in running.values():
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(_running(p) for p in running.values()):
+    while time.monotonic() < deadline and any(_running(p, af.home) for p in running.values()):
         time.sleep(0.2)
-    for pid in running.values():
+    for pid in victims:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
     for pid_file in (af.home / "pids").glob("*.pid"):
         pid_file.unlink()
     if (af.home / "services.json").exists():
@@ -237,14 +256,7 @@ def _secrets(home: Path) -> dict[str, str]:
     if not path.exists():
         values = {"fernet": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
                   "jwt": secrets.token_urlsafe(32), "api": secrets.token_urlsafe(32)}
-        path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-        path.chmod(0o600)
+        write_private(path, "".join(f"{k}={v}\n" for k, v in values.items()))
     return dict(line.split("=", 1) for line in path.read_text().split())
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

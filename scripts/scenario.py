@@ -24,6 +24,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from scripts.services import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 TERMINAL_RUN = {"success", "failed"}
 
@@ -162,12 +164,11 @@ class Airflow:
                               capture_output=True, text=True, timeout=300, cwd=self.home)
 
     def _start_production(self, timeout: float) -> None:
+        """Start it, or start again what a test (or a crash) killed."""
         from scripts import production
 
-        if self.healthy():  # reused: restart what a test (or a crash) killed
-            for name in production.dead(self):
-                production.launch(self, production.by_name(self, name))
-            return
+        for name in production.dead(self):  # started before, by name (triggerers added later)
+            production.launch(self, production.by_name(self, name))
         production.start(self, timeout)
 
     def prepare_db(self) -> None:
@@ -189,7 +190,7 @@ class Airflow:
 
             return production.launch(self, production.next_triggerer(self, team))
         name = f"triggerer-{team or 'global'}"
-        env = {**self.env(), "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port())}
+        env = {**self.env(), "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())}
         log = open(self.home / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
         proc = subprocess.Popen(
             [sys.executable, "-m", "airflow", "triggerer", *(["--team-name", team] if team else [])],
@@ -342,14 +343,6 @@ class Airflow:
                            f"{_q(task_id)}", {"new_state": state})
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _q(value: str) -> str:
     from urllib.parse import quote
 
@@ -422,7 +415,7 @@ def run_scenario(af: Airflow, admin_pods, durations: dict[str, str] | None = Non
                                                                         "romil-train")),
              timeout, "romil-train running")
     wait_for(lambda: af.following(rise, rise_run, "romil-train"), timeout,
-             "a triggerer following romil-train")
+             "romil-train followed (by its trigger, or its worker with deferrable=False)")
     if before_abbeel:
         before_abbeel()
     abbeel_submitted = time.time()

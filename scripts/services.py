@@ -8,7 +8,6 @@ as root: as root, its server runs as the package's ``postgres`` user.
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import hashlib
 import json
@@ -67,10 +66,9 @@ class Services:
         home.mkdir(parents=True, exist_ok=True)
         if saved.exists():
             return cls(home=home, **json.loads(saved.read_text()))
-        made = cls(home, _free_port(), _free_port(), secrets.token_urlsafe(18))
-        fields = {k: v for k, v in asdict(made).items() if k != "home"}
-        saved.write_text(json.dumps(fields))
-        saved.chmod(0o600)
+        postgres = free_port()
+        made = cls(home, postgres, free_port(avoid=postgres), secrets.token_urlsafe(18))
+        write_private(saved, json.dumps({k: v for k, v in asdict(made).items() if k != "home"}))
         return made
 
     def start(self) -> None:
@@ -82,8 +80,12 @@ class Services:
         """Stop both servers; purge: also delete the database (a throwaway test bed)."""
         pid_file = self.home / "redis.pid"
         if pid_file.exists():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid_file.read_text()), signal.SIGTERM)
+            pid = int(pid_file.read_text())
+            if b"redis-server" in _cmdline(pid):
+                os.kill(pid, signal.SIGTERM)
+                deadline = time.monotonic() + 15  # a restart must not find it still there
+                while b"redis-server" in _cmdline(pid) and time.monotonic() < deadline:
+                    time.sleep(0.1)
             pid_file.unlink(missing_ok=True)
         if (self.pgdata / "postmaster.pid").exists():
             _as_postgres([_pg_bin("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w",
@@ -94,6 +96,7 @@ class Services:
     # -- PostgreSQL --------------------------------------------------------------------------
     def _start_postgres(self) -> None:
         if _answers(self.postgres_port):
+            self._create_database()  # also where an earlier start stopped before it
             return
         root = self.pgdata.parent
         root.mkdir(parents=True, exist_ok=True)
@@ -110,8 +113,12 @@ class Services:
             pwfile.unlink()
         options = (f"-p {self.postgres_port} -c listen_addresses=127.0.0.1 "
                    "-c unix_socket_directories='' -c max_connections=300 -c fsync=off")
-        _as_postgres([_pg_bin("pg_ctl"), "-D", str(self.pgdata), "-l", str(root / "server.log"),
-                      "-o", options, "-w", "-t", "60", "start"])
+        log = root / "server.log"
+        started = _as_postgres([_pg_bin("pg_ctl"), "-D", str(self.pgdata), "-l", str(log), "-o",
+                                options, "-w", "-t", "60", "start"], check=False)
+        if started.returncode != 0:
+            raise ServiceError(f"PostgreSQL did not start on 127.0.0.1:{self.postgres_port} "
+                               f"({started.stdout.strip()[-300:]}); see {log}")
         self._create_database()
 
     def _create_database(self) -> None:
@@ -124,8 +131,11 @@ class Services:
             raise ServiceError(f"PostgreSQL on 127.0.0.1:{self.postgres_port} refused a query: "
                                f"{found.stderr.strip()}")
         if found.stdout.strip() != "1":
-            subprocess.run([*base, "CREATE DATABASE airflow"], env=env, check=True,
-                           capture_output=True, timeout=30)
+            made = subprocess.run([*base, "CREATE DATABASE airflow"], env=env,
+                                  capture_output=True, text=True, timeout=30)
+            if made.returncode != 0:
+                raise ServiceError(f"could not create the database 'airflow' on 127.0.0.1:"
+                                   f"{self.postgres_port}: {made.stderr.strip()}")
 
     # -- Redis -------------------------------------------------------------------------------
     def _start_redis(self) -> None:
@@ -158,7 +168,11 @@ def ensure_installed() -> None:
                            f"install them (sudo apt-get install {' '.join(missing)}) and retry")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        try:
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        except subprocess.TimeoutExpired:
+            raise ServiceError(f"`{' '.join(cmd)}` took over 900 s; install {' '.join(missing)} "
+                               "by hand and retry") from None
         if done.returncode != 0:
             raise ServiceError(f"`{' '.join(cmd)}` failed ({done.returncode}): "
                                f"{(done.stderr or done.stdout).strip()[-800:]}")
@@ -217,13 +231,31 @@ def _as_postgres(cmd: list[str], check: bool = True) -> subprocess.CompletedProc
     return done
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def write_private(path: Path, text: str) -> None:
+    """Passwords and keys: readable by the owner only from the first byte."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
 def _answers(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_port(avoid: int = 0) -> int:
+    """A port free on 127.0.0.1 now (another process may still take it before we bind)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port != avoid:
+            return port

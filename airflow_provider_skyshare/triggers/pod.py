@@ -29,6 +29,9 @@ FINISHED = frozenset({"success", "failed", "skipped", "upstream_failed", "remove
 TASK_STATE_TIMEOUT = 120.0
 # A trigger cancelled while its task is still deferred was moved to another triggerer.
 HANDED_OVER = "deferred"
+# on_kill asks for the task's state within this, well inside the time Airflow gives on_kill
+# ([triggerer] on_kill_timeout, 30 s by default) so that the delete still happens.
+ON_KILL_STATE_TIMEOUT = 10.0
 TIMELINE_XCOM = "skyshare_timeline"  # the timeline of a task that did not succeed
 
 
@@ -105,9 +108,11 @@ class MultiClusterPodTrigger(BaseTrigger):
         await XCom.aset(key, state.timeline.to_list(), dag_id=ident.dag_id,
                         task_id=ident.task_id, run_id=ident.run_id, map_index=ident.map_index)
 
-    async def _task_state(self, sup: Supervisor) -> str | None:
+    async def _task_state(self, sup: Supervisor,
+                          timeout: float = TASK_STATE_TIMEOUT) -> str | None:
         """This task's state as Airflow has it, asked through the triggerer's supervisor;
-        None where nobody can be asked (dag.test runs triggers in-process)."""
+        None where nobody can be asked (dag.test runs triggers in-process) or no answer came
+        in time."""
         ident = sup.job.identity
         try:
             from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
@@ -115,7 +120,7 @@ class MultiClusterPodTrigger(BaseTrigger):
             states = await asyncio.wait_for(asyncio.to_thread(
                 RuntimeTaskInstance.get_task_states, dag_id=ident.dag_id,
                 task_ids=[ident.task_id], run_ids=[ident.run_id],
-                map_index=ident.map_index if ident.map_index >= 0 else None), TASK_STATE_TIMEOUT)
+                map_index=ident.map_index if ident.map_index >= 0 else None), timeout)
             key = ident.task_id if ident.map_index < 0 else f"{ident.task_id}_{ident.map_index}"
             state = (states or {}).get(ident.run_id, {}).get(key)
         except Exception as exc:  # noqa: BLE001 - only a safeguard: never block the work on it
@@ -127,9 +132,11 @@ class MultiClusterPodTrigger(BaseTrigger):
         """Airflow cancelled this trigger here. A user marked the task failed/success or
         cleared it: delete its pod wherever it is. But Airflow 3.3 says the same when it hands
         the trigger to another triggerer (this one's heartbeat was late): the task is still
-        deferred then, and the pod is the new triggerer's to follow, not ours to delete."""
+        deferred then, and the pod is the new triggerer's to follow, not ours to delete.
+        No answer in time: delete (a user's action must not leave a pod running; a needless
+        move after a hand-over is the lesser harm)."""
         sup = self._supervisor or Supervisor(Follow.from_dict(self.state), log=self.log)
-        state = await self._task_state(sup)
+        state = await self._task_state(sup, ON_KILL_STATE_TIMEOUT)
         if state == HANDED_OVER:
             self.log.warning("trigger cancelled here while the task is still deferred: handed "
                              "to another triggerer, which follows the pod; not deleting it")

@@ -131,6 +131,12 @@ write_kubeconfig() {
         echo "AIRFLOW_UID=$(id -u)" >"$ENV_FILE"
         say "wrote $ENV_FILE (AIRFLOW_UID=$(id -u): the containers run as you and can read the kubeconfig)"
     fi
+    # One Fernet key and JWT secret for every component (compose.yaml reads them from .env).
+    if ! grep -q '^SKYSHARE_FERNET_KEY=' "$ENV_FILE"; then
+        echo "SKYSHARE_FERNET_KEY=$(head -c 32 /dev/urandom | base64 | tr '+/' '-_')" >>"$ENV_FILE"
+        echo "SKYSHARE_JWT_SECRET=$(head -c 32 /dev/urandom | base64 | tr -d '+/=')" >>"$ENV_FILE"
+        say "added a Fernet key and a JWT secret to $ENV_FILE"
+    fi
 }
 
 main() {

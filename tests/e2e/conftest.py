@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -14,14 +13,9 @@ from pathlib import Path
 import pytest
 
 from scripts.scenario import Airflow, Shape
+from scripts.services import free_port
 
 SHAPE = Shape(os.environ.get("SKYSHARE_E2E_SHAPE", Shape.PRODUCTION.value))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,13 +41,15 @@ HERE = Path(__file__).resolve().parent
 @pytest.fixture(scope="session")
 def airflow_server(kube_env):
     home = Path(tempfile.mkdtemp(prefix="skyshare-e2e-"))
-    af = Airflow(home=home, port=_free_port(), kubeconfig=kube_env, bundles=_bundles(home),
+    af = Airflow(home=home, port=free_port(), kubeconfig=kube_env, bundles=_bundles(home),
                  shape=SHAPE)
     started = time.monotonic()
-    af.start()
-    print(f"\nAirflow ({SHAPE.value} shape) healthy in {time.monotonic() - started:.0f}s")
-    yield af
-    af.stop(purge=True)
+    try:  # a start that fails half-way stops what it started (servers, components) too
+        af.start()
+        print(f"\nAirflow ({SHAPE.value} shape) healthy in {time.monotonic() - started:.0f}s")
+        yield af
+    finally:
+        af.stop(purge=True)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,10 @@ again afterwards (the ``af`` fixture restarts the dead), as a deployment's super
 
 from __future__ import annotations
 
+import json
+import signal
 import time
+from datetime import datetime
 
 import pytest
 
@@ -39,17 +42,32 @@ def finished(af, dag_id: str, run: str, timeout: float = 240) -> str:
     return af.run_state(dag_id, run)
 
 
+def running(af, dag_id: str, task_id: str) -> str | None:
+    """The triggerer running the task's trigger."""
+    return next(iter(production.triggerers_running(af, dag_id, task_id)), None)
+
+
 def heir_of(af, victim: str, dag_id: str, task_id: str) -> str | None:
-    """The triggerer running the task's trigger, once it is not the killed one."""
-    found = production.triggerer_running(af, dag_id, task_id)
-    return found if found not in (None, victim) else None
+    """A triggerer running the task's trigger that is not the killed (or frozen) one."""
+    return next((n for n in production.triggerers_running(af, dag_id, task_id) if n != victim),
+                None)
+
+
+def trigger_starts(af, dag_id: str, run_id: str, task_id: str) -> list[float]:
+    """When each triggerer started the task's trigger: the first line of each trigger log."""
+    folder = af.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+    starts = []
+    for log in folder.glob("*.trigger.*.log"):
+        stamp = json.loads(log.read_text().splitlines()[0])["timestamp"]
+        starts.append(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp())
+    return sorted(starts)
 
 
 def test_a_killed_triggerer_hands_the_trigger_over_and_the_task_finishes(
         af, admin, no_leaks):
     with PodRecorder(admin, CLUSTERS, "skyshare.dev/dag-id=skyshare_job") as pods:
         run = af.trigger("skyshare_job", {"gpus": "T4:1", "duration": "45s"})
-        victim = wait_for(lambda: production.triggerer_running(af, "skyshare_job", "job"), 120,
+        victim = wait_for(lambda: running(af, "skyshare_job", "job"), 120,
                           "a triggerer running the task's trigger")
         killed_at = time.time()
         production.kill(af, victim)
@@ -71,8 +89,8 @@ def test_preempted_while_the_trigger_changes_hands_the_work_moves_once(
     killed: list[str] = []
 
     def kill_the_follower():  # romil-train runs on bair as a borrower; abbeel comes next
-        victim = wait_for(lambda: production.triggerer_running(af, "rise_user", "romil-train"),
-                          60, "the triggerer following romil-train")
+        victim = wait_for(lambda: running(af, "rise_user", "romil-train"), 60,
+                          "the triggerer following romil-train")
         production.kill(af, victim)
         killed.append(victim)
 
@@ -89,6 +107,10 @@ def test_preempted_while_the_trigger_changes_hands_the_work_moves_once(
     assert len(pods.created()) == 2, pods.created()  # moved once, never placed twice
     most, which = pods.most_live_at_once()
     assert most == 1, which
+    # ... and the preemption came while nobody followed the pod: before the heir started.
+    evicted = next(end for name, _, end in pods.intervals().values() if name.startswith("bair/"))
+    heir_started = trigger_starts(af, "rise_user", result.runs["rise_user"], "romil-train")[-1]
+    assert evicted is not None and evicted < heir_started, (evicted, heir_started)
 
 
 def test_a_worker_killed_between_pod_create_and_defer_leaves_one_pod(
@@ -117,6 +139,37 @@ def test_a_worker_killed_between_pod_create_and_defer_leaves_one_pod(
     assert len(created) == 2 and {n.split("-t")[-1][0] for n in created} == {"1", "2"}, created
     most, which = pods.most_live_at_once()
     assert most == 1, which
+    # the first try's (10-minute) pod was ended by the retry, before the retry placed its own
+    first, second = sorted(pods.intervals().values(), key=lambda iv: iv[1])
+    assert "-t1-" in first[0] and "-t2-" in second[0], (first, second)
+    assert first[2] is not None and first[2] <= second[1], (first, second)
+
+
+def test_a_frozen_triggerer_that_wakes_after_the_handover_keeps_its_hands_off(
+        af, admin, no_leaks):
+    """SIGSTOP the triggerer following a pod until another has taken the trigger over, then
+    SIGCONT it: Airflow cancels its stale copy (calling on_kill as for a user's action), and
+    that copy must neither delete the pod nor place the work anywhere."""
+    with PodRecorder(admin, CLUSTERS, "skyshare.dev/dag-id=skyshare_job") as pods:
+        run = af.trigger("skyshare_job", {"gpus": "T4:1", "duration": "60s"})
+        victim = wait_for(lambda: running(af, "skyshare_job", "job"), 120,
+                          "a triggerer running the task's trigger")
+        production.signal_all(af, victim, signal.SIGSTOP)
+        try:
+            heir = wait_for(lambda: heir_of(af, victim, "skyshare_job", "job"), 120,
+                            "another triggerer running the trigger")
+        finally:
+            production.signal_all(af, victim, signal.SIGCONT)
+        wait_for(lambda: victim not in production.triggerers_running(af, "skyshare_job", "job"),
+                 60, f"{victim} dropping its stale copy")
+        print(f"\n{victim} frozen; {heir} took the trigger over; {victim} woke and stepped down")
+        assert finished(af, "skyshare_job", run) == "success"
+    timeline = af.xcom("skyshare_job", run, "job")
+    assert [(a["number"], a["outcome"]) for a in timeline] == [(1, "Succeeded")]
+    assert len(pods.created()) == 1 and pods.most_live_at_once()[0] == 1, pods.created()
+    logs = "".join(p.read_text() for p in (af.home / "logs" / "dag_id=skyshare_job" /
+                                           f"run_id={run}").rglob("*.trigger.*.log"))
+    assert "handed to another triggerer, which follows the pod; not deleting it" in logs
 
 
 def test_a_scheduler_killed_mid_scenario_the_scenario_completes(

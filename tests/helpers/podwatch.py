@@ -3,7 +3,10 @@
 "At most one live pod" is a claim about every moment, so it is checked from watch events
 (each pod's creation and the moment it was marked for deletion or finished), not from
 sampling a list now and then. A pod is live from its ADDED event until the first event that
-shows it terminating (deletionTimestamp), finished (Succeeded/Failed) or gone (DELETED).
+shows it terminating (deletionTimestamp), finished (Succeeded/Failed) or gone (DELETED): a pod
+in its termination grace period no longer counts (waiting that out is issue 14's option).
+Times are when this process received each event, one clock for all clusters (the API's own
+timestamps have one-second resolution).
 """
 
 from __future__ import annotations
@@ -117,6 +120,8 @@ class PodRecorder:
         """The largest number of pods live at one moment, and which they were."""
         marks = []
         for uid, (name, start, end) in self.intervals().items():
+            if end == start:  # first seen already terminating or finished: never live
+                continue
             marks.append((start, 1, uid, name))
             marks.append((end if end is not None else float("inf"), -1, uid, name))
         live: dict[str, str] = {}

@@ -86,6 +86,11 @@ def test_compose_is_the_production_shape_the_e2e_tests_run(compose):
     assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://")
     assert env["AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE"] == "True"
     assert services["redis"]["healthcheck"]["test"][-1] == "ping"
+    # the Fernet key and JWT secret come from .env, which create-clusters.sh fills
+    assert env["AIRFLOW__CORE__FERNET_KEY"] == "${SKYSHARE_FERNET_KEY:-}"
+    script = (KIND / "create-clusters.sh").read_text()
+    assert 'echo "SKYSHARE_FERNET_KEY=$(head -c 32 /dev/urandom | base64' in script
+    assert "SKYSHARE_JWT_SECRET=" in script
 
 
 def test_airflow_services_use_the_provider_image(compose):

@@ -25,6 +25,8 @@ class SlowToDefer(MultiClusterGpuOperator):
 
 with DAG(dag_id="bair_slow_defer", start_date=datetime(2026, 1, 1), schedule=None,
          catchup=False, default_args={"owner": "abbeel"}, tags=["skyshare", "ha"]):
+    # The first try's pod would run 10 minutes: only the retry's clean-up can end it.
     SlowToDefer(task_id="job", gpus="T4:1", image="busybox",
-                annotations={"sandbox.skyshare.dev/duration": "5s"},
+                annotations={"sandbox.skyshare.dev/duration":
+                             "{{ '600s' if ti.try_number == 1 else '5s' }}"},
                 retries=1, retry_delay=timedelta(seconds=1))
