@@ -137,7 +137,9 @@ def launch(af: Airflow, component: Component) -> int:
         stdin=subprocess.DEVNULL, start_new_session=True, cwd=af.home)
     pid_dir = af.home / "pids"
     pid_dir.mkdir(exist_ok=True)
-    (pid_dir / f"{component.name}.pid").write_text(str(proc.pid))
+    # with its start time: a pid file outlives its process, and after a reboot the number
+    # may be another's (setproctitle rewrites a component's cmdline and environ)
+    (pid_dir / f"{component.name}.pid").write_text(f"{proc.pid} {_started(proc.pid)}")
     return proc.pid
 
 
@@ -145,24 +147,33 @@ def pids(af: Airflow) -> dict[str, int]:
     """Component name -> pid (process group leader), for those still alive."""
     found = {}
     for pid_file in sorted((af.home / "pids").glob("*.pid")):
-        pid = int(pid_file.read_text())
-        if _running(pid, af.home):
-            found[pid_file.stem] = pid
+        pid, started = pid_file.read_text().split()
+        if _running(int(pid), started):
+            found[pid_file.stem] = int(pid)
     return found
 
 
-def _running(pid: int, home: Path) -> bool:
-    """Alive, not a zombie, and this home's (a pid file outlives its process: after a
-    reboot the number may be another's). A component killed by a test stays a zombie until
-    its parent (the process that launched it) reaps it, so it is reaped here when ours."""
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (field 3 on), [] when there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _started(pid: int) -> str:
+    fields = _stat(pid)
+    return fields[19] if fields else "?"  # field 22: start time, in clock ticks after boot
+
+
+def _running(pid: int, started: str) -> bool:
+    """Alive, not a zombie, and the process the pid file was written for. A component killed
+    by a test stays a zombie until its parent (the one that launched it) reaps it, so it is
+    reaped here when it is ours."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except (OSError, IndexError):
-        return False
-    return state != "Z" and f"AIRFLOW_HOME={home}".encode() in environ
+    fields = _stat(pid)
+    return bool(fields) and fields[0] != "Z" and fields[19] == started
 
 
 def kill(af: Airflow, name: str) -> None:
@@ -194,7 +205,9 @@ def triggerers_running(af: Airflow, dag_id: str, task_id: str) -> list[str]:
 
 def signal_all(af: Airflow, name: str, sig: signal.Signals) -> None:
     """Signal a component and every process it started (SIGSTOP: a machine that froze)."""
-    leader = int((af.home / "pids" / f"{name}.pid").read_text())
+    leader = pids(af).get(name)
+    if leader is None:
+        raise LookupError(f"Airflow component {name} is not running")
     for pid in (leader, *_descendants(leader)):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
@@ -233,7 +246,7 @@ def stop(af: Airflow, purge: bool) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(_running(p, af.home) for p in running.values()):
+    while time.monotonic() < deadline and pids(af):  # (reaps our own zombies)
         time.sleep(0.2)
     for pid in victims:
         with contextlib.suppress(ProcessLookupError):
