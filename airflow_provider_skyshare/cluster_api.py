@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from airflow_provider_skyshare import capacity, kube, watch
 from airflow_provider_skyshare.fleet import Fleet
 from airflow_provider_skyshare.follow import (
+    CreateAnswer,
     CreateConflict,
     Created,
     CreateFailed,
@@ -55,6 +56,13 @@ class ClusterApi(Protocol):
         answer."""
 
     async def name_preemptor(self, cluster: str, uid: str) -> str: ...
+
+
+def _answer(exc: kube.KubeError) -> CreateAnswer:
+    """No answer and 5xx may hide a stored pod; any 4xx says it was not stored."""
+    if exc.unreachable:
+        return CreateAnswer.NONE
+    return CreateAnswer.SERVER_ERROR if exc.status >= 500 else CreateAnswer.REFUSED
 
 
 def feed_event(change: watch.Change, pod: dict[str, Any] | None, detail: str) -> Event | None:
@@ -110,13 +118,13 @@ class KubeClusterApi:
             return Created(cluster)
         except kube.KubeError as exc:
             if exc.status != 409:
-                return CreateFailed(cluster, exc.unreachable, _said(exc))
+                return CreateFailed(cluster, _answer(exc), _said(exc))
         meta = pod["metadata"]
         try:
             return CreateConflict(cluster, await kube.get_pod(target, meta["namespace"],
                                                               meta["name"]))
         except kube.KubeError as exc:
-            return CreateFailed(cluster, exc.unreachable, f"after HTTP 409: {_said(exc)}")
+            return CreateFailed(cluster, _answer(exc), f"after HTTP 409: {_said(exc)}")
 
     async def watch(self, cluster: str, namespace: str, pod: str) -> PodFeed:
         """Known to the shared watch: no request. Not (yet) in its cache: one get, since a

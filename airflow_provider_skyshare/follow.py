@@ -97,9 +97,27 @@ class Orphan:
 class Refusal(str, enum.Enum):
     """Why a cluster did not take this attempt's pod."""
 
-    UNREACHABLE = "unreachable"  # the create's answer was lost: the pod may exist there
+    UNREACHABLE = "unreachable"  # no answer, not even to the read-back: the pod may exist
+    NOT_CREATED = "not created"  # no (or a 5xx) answer, and the read-back found no pod
     REJECTED = "rejected"  # the API server said no (HTTP status in the message)
     NAME_TAKEN = "name taken"  # an object of another task holds the deterministic name
+
+    @property
+    def transient(self) -> bool:
+        """Worth another round: the cluster may take the pod a moment later."""
+        return self in (Refusal.UNREACHABLE, Refusal.NOT_CREATED)
+
+
+class CreateAnswer(str, enum.Enum):
+    """What a pod create got back, when it was not the pod."""
+
+    NONE = "no answer"  # timeout, reset: the API server may have stored the pod
+    SERVER_ERROR = "server error"  # HTTP 5xx: it may have stored it too (an etcd timeout)
+    REFUSED = "refused"  # HTTP 4xx: it did not
+
+    @property
+    def ambiguous(self) -> bool:
+        return self is not CreateAnswer.REFUSED
 
 
 @dataclass(frozen=True)
@@ -147,7 +165,7 @@ class CreateConflict:
 @dataclass(frozen=True)
 class CreateFailed:
     cluster: str
-    unreachable: bool
+    answer: CreateAnswer
     message: str
 
 
@@ -189,8 +207,17 @@ class PreemptorNamed:
     who: str
 
 
+@dataclass(frozen=True)
+class ReadBackAnswer:
+    """What a get of the pod whose create had no clear answer found."""
+
+    cluster: str
+    found: PodSeen | PodGone | Unreachable
+    message: str  # the create's own error
+
+
 Event = (Start | Probed | Created | CreateConflict | CreateFailed | PodSeen | PodGone
-         | Unreachable | Reconnected | Tick | Deleted | PreemptorNamed)
+         | Unreachable | Reconnected | Tick | Deleted | PreemptorNamed | ReadBackAnswer)
 
 
 # -- actions (what the shell must do) ------------------------------------------------------
@@ -221,6 +248,17 @@ class Recheck:
     cluster: str
     namespace: str
     pod: str
+
+
+@dataclass(frozen=True)
+class ReadBack:
+    """Get the pod a create may have made despite its error, before any other cluster is
+    tried: a task must not end up with a pod on two clusters."""
+
+    cluster: str
+    namespace: str
+    pod: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -256,7 +294,7 @@ class Note:
     text: str
 
 
-Action = Probe | Create | Watch | Recheck | Delete | NamePreemptor | Finish | Note
+Action = Probe | Create | Watch | Recheck | ReadBack | Delete | NamePreemptor | Finish | Note
 
 
 # -- the state -----------------------------------------------------------------------------
@@ -364,7 +402,8 @@ def _create_action(state: Follow, cand: Candidate) -> Create:
     job, timeline = state.job, state.timeline
     body = pods.build(job.template, identity=job.identity, attempt=timeline.next_number,
                       cluster=cand.cluster, tier=cand.tier, request=job.request,
-                      preemptions=timeline.preemptions, history_json=timeline.to_json())
+                      preemptions=timeline.preemptions, history_json=timeline.to_json(),
+                      orphans=[asdict(o) for o in state.orphans])
     return Create(cand.cluster.name, body)
 
 
@@ -417,8 +456,36 @@ def _create_conflict(state: Follow, event: CreateConflict, now: float) -> Step:
 
 
 def _create_failed(state: Follow, event: CreateFailed, now: float) -> Step:
-    why = Refusal.UNREACHABLE if event.unreachable else Refusal.REJECTED
-    return _refused(state, event.cluster, why, event.message[:160], now)
+    """A refusal falls through to the next candidate; a create without a clear answer is read
+    back first, as it may have made the pod."""
+    if not event.answer.ambiguous:
+        return _refused(state, event.cluster, Refusal.REJECTED, event.message[:160], now)
+    if state.phase is not Phase.PLACING or not state.candidates:
+        return state, []
+    pod = state.job.identity.pod_name(state.timeline.next_number)
+    return state, [
+        Note(Level.WARNING, f"cluster {event.cluster}: {event.answer.value} to the create "
+                            f"({event.message[:160]}); reading {pod} back before trying "
+                            "another cluster"),
+        ReadBack(event.cluster, state.candidates[0].cluster.namespace, pod, event.message[:160])]
+
+
+def _read_back(state: Follow, event: ReadBackAnswer, now: float) -> Step:
+    """The pod is there: it is this attempt's. Not there: the cluster did not take it. No
+    answer again: it may be there, an orphan to delete once the cluster answers."""
+    found, cluster = event.found, event.cluster
+    if isinstance(found, PodSeen) and not found.deleted:
+        labels = (found.pod.get("metadata") or {}).get("labels") or {}
+        if labels.get(L_TASK_KEY) != state.job.identity.key:
+            return _refused(state, cluster, Refusal.NAME_TAKEN,
+                            "the pod name is taken by another object", now)
+        new, actions = _created(state, Created(cluster), now)
+        return new, [Note(Level.INFO, f"the create on {cluster} had no clear answer but made "
+                                      "the pod: following it"), *actions]
+    if isinstance(found, Unreachable):
+        return _refused(state, cluster, Refusal.UNREACHABLE,
+                        f"{event.message}; reading it back: {found.detail[:120]}", now)
+    return _refused(state, cluster, Refusal.NOT_CREATED, event.message, now)
 
 
 def _refused(state: Follow, cluster: str, why: Refusal, message: str, now: float) -> Step:
@@ -449,11 +516,11 @@ def _refused_text(state: Follow) -> str:
 
 def _nothing_took_it(state: Follow, now: float, summary: str) -> Step:
     """Retry for a while when a cluster may come back; otherwise there is no placement."""
-    transient = state.transient or any(w is Refusal.UNREACHABLE for _, w, _m in state.refused)
+    transient = state.transient or any(w.transient for _, w, _m in state.refused)
     since = state.placing_since if state.placing_since is not None else now
     if not transient or now - since > state.job.settings.placement_retry_seconds:
         return _finish(state, Status.NO_PLACEMENT, summary)
-    refused = tuple(r for r in state.refused if r[1] is not Refusal.UNREACHABLE)
+    refused = tuple(r for r in state.refused if not r[1].transient)
     delay = state.retry_delay
     return replace(state, refused=refused, wake_at=now + delay,
                    retry_delay=min(delay * 2, MAX_RETRY_DELAY)), []
@@ -706,7 +773,8 @@ def preempted_by(outcome: Outcome) -> str:
 
 _HANDLERS: dict[type, Any] = {
     Start: _start, Probed: _probed, Created: _created, CreateConflict: _create_conflict,
-    CreateFailed: _create_failed, PodSeen: _pod_seen, PodGone: _pod_gone,
+    CreateFailed: _create_failed, ReadBackAnswer: _read_back, PodSeen: _pod_seen,
+    PodGone: _pod_gone,
     Unreachable: _unreachable, Reconnected: _reconnected, Tick: _tick, Deleted: _deleted,
     PreemptorNamed: _preemptor_named,
 }

@@ -24,6 +24,9 @@ L_TIER = f"{PREFIX}/tier"
 A_TASK = f"{PREFIX}/task"  # full, unsanitised "dag/task/run[/map]"
 A_HISTORY = f"{PREFIX}/history"  # the timeline before this attempt (JSON)
 A_REQUEST = f"{PREFIX}/request"
+# Pods of this task that may exist where a create's answer was lost (JSON list): kept on the
+# next pod, so a restarted follower still deletes them once their cluster answers.
+A_ORPHANS = f"{PREFIX}/orphans"
 BASE_CONTAINER = "base"
 
 GPU_RESOURCE = "nvidia.com/gpu"

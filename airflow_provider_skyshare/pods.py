@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from airflow_provider_skyshare.fleet import Cluster, Tier
 from airflow_provider_skyshare.names import (
     A_HISTORY,
+    A_ORPHANS,
     A_REQUEST,
     A_TASK,
     BASE_CONTAINER,
@@ -98,6 +100,7 @@ def build(
     request: Request,
     preemptions: int,
     history_json: str = "[]",
+    orphans: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """The pod (raw JSON) for one attempt on one cluster."""
     pod = copy.deepcopy(template)
@@ -114,6 +117,8 @@ def build(
         A_REQUEST: f"{request.gpu_product}:{request.gpu_count} org={request.org} "
                    f"user={request.user or '-'}",
     })
+    if orphans:
+        meta["annotations"][A_ORPHANS] = json.dumps(orphans, sort_keys=True)
     spec = pod.setdefault("spec", {})
     spec["priorityClassName"] = tier.priority_class
     spec.pop("priority", None)  # admission fills it from the class; a stale value is rejected
@@ -165,6 +170,18 @@ def _fill_main_container(spec: dict[str, Any], attempt: int, cluster: Cluster, t
         {"name": "SKYSHARE_TIER", "value": tier.name},
     ]
     main["env"] = env
+
+
+def orphans_of(pod: dict[str, Any]) -> list[dict[str, str]]:
+    """The orphans a pod carries (cluster, namespace, pod), for a follower that restarts."""
+    text = ((pod.get("metadata") or {}).get("annotations") or {}).get(A_ORPHANS)
+    try:
+        found = json.loads(text) if text else []
+    except ValueError:
+        return []
+    keys = ("cluster", "namespace", "pod")
+    return [{k: str(o[k]) for k in keys} for o in found
+            if isinstance(o, dict) and all(isinstance(o.get(k), str) for k in keys)]
 
 
 def attempt_of(pod: dict[str, Any]) -> int:

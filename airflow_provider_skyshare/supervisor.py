@@ -28,13 +28,19 @@ from airflow_provider_skyshare.follow import (
     Job,
     NamePreemptor,
     Note,
+    Orphan,
     Phase,
+    PodGone,
+    PodSeen,
     PreemptorNamed,
     Probe,
     Probed,
+    ReadBack,
+    ReadBackAnswer,
     Recheck,
     Start,
     Tick,
+    Unreachable,
     Watch,
     step,
 )
@@ -106,6 +112,11 @@ class Supervisor:
             self._feed = await self.api.watch(action.cluster, action.namespace, action.pod)
         elif isinstance(action, Recheck):
             result = await self.api.get(action.cluster, action.namespace, action.pod)
+        elif isinstance(action, ReadBack):
+            found = await self.api.get(action.cluster, action.namespace, action.pod)
+            if not isinstance(found, PodSeen | PodGone | Unreachable):
+                raise TypeError(f"a get answered {found!r}")
+            result = ReadBackAnswer(action.cluster, found, action.message)
         elif isinstance(action, Delete):
             result = Deleted(action.orphan, await self.api.delete(action.orphan))
         elif isinstance(action, NamePreemptor):
@@ -131,7 +142,10 @@ class Supervisor:
             return
         cluster, pod = newest
         timeline = pods.timeline_from_pod(cluster, pod, now=self.clock())
-        self.state = Follow(self.job, timeline, self.state.orphans)
+        carried = tuple(Orphan(**o) for o in pods.orphans_of(pod))  # a crash lost none
+        self.state = Follow(self.job, timeline,
+                            (*self.state.orphans, *(o for o in carried
+                                                    if o not in self.state.orphans)))
         adopted = timeline.last
         assert adopted is not None
         self.log.info("found attempt %d of this task on %s (pod %s): following it",

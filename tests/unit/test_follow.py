@@ -5,13 +5,15 @@ No cluster, no clock, no Airflow: events in, (state, actions) out.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import pytest
 
+from airflow_provider_skyshare import pods
 from airflow_provider_skyshare.follow import (
     Create,
+    CreateAnswer,
     CreateConflict,
     Created,
     CreateFailed,
@@ -30,6 +32,8 @@ from airflow_provider_skyshare.follow import (
     PreemptorNamed,
     Probe,
     Probed,
+    ReadBack,
+    ReadBackAnswer,
     Recheck,
     Reconnected,
     Refusal,
@@ -135,19 +139,64 @@ def test_a_rejected_create_falls_through_to_the_next_candidate(seed_fleet, free)
     state, _ = step(make(seed_fleet), Start(), T0)
     state, actions = step(state, Probed(free), T0)
     assert the(actions, Create).cluster == "rise"
-    state, actions = step(state, CreateFailed("rise", False, "HTTP 403: forbidden"), T0)
+    state, actions = step(state, CreateFailed("rise", CreateAnswer.REFUSED,
+                                              "HTTP 403: forbidden"), T0)
+    assert kinds(actions) == [Create]  # refused outright: no read-back
     assert the(actions, Create).cluster == "bair"
     assert state.orphans == ()  # refused outright: nothing was made there
 
 
-def test_an_ambiguous_create_leaves_an_orphan_that_is_deleted_after_placing(seed_fleet, free):
-    """The answer was lost: the pod may exist on rise. It is deleted once placed elsewhere."""
+def ambiguous(seed_fleet, free, answer: CreateAnswer = CreateAnswer.NONE):
+    """Placed on rise first; rise's create got no clear answer."""
     state, _ = step(make(seed_fleet), Start(), T0)
     state, _ = step(state, Probed(free), T0)
-    state, actions = step(state, CreateFailed("rise", True, "timed out"), T0)
+    return step(state, CreateFailed("rise", answer, "timed out"), T0)
+
+
+@pytest.mark.parametrize("answer", [CreateAnswer.NONE, CreateAnswer.SERVER_ERROR])
+def test_an_ambiguous_create_is_read_back_before_any_other_cluster_is_tried(
+        seed_fleet, free, answer):
+    state, actions = ambiguous(seed_fleet, free, answer)
+    assert kinds(actions) == [ReadBack]  # no Create anywhere until rise has been asked
+    assert the(actions, ReadBack) == ReadBack("rise", "skyshare-rise", IDENTITY.pod_name(1),
+                                              "timed out")
+    assert state.phase is Phase.PLACING and state.orphans == ()
+
+
+def test_a_read_back_that_finds_the_pod_follows_it_there(seed_fleet, free):
+    state, actions = ambiguous(seed_fleet, free)
+    mine = {"metadata": {"name": IDENTITY.pod_name(1), "labels": {L_TASK_KEY: IDENTITY.key}}}
+    state, actions = step(state, ReadBackAnswer("rise", PodSeen(mine), "timed out"), T0 + 1)
+    assert state.phase is Phase.WATCHING and kinds(actions) == [Watch]
+    assert (state.timeline.last.number, state.timeline.last.cluster) == (1, "rise")
+    assert state.orphans == ()
+
+
+def test_a_read_back_that_finds_no_pod_tries_the_next_cluster_and_leaves_no_orphan(
+        seed_fleet, free):
+    state, actions = ambiguous(seed_fleet, free)
+    state, actions = step(state, ReadBackAnswer("rise", PodGone(), "timed out"), T0 + 1)
+    assert the(actions, Create).cluster == "bair" and state.orphans == ()
+    assert state.refused[0][:2] == ("rise", Refusal.NOT_CREATED)
+
+
+def test_a_read_back_finding_another_tasks_pod_is_refused_not_adopted(seed_fleet, free):
+    state, actions = ambiguous(seed_fleet, free)
+    other = {"metadata": {"labels": {L_TASK_KEY: "someone-else"}}}
+    state, actions = step(state, ReadBackAnswer("rise", PodSeen(other), "timed out"), T0 + 1)
+    assert the(actions, Create).cluster == "bair" and state.orphans == ()
+    assert state.refused[0][:2] == ("rise", Refusal.NAME_TAKEN)
+
+
+def test_an_unanswered_read_back_leaves_an_orphan_carried_on_the_next_pod(seed_fleet, free):
+    """The pod may exist on rise: it is deleted once placed elsewhere, and the pod made on
+    bair carries it, so a follower that restarts still deletes it."""
+    state, _ = ambiguous(seed_fleet, free)
+    state, actions = step(state, ReadBackAnswer("rise", Unreachable("reset"), "timed out"), T0)
     orphan = Orphan("rise", "skyshare-rise", IDENTITY.pod_name(1))
     assert state.orphans == (orphan,)
     assert the(actions, Create).cluster == "bair"
+    assert pods.orphans_of(the(actions, Create).pod) == [asdict(orphan)]
     state, actions = step(state, Created("bair"), T0)
     assert the(actions, Delete).orphan == orphan
     state, _ = step(state, Deleted(orphan, done=False), T0)
@@ -162,8 +211,9 @@ def test_creating_where_an_ambiguous_create_succeeded_adopts_and_keeps_the_pod(s
                                                                              free):
     state, _ = step(make(seed_fleet), Start(), T0)
     state, _ = step(state, Probed(free), T0)
-    state, _ = step(state, CreateFailed("rise", True, "timed out"), T0)
-    state, _ = step(state, CreateFailed("bair", True, "timed out"), T0)
+    for cluster in ("rise", "bair"):
+        state, _ = step(state, CreateFailed(cluster, CreateAnswer.NONE, "timed out"), T0)
+        state, _ = step(state, ReadBackAnswer(cluster, Unreachable("down"), "timed out"), T0)
     state, actions = step(state, Tick(), state.wake_at)  # both down: retry the round
     state, actions = step(state, Probed(free), state.wake_at)
     existing = {"metadata": {"labels": {L_TASK_KEY: IDENTITY.key}}}

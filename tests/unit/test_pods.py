@@ -14,7 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from airflow_provider_skyshare import pods
 from airflow_provider_skyshare.fleet import BORROWER, OWNER, Cluster, Fleet
+from airflow_provider_skyshare.names import A_ORPHANS
 from airflow_provider_skyshare.placement import Request
 from airflow_provider_skyshare.pods import TaskIdentity, attempt_of, build, label_value, timeline_from_pod
 from airflow_provider_skyshare.timeline import Attempt, Timeline
@@ -399,3 +401,15 @@ def test_timeline_from_a_bare_pod() -> None:
     t = timeline_from_pod("rise", {"metadata": {"name": "p", "namespace": "ns"}}, now=9.0)
     assert [(a.number, a.tier, a.pod) for a in t.attempts] == [(0, "", "p")]
     assert t.last.placed_at == 9.0  # the pod does not say when it was made: now
+
+
+@pytest.mark.parametrize("text", [None, "", "not json", "{}", '[{"cluster": 1}]', '["x"]'])
+def test_orphans_of_a_pod_that_carries_none_or_garbage_is_empty(text):
+    annotations = {} if text is None else {A_ORPHANS: text}
+    assert pods.orphans_of({"metadata": {"annotations": annotations}}) == []
+
+
+def test_orphans_round_trip_through_the_pod():
+    orphan = {"cluster": "rise", "namespace": "skyshare-rise", "pod": "train-1-t1-a1"}
+    pod = {"metadata": {"annotations": {A_ORPHANS: json.dumps([orphan])}}}
+    assert pods.orphans_of(pod) == [orphan]

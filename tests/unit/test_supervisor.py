@@ -16,7 +16,9 @@ import pytest
 from airflow_provider_skyshare import kube, watch
 from airflow_provider_skyshare.cluster_api import HubFeed, feed_event
 from airflow_provider_skyshare.follow import (
+    CreateAnswer,
     Created,
+    CreateFailed,
     Event,
     Follow,
     Job,
@@ -126,6 +128,36 @@ def test_place_stops_once_the_first_attempt_exists(seed_fleet, cap, snap, pod_fi
     assert state.phase is Phase.WATCHING and state.verdict is None
     assert api.created == [("rise", IDENTITY.pod_name(1))]
     assert api.feeds == []  # the worker places; watching is the trigger's
+
+
+class LostAnswerApi(ReplayApi):
+    """The first create on rise stores the pod but its answer is lost (a timeout)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.stored: dict[str, dict[str, Any]] = {}
+        self.gets: list[str] = []
+
+    async def create(self, cluster: str, pod: dict[str, Any]) -> Event:
+        event = await super().create(cluster, pod)
+        if cluster == "rise" and not self.stored:
+            self.stored[pod["metadata"]["name"]] = pod
+            return CreateFailed(cluster, CreateAnswer.NONE, "HTTP 0 Unreachable: timed out")
+        return event
+
+    async def get(self, cluster: str, namespace: str, pod: str) -> Event:
+        self.gets.append(f"{cluster}/{pod}")
+        return PodSeen(self.stored[pod]) if pod in self.stored else PodGone()
+
+
+def test_a_create_whose_answer_was_lost_is_found_and_followed_not_made_twice(
+        seed_fleet, cap, snap, pod_fixture):
+    api = LostAnswerApi([snap(cap("rise", (2, 0)), cap("bair", (2, 0)))],
+                        {"rise": [recorded(pod_fixture, "succeeded")]})
+    state = drive(supervisor(seed_fleet, api).run())
+    assert state.verdict.status is Status.SUCCESS
+    assert api.created == [("rise", IDENTITY.pod_name(1))]  # bair was never tried
+    assert api.gets == [f"rise/{IDENTITY.pod_name(1)}"] and api.deleted == []
 
 
 def test_failed_job_fails_the_task(seed_fleet, cap, snap, pod_fixture):
