@@ -43,8 +43,8 @@ async def probe_cluster(cluster: Cluster, timeout: float) -> ClusterCapacity:
     except kube.KubeError as exc:
         why = exc.message if exc.unreachable else f"HTTP {exc.status} {exc.reason}: {exc.message}"
         return ClusterCapacity(cluster.name, False, why[:200])
-    except Exception as exc:  # noqa: BLE001 - bad kubeconfig etc.: say why, skip the cluster
-        return ClusterCapacity(cluster.name, False, f"{type(exc).__name__}: {exc}"[:200])
+    except clients.ClusterConfigError as exc:  # its kubeconfig or connection: skip it, say why
+        return ClusterCapacity(cluster.name, False, str(exc)[:200])
     latency = (time.monotonic() - start) * 1000
     if problem:
         return ClusterCapacity(cluster.name, False, f"{NO_POLICY}: {problem}; each org has its "

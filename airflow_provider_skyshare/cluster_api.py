@@ -65,8 +65,14 @@ def _answer(exc: kube.KubeError) -> CreateAnswer:
     return CreateAnswer.SERVER_ERROR if exc.status >= 500 else CreateAnswer.REFUSED
 
 
+class WatchBroken(RuntimeError):
+    """The shared watch failed with a bug: the task fails with it (never a move)."""
+
+
 def feed_event(change: watch.Change, pod: dict[str, Any] | None, detail: str) -> Event | None:
     """A watch hub's event as the core reads it."""
+    if change is watch.Change.BROKEN:
+        raise WatchBroken(f"the shared pod watch failed: {detail}")
     if change is watch.Change.UNREACHABLE:
         return Unreachable(detail)
     if change is watch.Change.RECONNECTED:

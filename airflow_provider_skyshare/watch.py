@@ -34,6 +34,7 @@ class Change(str, enum.Enum):
     SYNC = "SYNC"  # after every (re)list: the pod as listed, or None when it is not there
     UNREACHABLE = "UNREACHABLE"  # the stream broke; detail says why
     RECONNECTED = "RECONNECTED"
+    BROKEN = "BROKEN"  # the hub itself failed (a bug): its followers must fail, not move
 
 
 # (change, pod-or-None, detail): ADDED/MODIFIED/DELETED carry the pod; SYNC the pod or None
@@ -131,6 +132,10 @@ class PodWatchHub:
     async def _run(self) -> None:
         try:
             await self._loop()
+        except Exception as exc:  # a bug, not a cluster down: tell everyone, then fail
+            log.exception("watch of %s/%s failed", self.cluster.name, self.namespace)
+            self._broadcast(Change.BROKEN, f"{type(exc).__name__}: {exc}")
+            raise
         finally:
             self._synced.clear()  # a stopped hub's cache goes stale
 
@@ -149,16 +154,6 @@ class PodWatchHub:
                 self.connected = False
                 self._synced.clear()
                 self.error = exc.message if exc.unreachable else str(exc)
-                self._broadcast(Change.UNREACHABLE, self.error)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.exception("watch of %s/%s failed", self.cluster.name, self.namespace)
-                self.connected = False
-                self._synced.clear()
-                self.error = f"{type(exc).__name__}: {exc}"
                 self._broadcast(Change.UNREACHABLE, self.error)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)

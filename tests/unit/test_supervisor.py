@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_skyshare import kube, watch
-from airflow_provider_skyshare.cluster_api import HubFeed, feed_event
+from airflow_provider_skyshare.cluster_api import HubFeed, WatchBroken, feed_event
 from airflow_provider_skyshare.follow import (
     CreateAnswer,
     Created,
@@ -227,6 +227,27 @@ def test_feed_events(change, pod, expected):
     assert isinstance(event, expected)
     if isinstance(event, PodSeen):
         assert event.deleted is (change is watch.Change.DELETED)
+
+
+class BuggySource(GoneSource):
+    """A list that answers something the hub cannot read: a bug, not a cluster down."""
+
+    async def list(self, cluster, namespace) -> dict[str, Any]:
+        return {"items": [{"no": "metadata"}], "metadata": {"resourceVersion": "7"}}
+
+
+def test_a_bug_in_the_shared_watch_fails_its_followers_instead_of_moving_them(seed_fleet):
+    async def scenario() -> None:
+        hub = watch.PodWatchHub(seed_fleet.clusters["rise"], "skyshare", source=BuggySource({}))
+        feed = HubFeed(hub, "train")
+        try:
+            await feed.next(5)
+        finally:
+            feed.close()
+            await hub.close()
+
+    with pytest.raises(WatchBroken, match="shared pod watch failed: KeyError"):
+        drive(scenario())
 
 
 def test_feed_events_for_the_cluster_itself():
