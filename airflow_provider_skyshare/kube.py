@@ -176,6 +176,8 @@ async def watch_pods(
                 raise _unreachable(cluster, exc) from None
             if not line:
                 return
+            if not line.endswith(b"\n"):  # cut mid-event: the connection, not a bug
+                raise _unreachable(cluster, ConnectionError("watch stream cut mid-event"))
             if line.strip():
                 yield json.loads(line)
     finally:
