@@ -59,7 +59,7 @@ class ClusterApi(Protocol):
 
 
 def _answer(exc: kube.KubeError) -> CreateAnswer:
-    """No answer and 5xx may hide a stored pod; any 4xx says it was not stored."""
+    """No answer and 5xx may hide a stored pod; any 4xx (429 too) says it was not stored."""
     if exc.unreachable:
         return CreateAnswer.NONE
     return CreateAnswer.SERVER_ERROR if exc.status >= 500 else CreateAnswer.REFUSED
@@ -146,9 +146,9 @@ class KubeClusterApi:
         try:
             found = await kube.get_pod(self.fleet.clusters[cluster], namespace, pod)
         except kube.KubeError as exc:
-            if not exc.unreachable:
+            if not exc.no_answer:
                 raise  # 403 and friends: a configuration fault, not a cluster down
-            return Unreachable(exc.message)
+            return Unreachable(str(exc))
         return PodGone() if found is None else PodSeen(found)
 
     async def delete(self, orphan: Orphan) -> bool:
@@ -163,7 +163,7 @@ class KubeClusterApi:
             return await kube.delete_pod(target, orphan.namespace, orphan.pod, 0,
                                          uid=found["metadata"]["uid"])
         except kube.KubeError as exc:
-            if exc.unreachable:
+            if exc.no_answer:
                 return False
             if exc.status == 409:  # the uid changed: not the pod we read; look again later
                 return False

@@ -98,7 +98,9 @@ class Refusal(str, enum.Enum):
     """Why a cluster did not take this attempt's pod."""
 
     UNREACHABLE = "unreachable"  # no answer, not even to the read-back: the pod may exist
-    NOT_CREATED = "not created"  # no (or a 5xx) answer, and the read-back found no pod
+    # No (or a 5xx) answer, and the read-back found no pod: the request may still be in the
+    # API server, so the name is kept as an orphan too (deleted if it ever appears).
+    NOT_CREATED = "not created"
     REJECTED = "rejected"  # the API server said no (HTTP status in the message)
     NAME_TAKEN = "name taken"  # an object of another task holds the deterministic name
 
@@ -400,10 +402,12 @@ def _probed(state: Follow, event: Probed, now: float) -> Step:
 
 def _create_action(state: Follow, cand: Candidate) -> Create:
     job, timeline = state.job, state.timeline
+    pod = job.identity.pod_name(timeline.next_number)
     body = pods.build(job.template, identity=job.identity, attempt=timeline.next_number,
                       cluster=cand.cluster, tier=cand.tier, request=job.request,
                       preemptions=timeline.preemptions, history_json=timeline.to_json(),
-                      orphans=[asdict(o) for o in state.orphans])
+                      orphans=[asdict(o) for o in state.orphans  # never the pod itself
+                               if (o.cluster, o.pod) != (cand.cluster.name, pod)])
     return Create(cand.cluster.name, body)
 
 
@@ -479,6 +483,8 @@ def _read_back(state: Follow, event: ReadBackAnswer, now: float) -> Step:
         if labels.get(L_TASK_KEY) != state.job.identity.key:
             return _refused(state, cluster, Refusal.NAME_TAKEN,
                             "the pod name is taken by another object", now)
+        if state.phase is not Phase.PLACING or not state.candidates:
+            return state, []  # not asked for in this phase (the shell asks in order)
         new, actions = _created(state, Created(cluster), now)
         return new, [Note(Level.INFO, f"the create on {cluster} had no clear answer but made "
                                       "the pod: following it"), *actions]
@@ -494,10 +500,11 @@ def _refused(state: Follow, cluster: str, why: Refusal, message: str, now: float
     if state.phase is not Phase.PLACING or not state.candidates:
         return state, []
     orphans = state.orphans
-    if why is Refusal.UNREACHABLE:
+    if why.transient:  # no clear answer: the pod may exist there, or appear there a moment later
         cand = state.candidates[0]
         pod = state.job.identity.pod_name(state.timeline.next_number)
-        orphans = (*orphans, Orphan(cluster, cand.cluster.namespace, pod))
+        orphan = Orphan(cluster, cand.cluster.namespace, pod)
+        orphans = orphans if orphan in orphans else (*orphans, orphan)
     rest = state.candidates[1:]
     state = replace(state, orphans=orphans, candidates=rest,
                     refused=(*state.refused, (cluster, why, message)))

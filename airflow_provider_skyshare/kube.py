@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import aiohttp.http_exceptions
 
 from airflow_provider_skyshare import clients
 from airflow_provider_skyshare.fleet import Cluster
@@ -28,9 +29,16 @@ class KubeError(Exception):
     def unreachable(self) -> bool:
         return self.status == 0
 
+    @property
+    def no_answer(self) -> bool:
+        """No usable answer, for a read or a delete: none at all, the server failing (5xx)
+        or shedding load (429). Ask again later; never a reason to fail the task."""
+        return self.status == 0 or self.status >= 500 or self.status == 429
+
 
 # What "the cluster did not answer" looks like; anything else is a bug and propagates.
-TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+TRANSPORT_ERRORS = (aiohttp.ClientError, aiohttp.http_exceptions.HttpProcessingError,
+                    asyncio.TimeoutError, OSError)
 
 
 def _unreachable(cluster: Cluster, exc: BaseException) -> KubeError:
@@ -86,7 +94,11 @@ async def request(
     """One API call; returns the decoded JSON body or raises KubeError."""
     data = await _call(cluster, method, path, list((query or {}).items()), body, timeout,
                        {"Accept": "application/json", "Content-Type": content_type})
-    return json.loads(data) if data else {}
+    try:
+        return json.loads(data) if data else {}
+    except ValueError:  # a proxy's page, not the API's answer
+        raise KubeError(cluster.name, 0, "Unreachable",
+                        f"not a JSON answer: {data[:80]!r}") from None
 
 
 def pods_path(namespace: str | None, name: str | None = None) -> str:
@@ -107,9 +119,17 @@ async def get_pod(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]
         raise
 
 
+CREATE_SECONDS = 10.0
+# The API server gives up on a create before we do, so that a create whose answer we never
+# got is, by the time we read it back, not still in flight (webhooks, etcd) on the server.
+CREATE_SERVER_SECONDS = 8
+
+
 async def create_pod(cluster: Cluster, pod: dict[str, Any]) -> dict[str, Any]:
     ns = pod["metadata"]["namespace"]
-    return await request(cluster, "POST", pods_path(ns), body=pod)
+    return await request(cluster, "POST", pods_path(ns), body=pod,
+                         query={"timeout": f"{CREATE_SERVER_SECONDS}s"},
+                         timeout=CREATE_SECONDS)
 
 
 async def delete_pod(cluster: Cluster, namespace: str, name: str, grace: int | None = None,
@@ -169,16 +189,22 @@ async def watch_pods(
                 decoded = {}
             raise KubeError(cluster.name, resp.status, decoded.get("reason", ""),
                             decoded.get("message", body.decode(errors="replace")[:300]))
-        while True:
-            try:
-                line = await resp.content.readline()
-            except TRANSPORT_ERRORS as exc:
-                raise _unreachable(cluster, exc) from None
-            if not line:
-                return
-            if not line.endswith(b"\n"):  # cut mid-event: the connection, not a bug
-                raise _unreachable(cluster, ConnectionError("watch stream cut mid-event"))
+        while (line := await _next_line(cluster, resp)) is not None:
             if line.strip():
                 yield json.loads(line)
     finally:
         resp.release()
+
+
+async def _next_line(cluster: Cluster, resp: Any) -> bytes | None:
+    """One event's line of a watch stream; None at its end. A line cut mid-event is the
+    connection's fault (unreachable), not a bug."""
+    try:
+        line = await resp.content.readline()
+    except TRANSPORT_ERRORS as exc:
+        raise _unreachable(cluster, exc) from None
+    if not line:
+        return None
+    if not line.endswith(b"\n"):
+        raise _unreachable(cluster, ConnectionError("watch stream cut mid-event"))
+    return line

@@ -141,11 +141,14 @@ class Supervisor:
         if newest is None or (last is not None and pods.attempt_of(newest[1]) <= last.number):
             return
         cluster, pod = newest
+        adopted_name = pod["metadata"]["name"]
         timeline = pods.timeline_from_pod(cluster, pod, now=self.clock())
-        carried = tuple(Orphan(**o) for o in pods.orphans_of(pod))  # a crash lost none
-        self.state = Follow(self.job, timeline,
-                            (*self.state.orphans, *(o for o in carried
-                                                    if o not in self.state.orphans)))
+        orphans = list(self.state.orphans)
+        for carried in (Orphan(**o) for o in pods.orphans_of(pod)):  # a crash lost none
+            if carried not in orphans and (carried.cluster, carried.pod) != (cluster,
+                                                                              adopted_name):
+                orphans.append(carried)
+        self.state = Follow(self.job, timeline, tuple(orphans))
         adopted = timeline.last
         assert adopted is not None
         self.log.info("found attempt %d of this task on %s (pod %s): following it",

@@ -172,12 +172,65 @@ def test_a_read_back_that_finds_the_pod_follows_it_there(seed_fleet, free):
     assert state.orphans == ()
 
 
-def test_a_read_back_that_finds_no_pod_tries_the_next_cluster_and_leaves_no_orphan(
+def test_a_read_back_that_finds_no_pod_tries_the_next_cluster_keeping_the_name_as_orphan(
         seed_fleet, free):
+    """The request may still be in rise's API server: if the pod appears later, it goes."""
     state, actions = ambiguous(seed_fleet, free)
     state, actions = step(state, ReadBackAnswer("rise", PodGone(), "timed out"), T0 + 1)
-    assert the(actions, Create).cluster == "bair" and state.orphans == ()
+    assert the(actions, Create).cluster == "bair"
+    assert state.orphans == (Orphan("rise", "skyshare-rise", IDENTITY.pod_name(1)),)
     assert state.refused[0][:2] == ("rise", Refusal.NOT_CREATED)
+
+
+def test_a_read_back_answer_outside_placing_changes_nothing(seed_fleet, free):
+    watching = placed(seed_fleet, free)
+    mine = {"metadata": {"labels": {L_TASK_KEY: IDENTITY.key}}}
+    state, actions = step(watching, ReadBackAnswer("bair", PodSeen(mine), "late"), T0 + 1)
+    assert actions == [] and state.phase is Phase.WATCHING
+    assert (state.timeline, state.orphans) == (watching.timeline, watching.orphans)
+
+
+def test_the_pod_being_created_never_carries_itself_as_an_orphan(seed_fleet, free):
+    """Back on a cluster whose create had no answer: same name, so not its own orphan."""
+    state, _ = ambiguous(seed_fleet, free)
+    state, _ = step(state, ReadBackAnswer("rise", Unreachable("down"), "timed out"), T0)
+    state, _ = step(state, CreateFailed("bair", CreateAnswer.NONE, "timed out"), T0)
+    state, actions = step(state, ReadBackAnswer("bair", Unreachable("down"), "t"), T0)
+    assert len(state.orphans) == 2 and state.phase is Phase.PLACING
+    state, actions = step(state, Tick(), state.wake_at)  # both down: another round
+    state, actions = step(state, Probed(free), state.wake_at)
+    create = the(actions, Create)
+    carried = {(o["cluster"], o["pod"]) for o in pods.orphans_of(create.pod)}
+    assert (create.cluster, create.pod["metadata"]["name"]) not in carried and len(carried) == 1
+
+
+def test_a_retried_round_does_not_record_an_orphan_twice(seed_fleet, free):
+    state, _ = ambiguous(seed_fleet, free)
+    state, _ = step(state, ReadBackAnswer("rise", Unreachable("down"), "timed out"), T0)
+    state, _ = step(state, CreateFailed("bair", CreateAnswer.REFUSED, "HTTP 403"), T0)
+    state, _ = step(state, Tick(), state.wake_at)
+    state, _ = step(state, Probed(free), state.wake_at)
+    state, _ = step(state, CreateFailed("rise", CreateAnswer.NONE, "timed out"), T0 + 1)
+    state, _ = step(state, ReadBackAnswer("rise", Unreachable("down"), "timed out"), T0 + 1)
+    assert [o.cluster for o in state.orphans] == ["rise"]
+
+
+def test_not_created_is_retried_then_given_up_after_the_retry_window(seed_fleet, free):
+    state, _ = step(make(seed_fleet, placement_retry_seconds=3), Start(), T0)
+    now = T0
+    for _ in range(20):
+        state, _ = step(state, Probed(free), now)
+        for cluster in ("rise", "bair"):
+            if state.phase is not Phase.PLACING:
+                break
+            state, _ = step(state, CreateFailed(cluster, CreateAnswer.SERVER_ERROR, "500"), now)
+            state, _ = step(state, ReadBackAnswer(cluster, PodGone(), "500"), now)
+        if state.verdict is not None:
+            break
+        now = state.wake_at
+        state, _ = step(state, Tick(), now)
+    assert state.verdict.status is Status.NO_PLACEMENT and now > T0 + 3
+    assert "not created" in state.verdict.message
 
 
 def test_a_read_back_finding_another_tasks_pod_is_refused_not_adopted(seed_fleet, free):
