@@ -139,7 +139,10 @@ def launch(af: Airflow, component: Component) -> int:
     pid_dir.mkdir(exist_ok=True)
     # with its start time: a pid file outlives its process, and after a reboot the number
     # may be another's (setproctitle rewrites a component's cmdline and environ)
-    (pid_dir / f"{component.name}.pid").write_text(f"{proc.pid} {_started(proc.pid)}")
+    record = f"{proc.pid} {_started(proc.pid)}"
+    (pid_dir / f"{component.name}.pid").write_text(record)
+    with open(pid_dir / "groups", "a") as groups:  # every group ever started, for stop()
+        groups.write(record + "\n")
     return proc.pid
 
 
@@ -248,13 +251,29 @@ def stop(af: Airflow, purge: bool) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and pids(af):  # (reaps our own zombies)
         time.sleep(0.2)
-    for pid in victims:
+    for pid in victims | _stragglers(af.home / "pids" / "groups"):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    for pid_file in (af.home / "pids").glob("*.pid"):
+    for pid_file in (af.home / "pids").glob("*"):
         pid_file.unlink()
     if (af.home / "services.json").exists():
         Services.load_or_new(af.home).stop(purge=purge)
+
+
+def _stragglers(groups: Path) -> set[int]:
+    """Processes left in the group of a component that died earlier (a Celery worker's log
+    server outlives a killed worker): same group, started after its leader."""
+    if not groups.exists():
+        return set()
+    leaders = dict(line.split() for line in groups.read_text().split("\n") if line)
+    found = set()
+    for entry in Path("/proc").iterdir():
+        fields = _stat(int(entry.name)) if entry.name.isdigit() else []
+        # fields[2]: the process group; fields[19]: the start time (clock ticks after boot)
+        started = leaders.get(fields[2], "") if fields else ""
+        if started.isdigit() and int(fields[19]) >= int(started):
+            found.add(int(entry.name))
+    return found
 
 
 def dead(af: Airflow) -> list[str]:
