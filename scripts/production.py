@@ -111,14 +111,17 @@ def triggerer(team: str | None, index: int) -> Component:
 
 def start(af: Airflow, timeout: float) -> None:
     """Start the servers and every component not running yet (never a second copy of one),
-    then wait until Airflow says it is healthy."""
+    including those a test or a crash killed, then wait until Airflow says it is healthy."""
     from scripts.scenario import ScenarioError, wait_for
 
     Services.load_or_new(af.home).start()
     running = pids(af)
     if not running:
         af.prepare_db()  # migrate and create the teams before any component reads them
-    for component in components(af):
+    planned = components(af)
+    # the plan, and what was started later (another triggerer) and has died since
+    for component in [*planned, *(by_name(af, n) for n in dead(af)
+                                  if n not in {c.name for c in planned})]:
         if component.name not in running:
             launch(af, component)
     wait_for(lambda: af.healthy() or dead(af), timeout,

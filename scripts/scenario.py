@@ -136,7 +136,9 @@ class Airflow:
 
     def start(self, timeout: float = 180) -> None:
         if self.shape is Shape.PRODUCTION:
-            return self._start_production(timeout)
+            from scripts import production
+
+            return production.start(self, timeout)
         if self.healthy():  # reused: its teams' triggerers may have died with an earlier run
             for team in self.active_teams():
                 if not self.triggerer_pids(team):
@@ -162,14 +164,6 @@ class Airflow:
     def _airflow(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "airflow", *args], env=self.env(),
                               capture_output=True, text=True, timeout=300, cwd=self.home)
-
-    def _start_production(self, timeout: float) -> None:
-        """Start it, or start again what a test (or a crash) killed."""
-        from scripts import production
-
-        for name in production.dead(self):  # started before, by name (triggerers added later)
-            production.launch(self, production.by_name(self, name))
-        production.start(self, timeout)
 
     def prepare_db(self) -> None:
         """Migrate; in multi-team mode the teams exist before the bundles that name them are
