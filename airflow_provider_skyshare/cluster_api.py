@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
-from airflow_provider_skyshare import capacity, kube, watch
+from airflow_provider_skyshare import capacity, claims, evidence, kube, watch
 from airflow_provider_skyshare.fleet import Fleet
 from airflow_provider_skyshare.follow import (
+    Claim,
+    ClaimAnswer,
+    ClaimResult,
     CreateAnswer,
     CreateConflict,
     Created,
@@ -27,6 +30,7 @@ from airflow_provider_skyshare.follow import (
     Unreachable,
 )
 from airflow_provider_skyshare.names import A_TASK, L_TASK_KEY
+from airflow_provider_skyshare.outcomes import Outcome
 from airflow_provider_skyshare.snapshot import Snapshot
 
 REBALANCE_PROBE_AGE = 2.0  # queued tasks of one triggerer share a capacity probe this long
@@ -56,6 +60,26 @@ class ClusterApi(Protocol):
         answer."""
 
     async def name_preemptor(self, cluster: str, uid: str) -> str: ...
+
+    async def claim(self, action: Claim) -> ClaimAnswer:
+        """Write the Lease of ``Claim``; 409 is read back as the other follower's claim."""
+
+    async def inquire(self, cluster: str, namespace: str, pod: str) -> Outcome | None:
+        """How a pod that is gone ended, from its Events (None: they do not say, or no
+        answer)."""
+
+
+class MissingPermission(RuntimeError):
+    """The org's credential lacks a permission the provider needs: fail with the fix."""
+
+
+def _missing(exc: kube.KubeError, what: str) -> Exception:
+    if exc.status != 403:
+        return exc
+    return MissingPermission(
+        f"cannot {what} on {exc.cluster}: {exc.message}. Apply the RBAC that `skyshare "
+        f"manifests --cluster {exc.cluster}` prints (the org's Role grants leases and events "
+        "in its namespace since this version)")
 
 
 def _answer(exc: kube.KubeError) -> CreateAnswer:
@@ -169,6 +193,20 @@ class KubeClusterApi:
                 return False
             raise
 
+    async def claim(self, action: Claim) -> ClaimAnswer:
+        return await _Claims(self.fleet).write(action)
+
+    async def inquire(self, cluster: str, namespace: str, pod: str) -> Outcome | None:
+        try:
+            listing = await kube.request(
+                self.fleet.clusters[cluster], "GET", f"/api/v1/namespaces/{namespace}/events",
+                query={"fieldSelector": f"involvedObject.name={pod}"}, timeout=CLAIM_TIMEOUT)
+        except kube.KubeError as exc:
+            if exc.no_answer:
+                return None
+            raise _missing(exc, "read the pod's Events") from None
+        return evidence.from_events(listing.get("items") or [], pod)
+
     async def name_preemptor(self, cluster: str, uid: str) -> str:
         """The preempting pod's task ('dag/task/run'), or 'pod ns/name'; '' if not found."""
         try:
@@ -185,6 +223,71 @@ class KubeClusterApi:
                 return (meta.get("annotations") or {}).get(A_TASK) or (
                     f"pod {meta.get('namespace')}/{meta.get('name')}")
         return ""
+
+
+CLAIM_TIMEOUT = 5.0
+
+
+class _Claims:
+    """The Lease writes of ``Claim`` (see ``claims``), for KubeClusterApi."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    async def write(self, action: Claim) -> ClaimAnswer:
+        if action.held is not None:
+            return await self._update(action)
+        silent: list[str] = []
+        for name in action.fences:  # the first fence cluster that answers holds the claim
+            namespace = self.fleet.clusters[name].namespace
+            body = _in(action.lease, namespace)
+            try:
+                written = await kube.request(self.fleet.clusters[name], "POST",
+                                             claims.leases_path(namespace), body=body,
+                                             timeout=CLAIM_TIMEOUT)
+                return ClaimAnswer(ClaimResult.WON, claims.read(name, written))
+            except kube.KubeError as exc:
+                if exc.status == 409:
+                    return await self._read(name, namespace, body)
+                if not exc.no_answer:
+                    raise _missing(exc, "write the claim Lease") from None
+                silent.append(f"{name}: {_said(exc)}")
+        return ClaimAnswer(ClaimResult.NO_ANSWER, detail="; ".join(silent))
+
+    async def _update(self, action: Claim) -> ClaimAnswer:
+        held = action.held
+        assert held is not None
+        body = _in(action.lease, held.namespace)
+        try:
+            written = await kube.request(self.fleet.clusters[held.cluster], "PUT",
+                                         claims.leases_path(held.namespace, held.name),
+                                         body=body, timeout=CLAIM_TIMEOUT)
+            return ClaimAnswer(ClaimResult.WON, claims.read(held.cluster, written))
+        except kube.KubeError as exc:
+            if exc.status == 409:  # its resourceVersion moved on: someone else wrote it
+                return await self._read(held.cluster, held.namespace, body)
+            if exc.no_answer or exc.status == 404:
+                return ClaimAnswer(ClaimResult.NO_ANSWER, detail=f"{held.cluster}: {_said(exc)}")
+            raise _missing(exc, "update the claim Lease") from None
+
+    async def _read(self, cluster: str, namespace: str, body: dict[str, Any]) -> ClaimAnswer:
+        name, mine = body["metadata"]["name"], body["spec"]["holderIdentity"]
+        try:
+            found = await kube.request(self.fleet.clusters[cluster], "GET",
+                                       claims.leases_path(namespace, name),
+                                       timeout=CLAIM_TIMEOUT)
+        except kube.KubeError as exc:
+            if exc.no_answer or exc.status == 404:
+                return ClaimAnswer(ClaimResult.NO_ANSWER, detail=f"{cluster}: {_said(exc)}")
+            raise _missing(exc, "read the claim Lease") from None
+        claim = claims.read(cluster, found)
+        # our own write whose answer was lost reads back as ours
+        return ClaimAnswer(ClaimResult.WON if claim.holder == mine else ClaimResult.TAKEN,
+                           claim)
+
+
+def _in(lease: dict[str, Any], namespace: str) -> dict[str, Any]:
+    return {**lease, "metadata": {**lease["metadata"], "namespace": namespace}}
 
 
 def _said(exc: kube.KubeError) -> str:

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_skyshare import clients, kube
+from airflow_provider_skyshare import clients, kube, taskpods
 from airflow_provider_skyshare.fleet import Fleet
 from airflow_provider_skyshare.follow import Follow, Orphan, Status, Verdict
 from airflow_provider_skyshare.names import BASE_CONTAINER
@@ -77,6 +77,7 @@ async def finish(state: Follow, verdict: Verdict, policy: FinishPolicy,
         await _print_log(fleet, pod, log)
     for orphan in to_delete(state, verdict, policy):
         await _delete(fleet, orphan, log)
+    await taskpods.forget_claims(fleet, state.job.identity, log)
 
 
 async def _print_log(fleet: Fleet, pod: Orphan, log: logging.Logger) -> None:

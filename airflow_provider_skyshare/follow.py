@@ -17,18 +17,22 @@ import enum
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from airflow_provider_skyshare import outcomes, placement, pods
+from airflow_provider_skyshare import claims, outcomes, placement, pods
+from airflow_provider_skyshare.claims import Held
 from airflow_provider_skyshare.fleet import Fleet, parse
-from airflow_provider_skyshare.names import L_TASK_KEY, Kind, Reason
+from airflow_provider_skyshare.names import L_TASK_KEY, TERMINAL_PHASES, Kind, Reason
 from airflow_provider_skyshare.outcomes import Outcome, observed
 from airflow_provider_skyshare.placement import Candidate, PlacementError, Request
 from airflow_provider_skyshare.pods import TaskIdentity
 from airflow_provider_skyshare.snapshot import Snapshot
-from airflow_provider_skyshare.timeline import Attempt, Timeline
+from airflow_provider_skyshare.timeline import Attempt, Timeline, epoch
 
 HOUSEKEEPING_SECONDS = 10.0  # wake this often to delete orphans and check the queue timeout
 FIRST_RETRY_DELAY = 0.2  # placement retry back-off while every cluster is unreachable
 MAX_RETRY_DELAY = 2.0
+CLAIM_POLL_SECONDS = 0.5  # look again this often while another follower creates the attempt
+TERMINATION_MARGIN = 5.0  # after a pod's grace period, before placing without its DELETED
+DEFAULT_GRACE_SECONDS = 30.0  # Kubernetes' terminationGracePeriodSeconds default
 
 
 class OnUnreachable(str, enum.Enum):
@@ -44,6 +48,9 @@ class Settings:
     on_unreachable: OnUnreachable = OnUnreachable.MOVE
     placement_retry_seconds: float = 30.0  # keep retrying when every cluster is unreachable
     rebalance_after: float = 5.0  # a queued attempt moves when another cluster is free now
+    # Create a preempted attempt's replacement only once the old pod is gone (or its grace
+    # period is over): two copies never write one checkpoint.
+    wait_for_termination: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "on_unreachable": self.on_unreachable.value}
@@ -218,8 +225,31 @@ class ReadBackAnswer:
     message: str  # the create's own error
 
 
+class ClaimResult(str, enum.Enum):
+    WON = "won"  # this follower may create the attempt (or has recorded it)
+    TAKEN = "taken"  # another follower holds the claim
+    NO_ANSWER = "no answer"  # no fence cluster answered
+
+
+@dataclass(frozen=True)
+class ClaimAnswer:
+    """What a Lease write of ``Claim`` found: ours as written, or the other's as read."""
+
+    result: ClaimResult
+    found: claims.Found | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Inquired:
+    """How a pod that is gone ended, from its cluster's Events (None: they do not say)."""
+
+    outcome: Outcome | None
+
+
 Event = (Start | Probed | Created | CreateConflict | CreateFailed | PodSeen | PodGone
-         | Unreachable | Reconnected | Tick | Deleted | PreemptorNamed | ReadBackAnswer)
+         | Unreachable | Reconnected | Tick | Deleted | PreemptorNamed | ReadBackAnswer
+         | ClaimAnswer | Inquired)
 
 
 # -- actions (what the shell must do) ------------------------------------------------------
@@ -264,6 +294,26 @@ class ReadBack:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """Write the Lease that fences the next attempt (``claims``): create it on the first of
+    ``fences`` that answers, or, with ``held``, update that one (its resourceVersion must
+    still match). ``lease`` is the body; the shell sets the namespace of the cluster."""
+
+    fences: tuple[str, ...]
+    lease: dict[str, Any]
+    held: Held | None = None
+
+
+@dataclass(frozen=True)
+class Inquire:
+    """The pod is gone and this follower did not see how it ended: read its Events."""
+
+    cluster: str
+    namespace: str
+    pod: str
+
+
+@dataclass(frozen=True)
 class Delete:
     orphan: Orphan
 
@@ -296,7 +346,8 @@ class Note:
     text: str
 
 
-Action = Probe | Create | Watch | Recheck | ReadBack | Delete | NamePreemptor | Finish | Note
+Action = (Probe | Create | Watch | Recheck | ReadBack | Claim | Inquire | Delete | NamePreemptor
+          | Finish | Note)
 
 
 # -- the state -----------------------------------------------------------------------------
@@ -304,6 +355,7 @@ class Phase(str, enum.Enum):
     START = "start"
     PLACING = "placing"
     WATCHING = "watching"
+    DRAINING = "draining"  # the attempt is over; its pod has not stopped yet
     DONE = "done"
 
 
@@ -325,9 +377,16 @@ class Follow:
     pod: dict[str, Any] | None = None  # the current attempt's pod as last seen
     down_since: float | None = None
     rebalance_to: str | None = None  # a better cluster, pending a recheck of the queued pod
+    pod_gone: bool = False  # the current attempt's pod was seen deleted, or not found
     wake_at: float | None = None
     verdict: Verdict | None = None
     latencies: tuple[float, ...] = ()  # seconds from preemption seen to replacement created
+    # fencing (claims): who this follower is, and the Lease it holds for the next attempt
+    me: str = ""
+    held: Held | None = None
+    claim_wait: bool = False  # another follower holds the claim: look again at wake_at
+    recorded: bool = True  # the held claim names the attempt this follower created
+    drain_until: float | None = None  # draining: place anyway after this
 
     # JSON: trigger kwargs and events carry it (keys kept from the first format)
     def to_dict(self) -> dict[str, Any]:
@@ -376,7 +435,8 @@ def _start(state: Follow, _: Start, now: float) -> Step:
 def _begin_placing(state: Follow, now: float, moved_at: float | None) -> Step:
     return replace(state, phase=Phase.PLACING, placing_since=now, moved_at=moved_at,
                    retry_delay=FIRST_RETRY_DELAY, refused=(), candidates=(), pod=None,
-                   down_since=None, rebalance_to=None, wake_at=None), [Probe()]
+                   pod_gone=False, down_since=None, rebalance_to=None, wake_at=None,
+                   held=None, claim_wait=False, recorded=True, drain_until=None), [Probe()]
 
 
 def _probed(state: Follow, event: Probed, now: float) -> Step:
@@ -397,7 +457,35 @@ def _probed(state: Follow, event: Probed, now: float) -> Step:
     if not decision.candidates:
         new, actions = _nothing_took_it(state, now, decision.summary())
         return new, notes + actions
-    return state, [*notes, _create_action(state, decision.candidates[0])]
+    return state, [*notes, _next_create(state, now)]
+
+
+def _next_create(state: Follow, now: float) -> Claim | Create:
+    """A first attempt is created at once (one worker places it); every later one only by
+    the follower that holds its claim, renewed before each create."""
+    if state.timeline.last is None:
+        return _create_action(state, state.candidates[0])
+    return _claim(state, now, state.timeline, None, state.held)
+
+
+def _claim(state: Follow, now: float, history: Timeline, successor: Attempt | None,
+           held: Held | None) -> Claim:
+    """The Lease named after ``history``'s last attempt, claiming the one after it (and
+    naming ``successor`` once created); fenced on that attempt's cluster first."""
+    ended, job = history.last, state.job
+    assert ended is not None
+    fences = (ended.cluster, *(c for c in job.fleet.clusters if c != ended.cluster))
+    body = claims.lease(namespace="", name=ended.pod, task_key=job.identity.key,
+                        try_number=job.identity.try_number, attempt=ended.number + 1,
+                        holder=state.me, now=now, history=history, successor=successor,
+                        resource_version=held.resource_version if held else "")
+    return Claim(fences, body, held)
+
+
+def _record(state: Follow, now: float) -> Claim:
+    """Name the attempt just created on its claim, for a follower that lost the claim."""
+    history = Timeline(state.timeline.attempts[:-1])
+    return _claim(state, now, history, state.timeline.last, state.held)
 
 
 def _create_action(state: Follow, cand: Candidate) -> Create:
@@ -426,11 +514,14 @@ def _created(state: Follow, event: Created, now: float) -> Step:
     orphans = tuple(o for o in state.orphans
                     if (o.cluster, o.pod) != (attempt.cluster, attempt.pod))  # ours: keep it
     new = replace(state, phase=Phase.WATCHING, timeline=state.timeline.add(attempt),
-                  orphans=orphans, candidates=(), refused=(), placing_since=None, pod=None)
+                  orphans=orphans, candidates=(), refused=(), placing_since=None, pod=None,
+                  pod_gone=False, recorded=state.held is None)
     actions: list[Action] = [
         Note(Level.INFO, f"attempt {number}: pod {attempt.pod} created on {attempt.cluster} as "
-                         f"{attempt.tier} ({cand.reason})"),
-        Watch(attempt.cluster, attempt.namespace, attempt.pod)]
+                         f"{attempt.tier} ({cand.reason})")]
+    if state.held is not None:
+        actions.append(_record(new, now))
+    actions.append(Watch(attempt.cluster, attempt.namespace, attempt.pod))
     if state.moved_at is not None:
         latency = now - state.moved_at
         new = replace(new, latencies=(*state.latencies, latency), moved_at=None)
@@ -511,7 +602,7 @@ def _refused(state: Follow, cluster: str, why: Refusal, message: str, now: float
     note = Note(Level.WARNING, f"cluster {cluster} {why.value}: {message}; "
                                + ("trying the next candidate" if rest else "no candidate left"))
     if rest:
-        return state, [note, _create_action(state, rest[0])]
+        return state, [note, _next_create(state, now)]
     new, actions = _nothing_took_it(state, now, f"every candidate refused the pod "
                                                 f"({_refused_text(state)})")
     return new, [note, *actions]
@@ -535,8 +626,14 @@ def _nothing_took_it(state: Follow, now: float, summary: str) -> Step:
 
 def _tick(state: Follow, _: Tick, now: float) -> Step:
     if state.phase is Phase.PLACING:
-        if state.wake_at is not None and now >= state.wake_at:
-            return replace(state, wake_at=None), [Probe()]
+        if state.wake_at is None or now < state.wake_at:
+            return state, []
+        if state.claim_wait and state.candidates:  # read the other follower's claim again
+            return replace(state, wake_at=None), [_next_create(state, now)]
+        return replace(state, wake_at=None), [Probe()]
+    if state.phase is Phase.DRAINING:
+        if state.drain_until is not None and now >= state.drain_until:
+            return _drained(state, now, "its grace period is over; it may still be stopping")
         return state, []
     if state.phase is not Phase.WATCHING:
         return state, []
@@ -546,6 +643,8 @@ def _tick(state: Follow, _: Tick, now: float) -> Step:
     if queued_too_long is not None:
         return _attempt_over(state, queued_too_long, now)
     actions: list[Action] = [Delete(o) for o in state.orphans]
+    if not state.recorded and state.held is not None:
+        actions.append(_record(state, now))
     if _rebalance_due(state, now):
         actions.append(Probe(shared=True))
     return state, actions
@@ -553,12 +652,14 @@ def _tick(state: Follow, _: Tick, now: float) -> Step:
 
 # -- watching ------------------------------------------------------------------------------
 def _pod_seen(state: Follow, event: PodSeen, now: float) -> Step:
+    if state.phase is Phase.DRAINING:
+        return _draining_seen(state, event, now)
     if state.phase is not Phase.WATCHING:
         return state, []
     last = state.timeline.last
     assert last is not None  # WATCHING always has an attempt
     outcome = outcomes.classify(event.pod, "DELETED" if event.deleted else "MODIFIED")
-    state = replace(state, pod=event.pod, down_since=None)
+    state = replace(state, pod=event.pod, pod_gone=event.deleted, down_since=None)
     actions: list[Action] = []
     if outcome.kind is Kind.RUNNING and last.started_at is None:
         started, _ = outcomes.pod_times(event.pod)
@@ -579,10 +680,30 @@ def _pod_seen(state: Follow, event: PodSeen, now: float) -> Step:
 
 
 def _pod_gone(state: Follow, _: PodGone, now: float) -> Step:
+    if state.phase is Phase.DRAINING:
+        return _drained(state, now, "it is gone")
     if state.phase is not Phase.WATCHING:
         return state, []
-    outcome = outcomes.classify(state.pod, "DELETED") if state.pod else outcomes.classify(None)
+    state = replace(state, pod_gone=True)
+    outcome = _gone_outcome(state)
+    last = state.timeline.last
+    assert last is not None
+    if outcome.reason in (Reason.NOT_FOUND, Reason.DELETED):  # its end was not seen: ask
+        return state, [Inquire(last.cluster, last.namespace, last.pod)]
     return _attempt_over(state, outcome, now)
+
+
+def _gone_outcome(state: Follow) -> Outcome:
+    return outcomes.classify(state.pod, "DELETED") if state.pod else outcomes.classify(None)
+
+
+def _inquired(state: Follow, event: Inquired, now: float) -> Step:
+    """The Events said how the pod ended (a preemption while no follower ran), or not."""
+    if state.phase is not Phase.WATCHING:
+        return state, []
+    if event.outcome is None:
+        return _attempt_over(state, _gone_outcome(state), now)
+    return _attempt_over(state, event.outcome, now)
 
 
 def _unreachable(state: Follow, event: Unreachable, now: float) -> Step:
@@ -726,8 +847,122 @@ def _taken(state: Follow, outcome: Outcome, now: float) -> Step:
     else:
         index = len(state.timeline.attempts) - 1
         to_name = (index, outcome) if outcome.kind is Kind.PREEMPTED and outcome.preemptor else None
-        new, actions = _begin_placing(replace(state, to_name=to_name), now, moved_at=now)
+        state = replace(state, to_name=to_name)
+        if _must_drain(state, outcome):
+            new, actions = _drain(state, now)
+        else:
+            new, actions = _begin_placing(state, now, moved_at=now)
     return new, [note, *actions]
+
+
+# -- waiting for a taken pod to stop (wait_for_termination) --------------------------------
+def _must_drain(state: Follow, outcome: Outcome) -> bool:
+    """The old pod may still run its containers (a checkpoint being written): it started,
+    it is still there, and its cluster answers (a lost cluster's pod is an orphan)."""
+    last, pod = state.timeline.last, state.pod
+    return (state.job.settings.wait_for_termination and last is not None
+            and last.started_at is not None and pod is not None and not state.pod_gone
+            and outcome.reason != Reason.CLUSTER_UNREACHABLE
+            and (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES)
+
+
+def _termination_deadline(pod: dict[str, Any], now: float) -> float:
+    """The end of the pod's grace period (plus a margin for its DELETED to arrive)."""
+    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+    deleting = epoch(meta.get("deletionTimestamp"))  # = the deletion plus the grace period
+    if deleting is not None:
+        return max(deleting, now) + TERMINATION_MARGIN
+    grace = spec.get("terminationGracePeriodSeconds")
+    return now + (DEFAULT_GRACE_SECONDS if grace is None else float(grace)) + TERMINATION_MARGIN
+
+
+def _drain(state: Follow, now: float) -> Step:
+    last, pod = state.timeline.last, state.pod
+    assert last is not None and pod is not None
+    until = _termination_deadline(pod, now)
+    return replace(state, phase=Phase.DRAINING, moved_at=now, drain_until=until,
+                   wake_at=until), [Note(
+        Level.INFO, f"attempt {last.number}: waiting for pod {last.pod} to stop before placing "
+                    f"the next attempt (wait_for_termination; at most {until - now:.0f}s)")]
+
+
+def _draining_seen(state: Follow, event: PodSeen, now: float) -> Step:
+    phase = (event.pod.get("status") or {}).get("phase")
+    if event.deleted or phase in TERMINAL_PHASES:
+        return _drained(replace(state, pod=event.pod), now, f"it stopped ({phase})"
+                        if not event.deleted else "it is gone")
+    until = min(state.drain_until or now, _termination_deadline(event.pod, now))
+    return replace(state, pod=event.pod, drain_until=until, wake_at=until), []
+
+
+def _drained(state: Follow, now: float, why: str) -> Step:
+    last = state.timeline.last
+    assert last is not None
+    waited = now - (state.moved_at if state.moved_at is not None else now)
+    level = Level.WARNING if "grace" in why else Level.INFO
+    new, actions = _begin_placing(state, now, moved_at=state.moved_at)
+    return new, [Note(level, f"attempt {last.number}: pod {last.pod} waited on for "
+                             f"{waited * 1000:.0f} ms: {why}; placing the next attempt"),
+                 *actions]
+
+
+# -- the claim on the next attempt (claims) ------------------------------------------------
+def _claim_answer(state: Follow, event: ClaimAnswer, now: float) -> Step:
+    if state.phase is Phase.WATCHING:
+        return _recorded(state, event)
+    if state.phase is not Phase.PLACING or not state.candidates:
+        return state, []
+    number, found = state.timeline.next_number, event.found
+    if event.result is ClaimResult.WON:
+        assert found is not None
+        return replace(state, held=found.held, claim_wait=False), [
+            _create_action(state, state.candidates[0])]
+    if event.result is ClaimResult.NO_ANSWER:
+        state = replace(state, candidates=(), transient=True, claim_wait=False)
+        new, actions = _nothing_took_it(state, now, f"no cluster answered the claim on attempt "
+                                                    f"{number}: {event.detail}")
+        return new, [Note(Level.WARNING, f"claim on attempt {number}: no cluster answered "
+                                         f"({event.detail[:160]})"), *actions]
+    assert found is not None
+    if found.successor is not None:
+        return _follow_successor(state, found)
+    if found.expired(now):
+        return replace(state, claim_wait=False), [
+            Note(Level.WARNING, f"the claim of {found.holder} on attempt {number} expired "
+                                "without an attempt: taking it over"),
+            _claim(state, now, state.timeline, None, found.held)]
+    note: list[Action] = [] if state.claim_wait else [Note(
+        Level.INFO, f"attempt {number} is claimed by {found.holder}: waiting for its pod")]
+    return replace(state, claim_wait=True, wake_at=now + CLAIM_POLL_SECONDS), note
+
+
+def _follow_successor(state: Follow, found: claims.Found) -> Step:
+    """Step down: another follower created the attempt; follow it, create nothing. Its
+    claim's timeline is taken too: it has the attempts a restarted follower never saw."""
+    succ = found.successor
+    assert succ is not None
+    history = found.history if found.history.attempts else state.timeline
+    new = replace(state, phase=Phase.WATCHING, timeline=history.add(succ), candidates=(),
+                  refused=(), placing_since=None, pod=None, pod_gone=False, held=None,
+                  claim_wait=False, moved_at=None, to_name=None)
+    return new, [Note(Level.INFO, f"attempt {succ.number} was created on {succ.cluster} by "
+                                  f"another follower ({found.holder}): following it instead"),
+                 Watch(succ.cluster, succ.namespace, succ.pod)]
+
+
+def _recorded(state: Follow, event: ClaimAnswer) -> Step:
+    """Naming the created attempt on the claim: retried while the cluster does not answer.
+    Taken meanwhile means the claim expired before this follower created the attempt."""
+    number = state.timeline.next_number - 1
+    if event.result is ClaimResult.WON and event.found is not None:
+        return replace(state, held=event.found.held, recorded=True), []
+    if event.result is ClaimResult.NO_ANSWER:
+        return state, [Note(Level.WARNING, f"could not name attempt {number} on its claim "
+                                           f"({event.detail[:120]}); trying again")]
+    holder = event.found.holder if event.found else "?"
+    return replace(state, recorded=True), [Note(
+        Level.WARNING, f"the claim on attempt {number} was taken over by {holder} after it "
+                       "expired: that follower may create the attempt again")]
 
 
 def _finish(state: Follow, status: Status, message: str, outcome: Outcome | None = None) -> Step:
@@ -783,5 +1018,5 @@ _HANDLERS: dict[type, Any] = {
     CreateFailed: _create_failed, ReadBackAnswer: _read_back, PodSeen: _pod_seen,
     PodGone: _pod_gone,
     Unreachable: _unreachable, Reconnected: _reconnected, Tick: _tick, Deleted: _deleted,
-    PreemptorNamed: _preemptor_named,
+    PreemptorNamed: _preemptor_named, ClaimAnswer: _claim_answer, Inquired: _inquired,
 }

@@ -27,6 +27,8 @@ A_REQUEST = f"{PREFIX}/request"
 # Pods of this task that may exist where a create's answer was lost (JSON list): kept on the
 # next pod, so a restarted follower still deletes them once their cluster answers.
 A_ORPHANS = f"{PREFIX}/orphans"
+# On the Lease that fences a task's next attempt (claims.py): where that attempt went (JSON).
+A_SUCCESSOR = f"{PREFIX}/successor"
 BASE_CONTAINER = "base"
 
 GPU_RESOURCE = "nvidia.com/gpu"

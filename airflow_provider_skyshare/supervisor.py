@@ -11,20 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 
 from airflow_provider_skyshare import pods, taskpods
 from airflow_provider_skyshare.cluster_api import ClusterApi, KubeClusterApi, PodFeed
 from airflow_provider_skyshare.follow import (
     Action,
+    Claim,
     Create,
     Delete,
     Deleted,
     Event,
     Finish,
     Follow,
+    Inquire,
+    Inquired,
     Job,
     NamePreemptor,
     Note,
@@ -46,11 +53,17 @@ from airflow_provider_skyshare.follow import (
 )
 
 
+def follower_id() -> str:
+    """This follower, unique among every copy of a trigger: host, process, instance."""
+    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+
+
 class Supervisor:
     def __init__(self, state: Follow, api: ClusterApi | None = None,
                  log: logging.Logger | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        self.state = state
+        # who this follower is, on the claims it writes (never serialised: a copy is another)
+        self.state = state if state.me else replace(state, me=follower_id())
         self.api: ClusterApi = api or KubeClusterApi(state.job.fleet, state.job.identity.key)
         self.log = log or logging.getLogger(__name__)
         self.clock = clock
@@ -77,7 +90,7 @@ class Supervisor:
                     if isinstance(action, Watch) and until is Phase.WATCHING:
                         continue  # placing only (the worker): the trigger will watch
                     await self._execute(action)
-                if self.state.phase is not Phase.WATCHING:
+                if self.state.phase not in (Phase.WATCHING, Phase.DRAINING):
                     self._close_feed()
         finally:
             self._close_feed()
@@ -117,6 +130,11 @@ class Supervisor:
             if not isinstance(found, PodSeen | PodGone | Unreachable):
                 raise TypeError(f"a get answered {found!r}")
             result = ReadBackAnswer(action.cluster, found, action.message)
+        elif isinstance(action, Claim):
+            result = await self.api.claim(action)
+        elif isinstance(action, Inquire):
+            result = Inquired(await self.api.inquire(action.cluster, action.namespace,
+                                                     action.pod))
         elif isinstance(action, Delete):
             result = Deleted(action.orphan, await self.api.delete(action.orphan))
         elif isinstance(action, NamePreemptor):
@@ -148,7 +166,7 @@ class Supervisor:
             if carried not in orphans and (carried.cluster, carried.pod) != (cluster,
                                                                               adopted_name):
                 orphans.append(carried)
-        self.state = Follow(self.job, timeline, tuple(orphans))
+        self.state = Follow(self.job, timeline, tuple(orphans), me=self.state.me)
         adopted = timeline.last
         assert adopted is not None
         self.log.info("found attempt %d of this task on %s (pod %s): following it",
@@ -166,4 +184,6 @@ class Supervisor:
         return await self.run()
 
     async def delete_all(self, grace: int | None = None) -> list[str]:
-        return await taskpods.delete_all(self.job.fleet, self.job.identity, self.log, grace)
+        deleted = await taskpods.delete_all(self.job.fleet, self.job.identity, self.log, grace)
+        await taskpods.forget_claims(self.job.fleet, self.job.identity, self.log)
+        return deleted

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from airflow_provider_skyshare import clients, kube, outcomes, pods, watch
+from airflow_provider_skyshare import claims, clients, kube, outcomes, pods, watch
 from airflow_provider_skyshare.fleet import Fleet
 from airflow_provider_skyshare.names import L_TASK_KEY, L_TRY, Kind
 from airflow_provider_skyshare.pods import TaskIdentity
@@ -110,6 +110,32 @@ async def delete_all(fleet: Fleet, identity: TaskIdentity, log: logging.Logger,
             return []
 
     return await _everywhere(fleet, one)
+
+
+async def forget_claims(fleet: Fleet, identity: TaskIdentity, log: logging.Logger) -> int:
+    """Delete this task try's claim Leases (claims.py) on every cluster, once it has a
+    verdict: they fence moves, and a finished task makes none. A cluster that does not
+    answer keeps its few hundred bytes; `skyshare orphans` lists them by the same labels."""
+    async def one(name: str) -> list[str]:
+        cluster = fleet.clusters[name]
+        path = claims.leases_path(cluster.namespace)
+        try:
+            listing = await kube.request(cluster, "GET", path,
+                                         query={"labelSelector": identity.selector()})
+            for lease in listing.get("items") or []:
+                meta = lease["metadata"]
+                await kube.request(cluster, "DELETE", claims.leases_path(
+                    cluster.namespace, meta["name"]), body={
+                        "kind": "DeleteOptions", "apiVersion": "v1",
+                        "preconditions": {"uid": meta.get("uid")}})
+            return [lease["metadata"]["name"] for lease in listing.get("items") or []]
+        except kube.KubeError as exc:
+            if not (exc.no_answer or exc.status in (404, 409)):
+                raise
+            log.warning("could not delete this task's claims on %s: %s", name, exc)
+            return []
+
+    return len(await _everywhere(fleet, one))
 
 
 async def live_timeline(fleet: Fleet, identity: TaskIdentity, *, now: float) -> Timeline | None:

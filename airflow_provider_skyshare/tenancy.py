@@ -114,6 +114,11 @@ def org_namespace(cluster: Cluster, namespace: str, orgs: list[str]) -> list[dic
              {"apiGroups": [""], "resources": ["pods"],
               "verbs": ["create", "get", "list", "watch", "delete"]},
              {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+             # how a pod ended when no follower saw it (evidence.py)
+             {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list"]},
+             # the claim on a task's next attempt (claims.py)
+             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+              "verbs": ["create", "get", "list", "update", "delete"]},
          ]},
         {"apiVersion": RBAC, "kind": "RoleBinding", "metadata": _meta(POD_ROLE, namespace),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": POD_ROLE},

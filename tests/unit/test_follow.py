@@ -10,8 +10,13 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_skyshare import pods
+from airflow_provider_skyshare import claims, pods
 from airflow_provider_skyshare.follow import (
+    CLAIM_POLL_SECONDS,
+    TERMINATION_MARGIN,
+    Claim,
+    ClaimAnswer,
+    ClaimResult,
     Create,
     CreateAnswer,
     CreateConflict,
@@ -21,6 +26,8 @@ from airflow_provider_skyshare.follow import (
     Deleted,
     Finish,
     Follow,
+    Inquire,
+    Inquired,
     Job,
     NamePreemptor,
     Note,
@@ -47,8 +54,10 @@ from airflow_provider_skyshare.follow import (
     wake_at,
 )
 from airflow_provider_skyshare.names import L_TASK_KEY, Kind, Reason
+from airflow_provider_skyshare.outcomes import Outcome
 from airflow_provider_skyshare.placement import Request
 from airflow_provider_skyshare.pods import TaskIdentity
+from airflow_provider_skyshare.timeline import Attempt
 
 T0 = 1_800_000_000.0
 IDENTITY = TaskIdentity("dag", "train", "run-1", try_number=1)
@@ -97,12 +106,28 @@ def placed(fleet, snapshot, at: float = T0, **settings: Any) -> Follow:
 
 
 def feed(state: Follow, events: list, at: float) -> tuple[Follow, list]:
+    """Feed a pod's events while they matter: watching, or waiting for the pod to stop."""
     actions: list = []
     for i, event in enumerate(events):
         state, actions = step(state, event, at + i * 0.01)
-        if state.phase is not Phase.WATCHING:
+        if state.phase not in (Phase.WATCHING, Phase.DRAINING):
             break
     return state, actions
+
+
+def won(state: Follow, actions: list, at: float, version: str = "7") -> tuple[Follow, list]:
+    """The API server's answer to the one Claim in ``actions``: created (or updated)."""
+    claim = the(actions, Claim)
+    cluster = claim.held.cluster if claim.held else claim.fences[0]
+    body = {**claim.lease, "metadata": {**claim.lease["metadata"], "resourceVersion": version,
+                                        "namespace": "skyshare-rise"}}
+    return step(state, ClaimAnswer(ClaimResult.WON, claims.read(cluster, body)), at)
+
+
+def moved(state: Follow, snapshot, at: float) -> tuple[Follow, list]:
+    """Placing after a move: probed, the claim won, the create asked for."""
+    state, actions = step(state, Probed(snapshot), at)
+    return won(state, actions, at)
 
 
 # -- placing -------------------------------------------------------------------------------
@@ -350,20 +375,20 @@ def test_preempted_work_is_placed_again_elsewhere(seed_fleet, rise_full, free, p
     assert state.phase is Phase.PLACING and kinds(actions) == [Probe]
     assert state.timeline.last.outcome == Kind.PREEMPTED.value
     assert state.timeline.last.preempted_by.startswith(("kueue", "kube-scheduler"))
-    state, actions = step(state, Probed(free), T0 + 2)
+    state, actions = moved(state, free, T0 + 2)
     assert the(actions, Create).cluster == "rise"  # bair preempted it: cooldown
     assert the(actions, Create).pod["metadata"]["name"] == IDENTITY.pod_name(2)
     state, actions = step(state, Created("rise"), T0 + 2.05)
     assert state.phase is Phase.WATCHING and state.timeline.last.number == 2
     assert state.latencies and state.latencies[0] == pytest.approx(
-        T0 + 2.05 - state.timeline.attempts[0].ended_at)
+        T0 + 2.05 - state.timeline.attempts[0].ended_at)  # the wait for the pod's end included
 
 
 def test_kueue_preemptor_is_named_after_the_replacement_exists(seed_fleet, rise_full, free,
                                                               pod_fixture):
     state = placed(seed_fleet, rise_full)
     state, _ = feed(state, events_of(pod_fixture, "kueue_preempted"), T0 + 1)
-    state, _ = step(state, Probed(free), T0 + 2)
+    state, _ = moved(state, free, T0 + 2)
     state, actions = step(state, Created("rise"), T0 + 2)
     assert kinds(actions).index(Watch) < kinds(actions).index(NamePreemptor)
     name = the(actions, NamePreemptor)
@@ -385,12 +410,16 @@ def test_a_pod_missing_from_a_relist_after_410_is_lost_and_moves(seed_fleet, fre
     running = events_of(pod_fixture, "running")
     state, _ = feed(placed(seed_fleet, free), running, T0 + 1)
     state, actions = step(state, PodGone(), T0 + 5)
+    assert kinds(actions) == [Inquire]  # its end was not seen: the Events may say
+    state, actions = step(state, Inquired(None), T0 + 5)
     assert state.timeline.last.outcome == Kind.LOST.value
     assert state.phase is Phase.PLACING and kinds(actions) == [Probe]
 
 
 def test_a_pod_never_seen_and_gone_is_lost(seed_fleet, free):
-    state, _ = step(placed(seed_fleet, free), PodGone(), T0 + 1)
+    state, actions = step(placed(seed_fleet, free), PodGone(), T0 + 1)
+    assert the(actions, Inquire).pod == IDENTITY.pod_name(1)
+    state, _ = step(state, Inquired(None), T0 + 1)
     assert state.timeline.last.reason == Reason.NOT_FOUND.value and state.phase is Phase.PLACING
 
 
@@ -399,7 +428,7 @@ def test_max_preemptions_ends_the_task(seed_fleet, rise_full, pod_fixture):
     preempted = events_of(pod_fixture, "kueue_preempted")
     state, _ = feed(state, preempted, T0 + 1)
     assert state.phase is Phase.PLACING  # 1 move: allowed
-    state, actions = step(state, Probed(rise_full), T0 + 2)
+    state, actions = moved(state, rise_full, T0 + 2)
     state, _ = step(state, Created(the(actions, Create).cluster), T0 + 2)
     state, actions = feed(state, preempted, T0 + 3)
     assert state.verdict.status is Status.PREEMPTION_LIMIT
@@ -560,3 +589,209 @@ def test_an_old_trigger_state_with_min_event_delay_still_loads(seed_fleet, free)
     data = placed(seed_fleet, free).to_dict()
     data["settings"]["min_event_delay"] = 15.0
     assert Follow.from_dict(data).job.settings == Settings()
+
+
+# -- the claim on the next attempt (two followers of one task) -------------------------------
+def preempted(seed_fleet, rise_full, pod_fixture, **settings: Any) -> Follow:
+    """Attempt 1 borrowed bair and was preempted there; its pod is gone: placing attempt 2."""
+    state = placed(seed_fleet, rise_full, **settings)
+    state, _ = feed(state, events_of(pod_fixture, "kueue_preempted"), T0 + 1)
+    assert state.phase is Phase.PLACING
+    return state
+
+
+def taken(state: Follow, holder: str, successor=None, renewed: float = T0,
+          history=None) -> ClaimAnswer:
+    last = state.timeline.last
+    body = claims.lease(namespace="skyshare-rise", name=last.pod, task_key=IDENTITY.key,
+                        try_number=1, attempt=last.number + 1, holder=holder, now=renewed,
+                        history=history or state.timeline, successor=successor,
+                        resource_version="3")
+    return ClaimAnswer(ClaimResult.TAKEN, claims.read(last.cluster, body))
+
+
+def test_a_move_claims_the_next_attempt_on_the_ended_attempts_cluster_first(
+        seed_fleet, rise_full, free, pod_fixture):
+    state = replace(preempted(seed_fleet, rise_full, pod_fixture), me="me")
+    state, actions = step(state, Probed(free), T0 + 2)
+    claim = the(actions, Claim)
+    assert Create not in kinds(actions)  # nothing is created before the claim is won
+    assert claim.fences == ("bair", "rise") and claim.held is None
+    assert claim.lease["metadata"]["name"] == IDENTITY.pod_name(1)
+    assert claim.lease["spec"]["holderIdentity"] == "me"
+    assert claim.lease["metadata"]["labels"]["skyshare.dev/attempt"] == "2"
+    state, actions = won(state, actions, T0 + 2)
+    assert the(actions, Create).pod["metadata"]["name"] == IDENTITY.pod_name(2)
+    assert state.held.resource_version == "7"
+
+
+def test_the_created_attempt_is_named_on_the_claim_with_its_version(seed_fleet, rise_full, free,
+                                                                   pod_fixture):
+    state = preempted(seed_fleet, rise_full, pod_fixture)
+    state, _ = moved(state, free, T0 + 2)
+    state, actions = step(state, Created("rise"), T0 + 2.1)
+    record = the(actions, Claim)
+    assert record.held == state.held and not state.recorded
+    assert kinds(actions).index(Claim) < kinds(actions).index(Watch)  # losers learn first
+    found = claims.read("bair", {**record.lease, "metadata": {**record.lease["metadata"],
+                                                             "resourceVersion": "8"}})
+    assert (found.successor.number, found.successor.cluster) == (2, "rise")
+    assert [a.number for a in found.history.attempts] == [1]
+    state, _ = step(state, ClaimAnswer(ClaimResult.WON, found), T0 + 2.2)
+    assert state.recorded and state.held.resource_version == "8"
+
+
+def test_naming_the_attempt_is_retried_while_the_cluster_does_not_answer(
+        seed_fleet, rise_full, free, pod_fixture):
+    state = preempted(seed_fleet, rise_full, pod_fixture)
+    state, _ = moved(state, free, T0 + 2)
+    state, _ = step(state, Created("rise"), T0 + 2.1)
+    state, actions = step(state, ClaimAnswer(ClaimResult.NO_ANSWER, detail="timeout"), T0 + 3)
+    assert not state.recorded and "trying again" in the(actions, Note).text
+    state, actions = step(state, Tick(), state.wake_at)
+    assert the(actions, Claim).held == state.held
+
+
+def test_a_loser_follows_the_winners_attempt_and_creates_nothing(seed_fleet, rise_full, free,
+                                                                 pod_fixture):
+    state = preempted(seed_fleet, rise_full, pod_fixture)
+    state, _ = step(state, Probed(free), T0 + 2)
+    theirs = Attempt(number=2, cluster="rise", tier="owner", pod=IDENTITY.pod_name(2),
+                     namespace="skyshare-rise", placed_at=T0 + 1.5, why="theirs")
+    state, actions = step(state, taken(state, "other", theirs), T0 + 2)
+    assert kinds(actions) == [Watch] and the(actions, Watch).cluster == "rise"
+    assert state.phase is Phase.WATCHING and state.timeline.last == theirs
+    assert state.latencies == ()  # not this follower's move
+    assert "by another follower (other)" in the(actions, Note).text
+
+
+def test_the_winners_timeline_replaces_an_older_one(seed_fleet, rise_full, free, pod_fixture):
+    """A follower restarted from the deferral's timeline learns the attempts it never saw."""
+    state = preempted(seed_fleet, rise_full, pod_fixture)
+    state, _ = step(state, Probed(free), T0 + 2)
+    longer = state.timeline.update_last(reason="as the winner saw it")
+    theirs = Attempt(number=2, cluster="rise", tier="owner", pod=IDENTITY.pod_name(2),
+                     namespace="skyshare-rise", placed_at=T0 + 1.5)
+    state, _ = step(state, taken(state, "other", theirs, history=longer), T0 + 2)
+    assert state.timeline.attempts[0].reason == "as the winner saw it"
+
+
+def test_a_loser_waits_while_the_winner_creates_then_follows(seed_fleet, rise_full, free,
+                                                            pod_fixture):
+    state = preempted(seed_fleet, rise_full, pod_fixture)
+    state, _ = step(state, Probed(free), T0 + 2)
+    state, actions = step(state, taken(state, "other", renewed=T0 + 1.9), T0 + 2)
+    assert kinds(actions) == [] and state.claim_wait
+    assert state.wake_at == pytest.approx(T0 + 2 + CLAIM_POLL_SECONDS)
+    state, actions = step(state, Tick(), state.wake_at)
+    assert kinds(actions) == [Claim]  # read again (a create that meets the Lease: 409)
+    state, actions = step(state, taken(state, "other", renewed=T0 + 1.9), T0 + 2.6)
+    assert actions == []  # said once
+
+
+def test_an_expired_claim_without_an_attempt_is_taken_over_with_its_version(
+        seed_fleet, rise_full, free, pod_fixture):
+    state = preempted(seed_fleet, rise_full, pod_fixture)
+    state, _ = step(state, Probed(free), T0 + 2)
+    late = T0 + 2 + claims.CLAIM_SECONDS + 1
+    state, actions = step(state, taken(state, "dead", renewed=T0 + 2), late)
+    claim = the(actions, Claim)
+    assert claim.held.resource_version == "3" and claim.held.cluster == "bair"
+    assert claim.lease["metadata"]["resourceVersion"] == "3"  # the precondition
+    assert "taking it over" in the(actions, Note).text
+
+
+def test_no_fence_cluster_answering_retries_the_placement(seed_fleet, rise_full, free,
+                                                          pod_fixture):
+    state = preempted(seed_fleet, rise_full, pod_fixture)
+    state, _ = step(state, Probed(free), T0 + 2)
+    state, actions = step(state, ClaimAnswer(ClaimResult.NO_ANSWER, detail="refused"), T0 + 2)
+    assert Create not in kinds(actions) and state.phase is Phase.PLACING
+    state, actions = step(state, Tick(), state.wake_at)
+    assert kinds(actions) == [Probe]
+
+
+def test_a_renewed_claim_precedes_the_next_candidates_create(seed_fleet, free, pod_fixture):
+    running = events_of(pod_fixture, "running")
+    state, _ = feed(placed(seed_fleet, free), running, T0 + 1)
+    state, _ = step(state, PodSeen(running[-1].pod, deleted=True), T0 + 5)  # lost: no cooldown
+    state, actions = moved(state, free, T0 + 6)
+    first = the(actions, Create).cluster
+    state, actions = step(state, CreateFailed(first, CreateAnswer.REFUSED, "HTTP 403"), T0 + 2.1)
+    assert Create not in kinds(actions) and the(actions, Claim).held == state.held
+
+
+def test_a_first_attempt_is_created_without_a_claim(seed_fleet, free):
+    state, _ = step(make(seed_fleet), Start(), T0)
+    state, actions = step(state, Probed(free), T0)
+    assert Claim not in kinds(actions) and Create in kinds(actions)
+
+
+# -- waiting for the taken pod to stop (wait_for_termination) --------------------------------
+def stopping(pod_fixture) -> tuple[list[PodSeen], PodSeen]:
+    """Kueue's preemption up to the pod being deleted, and its DELETED."""
+    events = events_of(pod_fixture, "kueue_preempted")
+    return events[:-1], events[-1]
+
+
+def test_the_replacement_waits_for_the_preempted_pod_to_be_gone(seed_fleet, rise_full, free,
+                                                                 pod_fixture):
+    before, gone = stopping(pod_fixture)
+    state, actions = feed(placed(seed_fleet, rise_full), before, T0 + 1)
+    assert state.phase is Phase.DRAINING and Probe not in kinds(actions)
+    assert state.timeline.last.outcome == Kind.PREEMPTED.value  # recorded when seen
+    state, actions = step(state, gone, T0 + 3)
+    assert state.phase is Phase.PLACING and kinds(actions) == [Probe]
+    assert "waited on for" in actions[0].text
+    state, _ = moved(state, free, T0 + 3)
+    state, _ = step(state, Created("rise"), T0 + 3.5)
+    assert state.latencies[0] == pytest.approx(2.5 - 0.05, abs=0.06)  # the wait is counted
+
+
+def test_the_wait_ends_with_the_grace_period(seed_fleet, rise_full, pod_fixture):
+    before, _ = stopping(pod_fixture)
+    state, _ = feed(placed(seed_fleet, rise_full), before[:6], T0 + 1)  # condition only
+    assert state.phase is Phase.DRAINING
+    assert state.drain_until == pytest.approx(T0 + 1.05 + 30 + TERMINATION_MARGIN)
+    state, actions = step(state, Tick(), state.drain_until - 0.01)
+    assert state.phase is Phase.DRAINING and actions == []
+    state, actions = step(state, Tick(), state.drain_until)
+    assert state.phase is Phase.PLACING and "grace period is over" in actions[0].text
+
+
+def test_no_wait_when_turned_off_or_when_the_pod_never_started(seed_fleet, rise_full, pod_fixture):
+    before, _ = stopping(pod_fixture)
+    state, _ = feed(placed(seed_fleet, rise_full, wait_for_termination=False), before, T0 + 1)
+    assert state.phase is Phase.PLACING
+    condition = before[5].pod
+    never_ran = {**condition, "status": {**condition["status"], "phase": "Pending",
+                                         "containerStatuses": []}}
+    state, _ = step(placed(seed_fleet, rise_full), PodSeen(never_ran), T0 + 1)
+    assert state.phase is Phase.PLACING
+
+
+def test_a_lost_cluster_is_not_waited_for(seed_fleet, free, pod_fixture):
+    state, _ = feed(placed(seed_fleet, free, unreachable_grace=30),
+                    events_of(pod_fixture, "running"), T0 + 1)
+    state, _ = step(state, Unreachable("refused"), T0 + 10)
+    state, _ = step(state, Tick(), T0 + 40)
+    assert state.phase is Phase.PLACING
+
+
+# -- a pod gone while no follower ran: its Events say how it ended ---------------------------
+def test_a_preemption_seen_only_in_the_events_is_recorded_counted_and_named(
+        seed_fleet, rise_full, free):
+    state, actions = step(placed(seed_fleet, rise_full), PodGone(), T0 + 100)
+    inquire = the(actions, Inquire)
+    assert (inquire.cluster, inquire.pod) == ("bair", IDENTITY.pod_name(1))
+    outcome = Outcome(Kind.PREEMPTED, "WorkloadEvictedDueToPreempted",
+                      "Preempted to accommodate a workload (UID: w, JobUID: 1234abcd-9) due to "
+                      "reclamation within the cohort", by="kueue", preemptor="1234abcd-9")
+    state, _ = step(state, Inquired(outcome), T0 + 100)
+    first = state.timeline.last
+    assert first.outcome == Kind.PREEMPTED.value and state.timeline.preemptions == 1
+    assert first.preempted_by == "kueue (reclamation within the cohort)"
+    state, _ = moved(state, free, T0 + 101)
+    state, actions = step(state, Created("rise"), T0 + 101)
+    assert the(actions, NamePreemptor).uid == "1234abcd-9"
+    assert state.timeline.last.number == 2

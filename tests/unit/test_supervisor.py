@@ -13,9 +13,12 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_skyshare import kube, watch
+from airflow_provider_skyshare import claims, kube, watch
 from airflow_provider_skyshare.cluster_api import HubFeed, WatchBroken, feed_event
 from airflow_provider_skyshare.follow import (
+    Claim,
+    ClaimAnswer,
+    ClaimResult,
     CreateAnswer,
     Created,
     CreateFailed,
@@ -30,6 +33,7 @@ from airflow_provider_skyshare.follow import (
     Status,
 )
 from airflow_provider_skyshare.names import Kind
+from airflow_provider_skyshare.outcomes import Outcome
 from airflow_provider_skyshare.placement import Request
 from airflow_provider_skyshare.pods import TaskIdentity
 from airflow_provider_skyshare.snapshot import Snapshot
@@ -63,6 +67,8 @@ class ReplayApi:
         self.deleted: list[Orphan] = []
         self.feeds: list[ReplayFeed] = []
         self.playing: dict[str, list[Event]] = {}
+        self.leases: dict[tuple[str, str], dict[str, Any]] = {}
+        self.version = 0
 
     async def probe(self, shared: bool) -> Snapshot:
         return self.snapshots.pop(0) if len(self.snapshots) > 1 else self.snapshots[0]
@@ -85,6 +91,27 @@ class ReplayApi:
 
     async def name_preemptor(self, cluster: str, uid: str) -> str:
         return "bair/abbeel/run"
+
+    async def claim(self, action: Claim) -> ClaimAnswer:
+        """Leases as the API server keeps them: create-if-absent, update on a matching
+        resourceVersion (Kubernetes' own rules, held in a dict)."""
+        cluster = action.held.cluster if action.held else action.fences[0]
+        name = action.lease["metadata"]["name"]
+        current = self.leases.get((cluster, name))
+        body = {**action.lease, "metadata": {**action.lease["metadata"],
+                                             "namespace": f"skyshare-rise-{cluster}"}}
+        if current is not None and (action.held is None or current["metadata"][
+                "resourceVersion"] != action.held.resource_version):
+            found = claims.read(cluster, current)
+            mine = found.holder == action.lease["spec"]["holderIdentity"]
+            return ClaimAnswer(ClaimResult.WON if mine else ClaimResult.TAKEN, found)
+        self.version += 1
+        body["metadata"]["resourceVersion"] = str(self.version)
+        self.leases[(cluster, name)] = body
+        return ClaimAnswer(ClaimResult.WON, claims.read(cluster, body))
+
+    async def inquire(self, cluster: str, namespace: str, pod: str) -> Outcome | None:
+        return None
 
 
 def drive(coro) -> Any:

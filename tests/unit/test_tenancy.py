@@ -52,8 +52,11 @@ def test_an_orgs_role_is_its_namespaces_pods_and_bound_to_its_own_account() -> N
     roles = by_kind(objects, "Role")
     assert {r["metadata"]["namespace"] for r in roles} == {"skyshare-rise", "skyshare-bair",
                                                            "skyshare-mit"}
-    assert all({res for rule in r["rules"] for res in rule["resources"]} == {"pods", "pods/log"}
-               for r in roles)
+    assert all({res for rule in r["rules"] for res in rule["resources"]}
+               == {"pods", "pods/log", "events", "leases"} for r in roles)
+    # events and leases: read and claim only, never anything cluster-wide or other kinds
+    assert all(set(rule["verbs"]) <= {"get", "list"} for r in roles for rule in r["rules"]
+               if rule["resources"] == ["events"])
     for binding in by_kind(objects, "RoleBinding"):
         ns = binding["metadata"]["namespace"]
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "skyshare",
