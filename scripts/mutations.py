@@ -21,7 +21,7 @@ TESTS = ["tests/unit/test_follow.py", "tests/unit/test_supervisor.py"]
 # (what it breaks, exact original text, replacement)
 MUTATIONS = [
     ("placement after preemption: fail instead of moving",
-     "new, actions = _begin_placing(replace(state, to_name=to_name), now, moved_at=now)",
+     "new, actions = _begin_placing(state, now, moved_at=now)",
      'new, actions = _finish(state, Status.FAILED, "preempted")'),
     ("placement after preemption: move without probing",
      "return replace(state, phase=Phase.PLACING, placing_since=now, moved_at=moved_at,",
@@ -59,6 +59,26 @@ MUTATIONS = [
     ("rebalance: moves an attempt admitted meanwhile",
      "if last is None or not _queued(state.pod):",
      "if last is None:"),
+    ("claim: a later attempt is created without one",
+     "if state.timeline.last is None:\n        return _create_action",
+     "if True:\n        return _create_action"),
+    ("claim: the loser creates its own attempt anyway",
+     "        return _follow_successor(state, found)",
+     "        return state, [_create_action(state, state.candidates[0])]"),
+    ("claim: an expired claim is never taken over",
+     "if found.expired(now):", "if False:"),
+    ("claim: a live claim is taken over",
+     "if found.expired(now):", "if True:"),
+    ("claim: the created attempt is not named on it",
+     "    if state.held is not None:\n        actions.append(_record(new, now))",
+     "    if False:\n        actions.append(_record(new, now))"),
+    ("wait_for_termination: never waits",
+     "return (state.job.settings.wait_for_termination and last is not None",
+     "return (False and last is not None"),
+    ("wait_for_termination: the pod's DELETED does not end the wait",
+     "if event.deleted or phase in TERMINAL_PHASES:", "if phase in TERMINAL_PHASES:"),
+    ("a gone pod's Events are ignored",
+     "if event.outcome is None:", "if True:"),
 ]
 
 

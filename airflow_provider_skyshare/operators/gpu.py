@@ -103,6 +103,9 @@ class MultiClusterGpuOperator(BaseOperator):
     :param queue_timeout: seconds an attempt may wait queued before the task fails.
     :param unreachable_grace: seconds the running attempt's cluster may be unreachable
         before the work moves (``on_unreachable="move"``) or the task fails (``"fail"``).
+    :param wait_for_termination: place a preempted attempt's replacement only once the old
+        pod is gone (or its grace period is over), so two copies never write one checkpoint;
+        False moves at once, and the two may overlap for the grace period.
     :param deferrable: follow the pod in the triggerer, or in the worker slot; default
         ``[skyshare] default_deferrable``, else ``[operators] default_deferrable``.
     The other arguments mean what they mean for KubernetesPodOperator.
@@ -150,6 +153,7 @@ class MultiClusterGpuOperator(BaseOperator):
         queue_timeout: float | None = None,
         unreachable_grace: float = 30.0,
         on_unreachable: str = "move",
+        wait_for_termination: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -184,6 +188,7 @@ class MultiClusterGpuOperator(BaseOperator):
         self.queue_timeout = queue_timeout
         self.unreachable_grace = unreachable_grace
         self.on_unreachable = on_unreachable
+        self.wait_for_termination = wait_for_termination
         self._state: dict[str, Any] | None = None
         self._check_arguments()
 
@@ -215,6 +220,9 @@ class MultiClusterGpuOperator(BaseOperator):
         if not isinstance(self.unreachable_grace, (int, float)) or self.unreachable_grace <= 0:
             raise ValueError(f"{where}: unreachable_grace must be seconds > 0, "
                              f"got {self.unreachable_grace!r}")
+        if not isinstance(self.wait_for_termination, bool):
+            raise ValueError(f"{where}: wait_for_termination must be True or False, "
+                             f"got {self.wait_for_termination!r}")
         if self.on_finish_action not in FINISH_ACTIONS:
             raise ValueError(f"{where}: on_finish_action={self.on_finish_action!r}; use one of "
                              f"{', '.join(FINISH_ACTIONS)}")
@@ -312,7 +320,8 @@ class MultiClusterGpuOperator(BaseOperator):
                                 try_number=ti.try_number, map_index=_map_index(ti))
         settings = Settings(max_preemptions=self.max_preemptions, queue_timeout=self.queue_timeout,
                             unreachable_grace=float(self.unreachable_grace),
-                            on_unreachable=OnUnreachable(self.on_unreachable))
+                            on_unreachable=OnUnreachable(self.on_unreachable),
+                            wait_for_termination=self.wait_for_termination)
         job = Job(fleet, request, self.build_template(), identity, settings)
         return Supervisor.for_job(job, log=self.log)
 

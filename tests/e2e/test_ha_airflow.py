@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from datetime import datetime
 
@@ -102,8 +103,11 @@ def test_preempted_while_the_trigger_changes_hands_the_work_moves_once(
     train = result.timelines["romil-train"]
     assert [(a["cluster"], a["tier"]) for a in train] == [("bair", "borrower"),
                                                           ("rise", "owner")]
-    # Preempted while no triggerer followed it: the heir finds the pod being evicted (or gone).
-    assert train[0]["outcome"] in ("Preempted", "Lost") and train[1]["outcome"] == "Succeeded"
+    # Preempted while no triggerer followed it: the heir finds the pod gone, and its Events
+    # still say who took the GPUs (issue 14, acceptance 3).
+    assert (train[0]["outcome"], train[1]["outcome"]) == ("Preempted", "Succeeded"), train
+    assert train[0]["preempted_by"].startswith("bair_user/abbeel/"), train[0]
+    assert [a["number"] for a in train] == [1, 2]
     assert len(pods.created()) == 2, pods.created()  # moved once, never placed twice
     most, which = pods.most_live_at_once()
     assert most == 1, which
@@ -170,6 +174,49 @@ def test_a_frozen_triggerer_that_wakes_after_the_handover_keeps_its_hands_off(
     logs = "".join(p.read_text() for p in (af.home / "logs" / "dag_id=skyshare_job" /
                                            f"run_id={run}").rglob("*.trigger.*.log"))
     assert "handed to another triggerer, which follows the pod; not deleting it" in logs
+
+
+def test_a_triggerer_frozen_during_a_preemption_wakes_and_creates_nothing(
+        af, admin, admin_pods, no_leaks):
+    """The follower of romil-train is frozen (SIGSTOP); abbeel preempts romil-train; another
+    rise triggerer takes the trigger over and moves the work; only then is the frozen one
+    woken. It saw the same preemption and would place the work too: its claim on the next
+    attempt is taken, so it follows the heir's attempt (or Airflow cancels it first).
+    Exactly one replacement either way (issue 14, acceptance 2)."""
+    frozen: list[str] = []
+    thawed = threading.Event()
+
+    def thaw_after_the_move() -> None:
+        try:
+            wait_for(lambda: heir_of(af, frozen[0], "rise_user", "romil-train"), 120,
+                     "another triggerer following romil-train")
+            wait_for(lambda: [n for n in pods.created() if n.endswith("-a2")], 120,
+                     "the heir's attempt 2")
+        finally:
+            production.signal_all(af, frozen[0], signal.SIGCONT)
+            thawed.set()
+
+    def freeze_the_follower():
+        victim = wait_for(lambda: running(af, "rise_user", "romil-train"), 60,
+                          "the triggerer following romil-train")
+        production.signal_all(af, victim, signal.SIGSTOP)
+        frozen.append(victim)
+        threading.Thread(target=thaw_after_the_move, daemon=True).start()
+
+    try:
+        with PodRecorder(admin, CLUSTERS, "skyshare.dev/task-id=romil-train") as pods:
+            result = run_scenario(af, admin_pods, {"romil": "40s", "abbeel": "5s"},
+                                  before_abbeel=freeze_the_follower)
+    finally:
+        if frozen and not thawed.wait(180):
+            production.signal_all(af, frozen[0], signal.SIGCONT)
+    print(result.table())
+    assert frozen and thawed.is_set() and set(result.states.values()) == {"success"}
+    train = result.timelines["romil-train"]
+    assert [(a["number"], a["cluster"], a["outcome"]) for a in train] == [
+        (1, "bair", "Preempted"), (2, "rise", "Succeeded")], train
+    assert len(pods.created()) == 2, pods.created()  # one replacement, by one follower
+    assert pods.most_live_at_once()[0] == 1
 
 
 def test_a_scheduler_killed_mid_scenario_the_scenario_completes(

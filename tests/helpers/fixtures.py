@@ -98,6 +98,26 @@ def provider_pods(admin) -> dict[str, list[str]]:
     return out
 
 
+def provider_leases(admin) -> dict[str, list[str]]:
+    """The claims (claims.py) left on the clusters: a finished task deletes its own."""
+    out = {}
+    for name, api in admin.items():
+        leases = client.CoordinationV1Api(api.api_client).list_lease_for_all_namespaces(
+            label_selector=MANAGED).items
+        if leases:
+            out[name] = [f"{x.metadata.namespace}/{x.metadata.name}" for x in leases]
+    return out
+
+
+def _forget(admin, found: dict[str, list[str]]) -> None:
+    for name, leases in found.items():
+        coordination = client.CoordinationV1Api(admin[name].api_client)
+        for item in leases:
+            ns, lease = item.split("/")
+            with contextlib.suppress(Exception):
+                coordination.delete_namespaced_lease(lease, ns)
+
+
 def _remove(admin, found: dict[str, list[str]]) -> None:
     for name, pods in found.items():
         for item in pods:
@@ -114,6 +134,7 @@ def no_leaks(admin) -> Iterator[None]:
     """Fail the test when any provider pod is left on any cluster afterwards (then clean up,
     so that one test's leak is reported once, by that test)."""
     _remove(admin, provider_pods(admin))  # an earlier test already failed for these
+    _forget(admin, provider_leases(admin))
     yield
     deadline = time.monotonic() + 20
     left = provider_pods(admin)
@@ -121,7 +142,10 @@ def no_leaks(admin) -> Iterator[None]:
         time.sleep(0.2)
         left = provider_pods(admin)
     _remove(admin, left)
+    claims = provider_leases(admin)
+    _forget(admin, claims)
     assert not left, f"provider pods left on clusters: {left}"
+    assert not claims, f"claim Leases left on clusters: {claims}"
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):

@@ -4,7 +4,8 @@
 (each pod's creation and the moment it was marked for deletion or finished), not from
 sampling a list now and then. A pod is live from its ADDED event until the first event that
 shows it terminating (deletionTimestamp), finished (Succeeded/Failed) or gone (DELETED): a pod
-in its termination grace period no longer counts (waiting that out is issue 14's option).
+in its termination grace period no longer counts, unless asked for (``present``: until the
+object is gone, what ``wait_for_termination`` waits for).
 Times are when this process received each event, one clock for all clusters (the API's own
 timestamps have one-second resolution).
 """
@@ -42,6 +43,10 @@ class PodRecorder:
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _failed: list[BaseException] = field(default_factory=list)
+    # A soak restarts apiservers: reconnect instead of failing. Pods missing from the relist
+    # after a gap count as deleted at its end (live through the gap: never a missed overlap).
+    resilient: bool = False
+    reconnects: int = 0
 
     def __enter__(self) -> PodRecorder:
         ready = []
@@ -72,11 +77,37 @@ class PodRecorder:
             raise AssertionError(f"the pod watch failed: {self._failed[0]!r}") from self._failed[0]
 
     def _watch(self, cluster: str, resource_version: str, started: threading.Event) -> None:
-        try:
-            self._follow(cluster, resource_version, started)
-        except BaseException as exc:  # noqa: BLE001 - kept and raised in the test's thread
-            self._failed.append(exc)
-            started.set()
+        while True:
+            try:
+                self._follow(cluster, resource_version, started)
+                return
+            except BaseException as exc:  # noqa: BLE001 - kept and raised in the test's thread
+                if not self.resilient or self._stop.is_set():
+                    self._failed.append(exc)
+                    started.set()
+                    return
+            resource_version = self._relist(cluster)
+
+    def _relist(self, cluster: str) -> str:
+        """After a failed watch: what exists now, and an end for what vanished meanwhile."""
+        self.reconnects += 1
+        while not self._stop.is_set():
+            try:
+                listing = self.admin[cluster].list_pod_for_all_namespaces(
+                    label_selector=self.selector, _request_timeout=(5, 30))
+                break
+            except Exception:  # noqa: BLE001 - the apiserver is still down: ask again
+                self._stop.wait(1)
+        else:
+            return ""
+        now_there = {p.metadata.uid for p in listing.items}
+        for uid, (name, _, end) in self.intervals().items():
+            if end is None and name.startswith(f"{cluster}/") and uid not in now_there:
+                self.events.append(Seen(time.time(), cluster, "DELETED", name.split("/", 1)[1],
+                                        uid, "", True))
+        for pod in listing.items:
+            self._record(cluster, "MODIFIED", pod)
+        return listing.metadata.resource_version
 
     def _follow(self, cluster: str, resource_version: str, started: threading.Event) -> None:
         api = self.admin[cluster]
@@ -104,36 +135,51 @@ class PodRecorder:
                                 pod.status.phase or "", pod.metadata.deletion_timestamp is not None))
 
     # -- what the events say ------------------------------------------------------------------
-    def intervals(self) -> dict[str, tuple[str, float, float | None]]:
-        """uid -> (cluster/name, live from, live until or None while still live)."""
+    def intervals(self, *, present: bool = False) -> dict[str, tuple[str, float, float | None]]:
+        """uid -> (cluster/name, live from, live until or None while still live). With
+        ``present``, until the pod object is gone (DELETED): a terminating pod's containers
+        may still run (a checkpoint being written)."""
         self._check()
         out: dict[str, tuple[str, float, float | None]] = {}
         for e in sorted(self.events, key=lambda e: e.at):
             if e.uid not in out:
                 out[e.uid] = (f"{e.cluster}/{e.name}", e.at, None)
             name, start, end = out[e.uid]
-            if end is None and (e.kind == "DELETED" or e.terminating or e.phase in TERMINAL):
+            ended = e.kind == "DELETED" if present else (
+                e.kind == "DELETED" or e.terminating or e.phase in TERMINAL)
+            if end is None and ended:
                 out[e.uid] = (name, start, e.at)
         return out
 
-    def most_live_at_once(self) -> tuple[int, list[str]]:
-        """The largest number of pods live at one moment, and which they were."""
-        marks = []
-        for uid, (name, start, end) in self.intervals().items():
-            if end == start:  # first seen already terminating or finished: never live
-                continue
-            marks.append((start, 1, uid, name))
-            marks.append((end if end is not None else float("inf"), -1, uid, name))
-        live: dict[str, str] = {}
-        best: tuple[int, list[str]] = (0, [])
-        for _, delta, uid, name in sorted(marks, key=lambda m: (m[0], m[1])):  # ends first
-            if delta > 0:
-                live[uid] = name
-                if len(live) > best[0]:
-                    best = (len(live), sorted(live.values()))
-            else:
-                live.pop(uid, None)
-        return best
+    def most_live_at_once(self, *, present: bool = False) -> tuple[int, list[str]]:
+        """The largest number of pods live (or ``present``) at one moment, and which."""
+        return _most_at_once(self.intervals(present=present))
+
+    def most_live_by(self, key) -> dict[str, tuple[int, list[str]]]:
+        """most_live_at_once per group of pods (``key(cluster/name)``: e.g. one task)."""
+        groups: dict[str, dict[str, tuple[str, float, float | None]]] = {}
+        for uid, span in self.intervals().items():
+            groups.setdefault(key(span[0]), {})[uid] = span
+        return {k: _most_at_once(spans) for k, spans in groups.items()}
 
     def created(self) -> list[str]:
         return [name for name, _, _ in self.intervals().values()]
+
+
+def _most_at_once(spans: dict[str, tuple[str, float, float | None]]) -> tuple[int, list[str]]:
+    marks = []
+    for uid, (name, start, end) in spans.items():
+        if end == start:  # first seen already terminating or finished: never live
+            continue
+        marks.append((start, 1, uid, name))
+        marks.append((end if end is not None else float("inf"), -1, uid, name))
+    live: dict[str, str] = {}
+    best: tuple[int, list[str]] = (0, [])
+    for _, delta, uid, name in sorted(marks, key=lambda m: (m[0], m[1])):  # ends first
+        if delta > 0:
+            live[uid] = name
+            if len(live) > best[0]:
+                best = (len(live), sorted(live.values()))
+        else:
+            live.pop(uid, None)
+    return best
