@@ -45,3 +45,12 @@ class Sandbox:
 
     def start_component(self, name: str, component: str) -> None:
         cluster.start_component(cluster.State.load(), name, component)
+
+    def node_down(self, name: str, node: str | None = None) -> str:
+        """Stop a node's heartbeat (default `<name>-gpu-0`): NotReady after the grace period,
+        then tainted, then its pods evicted. Returns the node's name."""
+        return cluster.node_down(cluster.State.load(), name, node)
+
+    def node_up(self, name: str, node: str | None = None, timeout: float = 60) -> str:
+        """The node heartbeats again; returns once it is Ready and untainted."""
+        return cluster.node_up(cluster.State.load(), name, node, timeout)

@@ -9,8 +9,11 @@
   kubeconfig                 print the kubeconfig path (contexts NAME: admin, NAME-operator:
                              the cluster's own, ORG@NAME: each org's, in its namespace)
   down                       stop everything and delete the state
-  stop-component CLUSTER C   C in apiserver, scheduler, gc, kueue, kwok (fault tests)
+  stop-component CLUSTER C   C in apiserver, scheduler, controllers, kueue, kwok (fault tests)
   start-component CLUSTER C
+  node-down CLUSTER [NODE]   NODE (default CLUSTER-gpu-0) stops heartbeating: NotReady after
+                             12 s, tainted, its pods evicted 10 s later (fault tests, demos)
+  node-up CLUSTER [NODE]     it heartbeats again; returns once it is Ready and untainted
 SPEC: NAME[:nodes=N,gpus=G,product=Tesla-T4]
 """
 
@@ -38,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         c = sub.add_parser(name)
         c.add_argument("cluster")
         c.add_argument("component", choices=cluster.COMPONENTS)
+    for name in ("node-down", "node-up"):
+        c = sub.add_parser(name)
+        c.add_argument("cluster")
+        c.add_argument("node", nargs="?")
     args = p.parse_args(argv)
     try:
         if args.cmd == "build":
@@ -60,6 +67,16 @@ def main(argv: list[str] | None = None) -> int:
             print("sandbox stopped and its state removed")
             return 0
         state = cluster.State.load()
+        if args.cmd == "node-down":
+            node = cluster.node_down(state, args.cluster, args.node)
+            print(f"{args.cluster} {node}: heartbeat stopped (NotReady after "
+                  f"{cluster.NODE_MONITOR_GRACE_SECONDS}s, pods evicted "
+                  f"{cluster.EVICTION_TOLERATION_SECONDS}s later)")
+            return 0
+        if args.cmd == "node-up":
+            node = cluster.node_up(state, args.cluster, args.node)
+            print(f"{args.cluster} {node}: heartbeating, Ready and untainted")
+            return 0
         if args.cmd == "stop-component":
             cluster.stop_component(state, args.cluster, args.component)
         else:

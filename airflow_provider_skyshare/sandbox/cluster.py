@@ -1,7 +1,8 @@
 """Start, check and stop the sandbox's processes; bootstrap each cluster's objects.
 
 One etcd serves every cluster (distinct --etcd-prefix each). Per cluster: kube-apiserver,
-kube-scheduler, KWOK (fake GPU nodes) and Kueue with its real webhooks. Processes are
+kube-scheduler, kube-controller-manager (garbage collector, node lifecycle, taint eviction),
+KWOK (fake nodes) and Kueue with its real webhooks. Processes are
 detached (own session) with logs and pids in the state dir, so they outlive the CLI.
 Waits are on health endpoints with deadlines, never fixed sleeps.
 """
@@ -32,8 +33,16 @@ from airflow_provider_skyshare.fleet import Fleet, FleetError
 from airflow_provider_skyshare.names import NS_TIER_LABEL, TIER_POLICY
 from airflow_provider_skyshare.sandbox import certs, manifests, paths, tenants
 
-COMPONENTS = ("apiserver", "scheduler", "gc", "kwok", "kueue")
+COMPONENTS = ("apiserver", "scheduler", "controllers", "kwok", "kueue")
+LEGACY_COMPONENTS = ("gc",)  # older sandboxes' names for what runs now: stopped by `up`
 FIELD_MANAGER = "skyshare-sandbox"
+CONTROLLERS = ("garbage-collector-controller", "node-lifecycle-controller",
+               "taint-eviction-controller")
+# Node loss, sandbox timings (a real cluster: lease 40 s, grace 50 s, tolerations 300 s).
+NODE_LEASE_SECONDS = 5  # KWOK renews each node's Lease every 1.25 s (seen: 2-4 s, 2 cores)
+NODE_MONITOR_GRACE_SECONDS = 12  # no renewal for this long: the node turns NotReady (Unknown)
+NODE_MONITOR_PERIOD_SECONDS = 1
+EVICTION_TOLERATION_SECONDS = 10  # then its pods are evicted (DefaultTolerationSeconds)
 
 
 class SandboxError(RuntimeError):
@@ -276,8 +285,11 @@ def _start_apiserver(state: State, name: str) -> None:
         f"--service-account-key-file={pki / 'sa.pub'}",
         f"--service-account-signing-key-file={pki / 'sa.key'}",
         "--service-cluster-ip-range=10.96.0.0/16",
-        # No kube-controller-manager: nodes would keep the not-ready taint forever.
-        "--disable-admission-plugins=TaintNodesByCondition",
+        # TaintNodesByCondition stays on (new nodes start with the not-ready taint; the node
+        # lifecycle controller lifts it once KWOK reports them Ready). A pod on a node that
+        # stops heartbeating is evicted after this long instead of the default 300 s.
+        f"--default-not-ready-toleration-seconds={EVICTION_TOLERATION_SECONDS}",
+        f"--default-unreachable-toleration-seconds={EVICTION_TOLERATION_SECONDS}",
         "--endpoint-reconciler-type=none",
         "--enable-priority-and-fairness=false",
         "--profiling=false", "--allow-privileged=true",
@@ -301,23 +313,30 @@ def _start_scheduler(state: State, name: str) -> None:
     ])
 
 
-def _start_gc(state: State, name: str) -> None:
-    """kube-controller-manager with only the garbage collector: Kueue's Workloads are owned by
-    their pods, and without the collector a finished Workload outlives its pod and holds the
-    next pod of the same name. The other controllers stay off (see the admission flags)."""
+def _start_controllers(state: State, name: str) -> None:
+    """kube-controller-manager with three controllers. The garbage collector: Kueue's
+    Workloads are owned by their pods, and without it a finished Workload outlives its pod and
+    holds the next pod of the same name. Node lifecycle and taint eviction: a node whose
+    heartbeat (its Lease) stops turns NotReady, is tainted, and its pods are evicted, as on a
+    real cluster. Timings are short so that a lost node shows within seconds."""
     ports = paths.cluster_ports(state.index(name))
     kc = _admin_kubeconfig(name, ports["apiserver"])
-    state.pids[f"{name}/gc"] = _spawn(f"{name}/gc", [
+    state.pids[f"{name}/controllers"] = _spawn(f"{name}/controllers", [
         str(paths.bin_dir() / "kube-controller-manager"), f"--kubeconfig={kc}",
         f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
-        "--controllers=garbagecollector", "--leader-elect=false",
+        f"--controllers={','.join(CONTROLLERS)}", "--leader-elect=false",
         "--use-service-account-credentials=false",
-        "--bind-address=127.0.0.1", f"--secure-port={ports['gc']}",
-        f"--cert-dir={_cdir(name) / 'gc-certs'}",
+        f"--node-monitor-grace-period={NODE_MONITOR_GRACE_SECONDS}s",
+        f"--node-monitor-period={NODE_MONITOR_PERIOD_SECONDS}s",
+        "--bind-address=127.0.0.1", f"--secure-port={ports['controllers']}",
+        f"--cert-dir={_cdir(name) / 'controllers-certs'}",
     ])
 
 
 def _start_kwok(state: State, name: str) -> None:
+    """KWOK, after freeing the node Leases its predecessor held (a new KWOK has a new identity
+    and would wait for them to expire, the nodes without heartbeat meanwhile)."""
+    _release_leases(state, name)
     ports = paths.cluster_ports(state.index(name))
     kc = _admin_kubeconfig(name, ports["apiserver"])
     cfg = _cdir(name) / "kwok.yaml"
@@ -328,6 +347,9 @@ def _start_kwok(state: State, name: str) -> None:
         f"--manage-nodes-with-annotation-selector={manifests.KWOK_NODE_ANNOTATION}=fake",
         f"--server-address=127.0.0.1:{ports['kwok']}",
         "--node-ip=127.0.0.1", "--cidr=10.244.0.0/16",
+        # The node heartbeat: renewed every quarter of this, well inside the grace period
+        # (also across a KWOK restart, which waits for its predecessor's leases to expire).
+        f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}",
     ])
 
 
@@ -369,8 +391,8 @@ def _health(state: State, name: str, component: str) -> bool:
         return _https_ok(f"{_apiserver_url(state, name)}/readyz")
     if component == "scheduler":
         return _https_ok(f"https://127.0.0.1:{ports['scheduler']}/healthz", admin=False)
-    if component == "gc":
-        return _https_ok(f"https://127.0.0.1:{ports['gc']}/healthz", admin=False)
+    if component == "controllers":
+        return _https_ok(f"https://127.0.0.1:{ports['controllers']}/healthz", admin=False)
     if component == "kwok":
         return _http_ok(f"http://127.0.0.1:{ports['kwok']}/healthz")
     if component == "kueue":
@@ -378,8 +400,8 @@ def _health(state: State, name: str, component: str) -> bool:
     raise SandboxError(f"unknown component {component!r} (use {', '.join(COMPONENTS)})")
 
 
-_STARTERS = {"apiserver": _start_apiserver, "scheduler": _start_scheduler, "gc": _start_gc,
-             "kwok": _start_kwok, "kueue": _start_kueue}
+_STARTERS = {"apiserver": _start_apiserver, "scheduler": _start_scheduler,
+             "controllers": _start_controllers, "kwok": _start_kwok, "kueue": _start_kueue}
 
 
 def component_alive(state: State, name: str, component: str) -> bool:
@@ -424,6 +446,7 @@ _PLURALS = {
     "LocalQueue": "localqueues", "WorkloadPriorityClass": "workloadpriorityclasses",
     "ValidatingAdmissionPolicy": "validatingadmissionpolicies",
     "ValidatingAdmissionPolicyBinding": "validatingadmissionpolicybindings",
+    "Lease": "leases",
 }
 
 
@@ -507,8 +530,8 @@ def bootstrap_base(state: State, name: str) -> None:
     spec = state.clusters[name]
     _apply_all(api, name, manifests.namespaces() + manifests.priority_classes()
                + manifests.crds(paths.kueue_manifests()))
-    for i in range(spec["nodes"]):
-        node = manifests.node(name, i, spec["gpus"], spec["product"])
+    nodes = [manifests.node(name, i, spec["gpus"], spec["product"]) for i in range(spec["nodes"])]
+    for node in [manifests.control_plane_node(name), *nodes]:
         _apply_all(api, name, [{k: v for k, v in node.items() if k != "status"}])
         _retrying(name, f"status of node {node['metadata']['name']}",
                   lambda n=node: apply_node_status(api, n))
@@ -525,6 +548,100 @@ def bootstrap_queues(state: State, name: str) -> None:
     gpus = spec["gpus"] * spec["nodes"]
     _apply_all(api, name, manifests.kueue_objects(gpus, 8 * spec["nodes"], 32 * spec["nodes"],
                                                   110 * spec["nodes"]))
+
+
+# -- node loss --------------------------------------------------------------------------
+# KWOK manages a node only while it holds the node's Lease (how several KWOKs share nodes);
+# the Lease is also the node's heartbeat for the node lifecycle controller. Taking the Lease
+# (frozen renewTime, a duration nobody outlives) stops both, as a dead kubelet would: no more
+# renewals, no node status, no pod updates on that node. Removing the node's KWOK annotation
+# would not do it: KWOK filters its watch client-side, never sees the node leave its selection
+# and keeps renewing the Lease. Deleting the Lease gives the node back to KWOK.
+NODE_DOWN_HOLDER = "skyshare-sandbox-node-down"
+_NODE_LEASE_NS = "kube-node-lease"
+_FOREVER = 10 * 365 * 24 * 3600  # the lease duration of a node that is down
+
+
+def _core(state: State, name: str):
+    from kubernetes import client
+
+    return client.CoreV1Api(api_client(state, name))
+
+
+def _node_name(state: State, name: str, node: str | None) -> str:
+    if name not in state.clusters:
+        raise SandboxError(f"no cluster {name!r} in the sandbox ({', '.join(state.clusters)})")
+    node = node or f"{name}-gpu-0"
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        _core(state, name).read_node(node)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise SandboxError(f"{name}: no node {node!r}") from None
+        raise
+    return node
+
+
+def node_down(state: State, name: str, node: str | None = None) -> str:
+    """Stop a node's heartbeat. After the grace period the lifecycle controller marks it
+    NotReady and taints it; its pods are evicted once their tolerations run out."""
+    node = _node_name(state, name, node)
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    apply(api_client(state, name), {
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": node, "namespace": _NODE_LEASE_NS},
+        "spec": {"holderIdentity": NODE_DOWN_HOLDER, "leaseDurationSeconds": _FOREVER,
+                 "renewTime": now}})
+    return node
+
+
+def node_up(state: State, name: str, node: str | None = None, timeout: float = 60) -> str:
+    """Give the node back to KWOK (it heartbeats again) and wait until it is Ready and its
+    node.kubernetes.io taints are gone."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    node = _node_name(state, name, node)
+    try:
+        client.CoordinationV1Api(api_client(state, name)).delete_namespaced_lease(
+            node, _NODE_LEASE_NS)
+    except ApiException as exc:
+        if exc.status != 404:  # no Lease: KWOK has not taken it yet
+            raise
+    wait_nodes_ready(state, name, [node], timeout)
+    return node
+
+
+def _release_leases(state: State, name: str) -> None:
+    """Delete the node Leases not held by `node_down` (those nodes stay down)."""
+    import urllib3
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    coord = client.CoordinationV1Api(api_client(state, name))
+    try:
+        for lease in coord.list_namespaced_lease(_NODE_LEASE_NS, _request_timeout=5).items:
+            if lease.spec.holder_identity != NODE_DOWN_HOLDER:
+                with contextlib.suppress(ApiException):  # gone already
+                    coord.delete_namespaced_lease(lease.metadata.name, _NODE_LEASE_NS,
+                                                  _request_timeout=5)
+    except (ApiException, urllib3.exceptions.HTTPError):
+        pass  # API server down: KWOK takes the Leases over once they expire
+
+
+def node_ready(node: Any) -> bool:
+    """Ready, and none of the taints the node lifecycle controller sets (not-ready,
+    unreachable, ...): what the scheduler and the provider need to place work there."""
+    ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+    return ready and not any(t.key.startswith("node.kubernetes.io/")
+                             for t in node.spec.taints or [])
+
+
+def wait_nodes_ready(state: State, name: str, nodes: list[str], timeout: float = 60) -> None:
+    core = _core(state, name)
+    _wait(lambda: all(node_ready(core.read_node(n)) for n in nodes), timeout,
+          f"{name} nodes {', '.join(nodes)} Ready and untainted (is KWOK up?)")
 
 
 # -- up / down --------------------------------------------------------------------------
@@ -551,6 +668,10 @@ def up(specs: list[ClusterSpec] | None = None, fleets: list[str] | None = None) 
             except FleetError as exc:
                 raise SandboxError(f"--fleet {path}: {exc}") from None
             state.fleets.append(path)
+    for key in [k for k in state.pids if k.rpartition("/")[2] in LEGACY_COMPONENTS]:
+        _kill(state.pids.pop(key))  # holds the port of the component that replaced it
+        # and KWOK then renewed leases too slowly for the node lifecycle controller
+        _kill(state.pids.pop(f"{key.partition('/')[0]}/kwok", None))
     state.save()
     known = {pid for pid in state.pids.values() if alive(pid)}
     for pid in _strays():  # lost track of: they would hold the ports of the new ones
@@ -579,15 +700,19 @@ def _up_cluster(state: State, name: str) -> None:
 
 def _up_cluster_steps(state: State, name: str) -> None:
     marker = _cdir(name) / ".bootstrapped"
+    first = not marker.exists()
     fresh = not component_alive(state, name, "apiserver")
     start_component(state, name, "apiserver")
     if fresh or not marker.exists():
         bootstrap_base(state, name)
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(lambda c: start_component(state, name, c),
-                      ("scheduler", "gc", "kwok", "kueue")))
+                      ("scheduler", "controllers", "kwok", "kueue")))
     if fresh or not marker.exists():
         bootstrap_queues(state, name)
+        if first:  # new nodes carry the not-ready taint until the lifecycle controller lifts it
+            wait_nodes_ready(state, name,
+                             [n.metadata.name for n in _core(state, name).list_node().items])
         marker.touch()
     # Every up: a fleet added since (`up --fleet`) brings its orgs to running clusters too.
     objects = tenants.objects(state.tenant_fleets(), name)

@@ -27,7 +27,7 @@ def namespaces() -> list[dict[str, Any]]:
     out = []
     for ns in ("default", "kube-system", "kueue-system"):
         out.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-        # No kube-controller-manager runs: create each namespace's default ServiceAccount.
+        # No ServiceAccount controller runs: create each namespace's default ServiceAccount.
         out.append({"apiVersion": "v1", "kind": "ServiceAccount",
                     "metadata": {"name": "default", "namespace": ns}})
     return out
@@ -90,6 +90,28 @@ def node(cluster: str, index: int, gpus: int, product: str) -> dict[str, Any]:
                        "nvidia.com/gpu.count": str(gpus)},
         },
         "spec": {},
+        "status": {"capacity": capacity, "allocatable": dict(capacity)},
+    }
+
+
+def control_plane_node(cluster: str) -> dict[str, Any]:
+    """A node that takes no work (no GPUs, the control-plane taint) and stays Ready, as a real
+    cluster's control plane does. The node lifecycle controller stops all evictions when every
+    node of a cluster is NotReady (it then blames itself, not the nodes): without this node,
+    losing a one-GPU-node cluster's node would never evict its pods."""
+    capacity = {"cpu": "2", "memory": "4Gi", "pods": "110", "ephemeral-storage": "100Gi"}
+    name = f"{cluster}-control-plane"
+    return {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {KWOK_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                       "kubernetes.io/arch": "amd64", "type": "kwok",
+                       "node-role.kubernetes.io/control-plane": ""},
+        },
+        "spec": {"taints": [{"key": "node-role.kubernetes.io/control-plane",
+                             "effect": "NoSchedule"}]},
         "status": {"capacity": capacity, "allocatable": dict(capacity)},
     }
 

@@ -50,4 +50,5 @@ def cluster_ports(index: int) -> dict[str, int]:
     """A block of ports per cluster, from its stable index in the sandbox."""
     start = port_base() + 100 + index * 10
     return {"apiserver": start, "scheduler": start + 1, "webhook": start + 2,
-            "kueue_health": start + 3, "kwok": start + 4, "gc": start + 5}
+            "kueue_health": start + 3, "kwok": start + 4,
+            "controllers": start + 5}

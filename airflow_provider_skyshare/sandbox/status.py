@@ -22,7 +22,7 @@ def rows(state: cluster.State) -> list[list[str]]:
                     for n in nodes)
         alloc = sum(int((n.status.allocatable or {}).get(manifests.GPU, 0)) for n in nodes)
         products = sorted({(n.metadata.labels or {}).get("nvidia.com/gpu.product", "?")
-                           for n in nodes})
+                           for n in nodes if int((n.status.allocatable or {}).get(manifests.GPU, 0))})
         used = 0
         for p in core.list_pod_for_all_namespaces(
                 field_selector="status.phase!=Succeeded,status.phase!=Failed").items:

@@ -56,7 +56,7 @@ def fleets(paths: Iterable[str], clusters: Mapping[str, Mapping[str, Any]]) -> l
 
 def objects(fleets_: Iterable[Fleet], cluster: str) -> list[dict[str, Any]]:
     """Every fleet's objects for `cluster`, once each; namespaces get their `default`
-    ServiceAccount (no controller-manager runs here to make it)."""
+    ServiceAccount (no ServiceAccount controller runs here to make it)."""
     out: dict[tuple, dict[str, Any]] = {}
     for fleet in fleets_:
         if cluster not in fleet.clusters:

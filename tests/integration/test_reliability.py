@@ -34,9 +34,11 @@ MOVE_BOUND_SECONDS = 30  # documented in docs/concepts.md: unreachable_grace + p
 
 def make(task_id: str, *, org: str = "rise", user: str = "romil", gpus: str = "T4:2",
          duration: str = "30s", try_number: int = 1, run_id: str | None = None,
-         log: logging.Logger | None = None, **settings) -> Driven:
+         log: logging.Logger | None = None, termination_grace_period: int | None = None,
+         **settings) -> Driven:
     op = MultiClusterGpuOperator(task_id=task_id, image="busybox", gpus=gpus, org=org, user=user,
-                                 fleet_file=str(FLEET), annotations={DURATION: duration})
+                                 fleet_file=str(FLEET), annotations={DURATION: duration},
+                                 termination_grace_period=termination_grace_period)
     product, count = parse_gpus(gpus)
     identity = TaskIdentity("reliability", task_id, run_id or f"run-{uuid.uuid4().hex[:8]}",
                             try_number=try_number)

@@ -191,7 +191,7 @@ def test_one_apiserver_down_leaves_the_other_serving(sandbox, admin):
 
 
 def test_garbage_collector_removes_what_a_deleted_pod_owned(bair):
-    """Kueue's Workloads are owned by their pods: the sandbox runs the garbage collector (only)
+    """Kueue's Workloads are owned by their pods: the sandbox runs the garbage collector
     so that what a deleted pod owned goes too, as on a real cluster."""
     name = unique("owner")
     pod = create(bair, gpu_pod(name, queue=None, priority="low-priority", gpus=0))
