@@ -214,10 +214,14 @@ def _admin_kubeconfig(name: str, port: int) -> Path:
     pki = paths.state_dir() / "pki"
     path = _cdir(name) / "admin.kubeconfig"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(_kubeconfig_doc(
+    # Written anew by each component's start while other threads read it: replace it whole,
+    # never truncate it in place (a reader saw an empty file).
+    tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+    tmp.write_text(yaml.safe_dump(_kubeconfig_doc(
         [(name, port)], [("admin", pki / "admin.crt", pki / "admin.key")],
         [(name, name, "admin")], name)))
-    path.chmod(0o600)
+    tmp.chmod(0o600)
+    tmp.replace(path)
     return path
 
 
