@@ -138,8 +138,11 @@ class Supervisor:
         elif isinstance(action, Delete):
             result = Deleted(action.orphan, await self.api.delete(action.orphan))
         elif isinstance(action, NamePreemptor):
-            who = await self.api.name_preemptor(action.cluster, action.uid)
-            result = PreemptorNamed(action.attempt, f"{who} via {action.via}" if who else "")
+            # a preemptor that finished meanwhile is gone: its uid (from Kueue's message) is
+            # still worth recording
+            who = await self.api.name_preemptor(action.cluster, action.uid) or \
+                f"pod uid {action.uid} (gone)"
+            result = PreemptorNamed(action.attempt, f"{who} via {action.via}")
         elif not isinstance(action, Finish):  # Finish: the loop ends on the DONE phase
             raise TypeError(f"unknown action {action!r}")
         if result is not None:

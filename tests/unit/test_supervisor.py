@@ -147,6 +147,22 @@ def test_preempted_on_a_borrowed_cluster_moves_home_and_succeeds(seed_fleet, cap
     assert "replacement created" in caplog.text  # one readable line per decision
 
 
+class GonePreemptorApi(ReplayApi):
+    async def name_preemptor(self, cluster: str, uid: str) -> str:
+        return ""  # the preempting pod finished and was deleted before the lookup
+
+
+def test_a_preemptor_gone_before_the_lookup_is_recorded_by_its_uid(seed_fleet, cap, snap,
+                                                                   pod_fixture):
+    api = GonePreemptorApi([snap(cap("rise", (2, 2)), cap("bair", (2, 0))),
+                            snap(cap("rise", (2, 0)), cap("bair", (2, 2)))], {
+        "bair": [recorded(pod_fixture, "kueue_preempted")],
+        "rise": [recorded(pod_fixture, "succeeded")]})
+    state = drive(supervisor(seed_fleet, api).run())
+    first = state.timeline.attempts[0]
+    assert first.preempted_by.startswith("pod uid ") and "(gone) via kueue (" in first.preempted_by
+
+
 def test_place_stops_once_the_first_attempt_exists(seed_fleet, cap, snap, pod_fixture):
     api = ReplayApi([snap(cap("rise", (2, 0)), cap("bair", (2, 0)))],
                     {"rise": [recorded(pod_fixture, "succeeded")]})
