@@ -378,6 +378,7 @@ class Follow:
     down_since: float | None = None
     rebalance_to: str | None = None  # a better cluster, pending a recheck of the queued pod
     pod_gone: bool = False  # the current attempt's pod was seen deleted, or not found
+    housekeeping_at: float | None = None  # watching: when orphans are deleted next
     wake_at: float | None = None
     verdict: Verdict | None = None
     latencies: tuple[float, ...] = ()  # seconds from preemption seen to replacement created
@@ -420,6 +421,8 @@ def step(state: Follow, event: Event, now: float) -> Step:
     handler = _HANDLERS[type(event)]
     new, actions = handler(state, event, now)
     if new.phase is Phase.WATCHING and new.verdict is None:
+        if new.housekeeping_at is None:
+            new = replace(new, housekeeping_at=now + HOUSEKEEPING_SECONDS)
         new = replace(new, wake_at=wake_at(new, now))
     return new, actions
 
@@ -436,7 +439,8 @@ def _begin_placing(state: Follow, now: float, moved_at: float | None) -> Step:
     return replace(state, phase=Phase.PLACING, placing_since=now, moved_at=moved_at,
                    retry_delay=FIRST_RETRY_DELAY, refused=(), candidates=(), pod=None,
                    pod_gone=False, down_since=None, rebalance_to=None, wake_at=None,
-                   held=None, claim_wait=False, recorded=True, drain_until=None), [Probe()]
+                   held=None, claim_wait=False, recorded=True, drain_until=None,
+                   housekeeping_at=None), [Probe()]
 
 
 def _probed(state: Follow, event: Probed, now: float) -> Step:
@@ -642,6 +646,7 @@ def _tick(state: Follow, _: Tick, now: float) -> Step:
     queued_too_long = _queue_timeout(state, now)
     if queued_too_long is not None:
         return _attempt_over(state, queued_too_long, now)
+    state = replace(state, housekeeping_at=now + HOUSEKEEPING_SECONDS)
     actions: list[Action] = [Delete(o) for o in state.orphans]
     if not state.recorded and state.held is not None:
         actions.append(_record(state, now))
@@ -994,7 +999,10 @@ def wake_at(state: Follow, now: float) -> float:
     """When a watching follower must look again if no event comes: the end of the
     unreachable grace, a rebalance or queue-timeout check, or housekeeping."""
     last, settings = state.timeline.last, state.job.settings
-    times = [now + HOUSEKEEPING_SECONDS]
+    # housekeeping is due at a fixed time: a pod whose events come more often than every
+    # HOUSEKEEPING_SECONDS must not put off deleting orphans until the verdict
+    times = [state.housekeeping_at if state.housekeeping_at is not None
+             else now + HOUSEKEEPING_SECONDS]
     if state.down_since is not None:
         times.append(state.down_since + settings.unreachable_grace)
     if last is not None and _queued(state.pod) and settings.rebalance_after:

@@ -446,7 +446,8 @@ def test_unreachable_within_the_grace_keeps_following(seed_fleet, free, pod_fixt
     state, _ = feed(placed(seed_fleet, free, unreachable_grace=30),
                     events_of(pod_fixture, "running"), T0 + 1)
     state, actions = step(state, Unreachable("connection refused"), T0 + 10)
-    assert state.down_since == T0 + 10 and state.wake_at == T0 + 20  # housekeeping first
+    assert state.down_since == T0 + 10
+    assert state.wake_at == pytest.approx(T0 + 10.1)  # housekeeping first: 10 s after placing
     state, actions = step(state, Tick(), T0 + 35)
     assert state.wake_at == T0 + 40  # the end of the grace
     state, actions = step(state, Tick(), T0 + 39.9)
@@ -564,7 +565,8 @@ def test_a_started_attempt_never_times_out_in_the_queue(seed_fleet, free, pod_fi
 # -- the rest --------------------------------------------------------------------------------
 def test_housekeeping_wakes_within_ten_seconds(seed_fleet, free, pod_fixture):
     state, _ = feed(placed(seed_fleet, free), events_of(pod_fixture, "running"), T0 + 1)
-    assert wake_at(state, T0 + 100) == T0 + 110
+    assert wake_at(state, T0 + 5) == state.housekeeping_at == pytest.approx(T0 + 10.1)
+    assert wake_at(state, T0 + 100) == pytest.approx(T0 + 100.05)  # overdue: at once
 
 
 def test_done_ignores_everything(seed_fleet, free, pod_fixture):
@@ -795,3 +797,14 @@ def test_a_preemption_seen_only_in_the_events_is_recorded_counted_and_named(
     state, actions = step(state, Created("rise"), T0 + 101)
     assert the(actions, NamePreemptor).uid == "1234abcd-9"
     assert state.timeline.last.number == 2
+
+
+def test_housekeeping_is_not_put_off_by_a_busy_pod(seed_fleet, free, pod_fixture):
+    """Orphans are deleted every HOUSEKEEPING_SECONDS even when pod events come faster."""
+    running = events_of(pod_fixture, "running")[-1]
+    state = replace(placed(seed_fleet, free), orphans=(Orphan("bair", "skyshare-rise", "x"),))
+    for second in range(1, 10):
+        state, _ = step(state, running, T0 + second)
+        assert state.wake_at == pytest.approx(T0 + 10.1)
+    state, actions = step(state, Tick(), T0 + 10.1)
+    assert kinds(actions) == [Delete] and state.wake_at == pytest.approx(T0 + 20.1)
