@@ -10,6 +10,7 @@ core decides about), while anything unexpected propagates and fails the trigger 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any, Protocol
 
 from airflow_provider_skyshare import capacity, claims, evidence, kube, watch
@@ -35,6 +36,8 @@ from airflow_provider_skyshare.snapshot import Snapshot
 
 REBALANCE_PROBE_AGE = 2.0  # queued tasks of one triggerer share a capacity probe this long
 PREEMPTOR_LOOKUP_SECONDS = 5.0
+CLAIM_TIMEOUT = 5.0  # one Lease call
+EVENTS_TIMEOUT = 5.0  # one list of a pod's Events
 
 
 class PodFeed(Protocol):
@@ -64,9 +67,10 @@ class ClusterApi(Protocol):
     async def claim(self, action: Claim) -> ClaimAnswer:
         """Write the Lease of ``Claim``; 409 is read back as the other follower's claim."""
 
-    async def inquire(self, cluster: str, namespace: str, pod: str) -> Outcome | None:
-        """How a pod that is gone ended, from its Events (None: they do not say, or no
-        answer)."""
+    async def inquire(self, cluster: str, namespace: str, pod: str,
+                      since: float) -> Outcome | None:
+        """How a pod that is gone ended, from its Events since ``since`` (None: they do not
+        say, or no answer)."""
 
 
 class MissingPermission(RuntimeError):
@@ -196,16 +200,18 @@ class KubeClusterApi:
     async def claim(self, action: Claim) -> ClaimAnswer:
         return await _Claims(self.fleet).write(action)
 
-    async def inquire(self, cluster: str, namespace: str, pod: str) -> Outcome | None:
+    async def inquire(self, cluster: str, namespace: str, pod: str,
+                      since: float) -> Outcome | None:
         try:
             listing = await kube.request(
                 self.fleet.clusters[cluster], "GET", f"/api/v1/namespaces/{namespace}/events",
-                query={"fieldSelector": f"involvedObject.name={pod}"}, timeout=CLAIM_TIMEOUT)
+                query={"fieldSelector": f"involvedObject.kind=Pod,involvedObject.name={pod}"},
+                timeout=EVENTS_TIMEOUT)
         except kube.KubeError as exc:
             if exc.no_answer:
                 return None
             raise _missing(exc, "read the pod's Events") from None
-        return evidence.from_events(listing.get("items") or [], pod)
+        return evidence.from_events(listing.get("items") or [], pod, since)
 
     async def name_preemptor(self, cluster: str, uid: str) -> str:
         """The preempting pod's task ('dag/task/run'), or 'pod ns/name'; '' if not found."""
@@ -225,9 +231,6 @@ class KubeClusterApi:
         return ""
 
 
-CLAIM_TIMEOUT = 5.0
-
-
 class _Claims:
     """The Lease writes of ``Claim`` (see ``claims``), for KubeClusterApi."""
 
@@ -235,8 +238,11 @@ class _Claims:
         self.fleet = fleet
 
     async def write(self, action: Claim) -> ClaimAnswer:
-        if action.held is not None:
-            return await self._update(action)
+        answer = await (self._update(action) if action.held is not None
+                        else self._create(action))
+        return replace(answer, record=action.record)
+
+    async def _create(self, action: Claim) -> ClaimAnswer:
         silent: list[str] = []
         for name in action.fences:  # the first fence cluster that answers holds the claim
             namespace = self.fleet.clusters[name].namespace
@@ -247,11 +253,14 @@ class _Claims:
                                              timeout=CLAIM_TIMEOUT)
                 return ClaimAnswer(ClaimResult.WON, claims.read(name, written))
             except kube.KubeError as exc:
-                if exc.status == 409:
-                    return await self._read(name, namespace, body)
-                if not exc.no_answer:
+                if not (exc.status == 409 or exc.no_answer):
                     raise _missing(exc, "write the claim Lease") from None
-                silent.append(f"{name}: {_said(exc)}")
+                # 409, or no clear answer (the Lease may be stored): read it back here
+                # before any other fence is tried
+                read = await self._read(name, namespace, body)
+                if read.result is not ClaimResult.NO_ANSWER:
+                    return read
+                silent.append(f"{name}: {_said(exc)}; {read.detail}")
         return ClaimAnswer(ClaimResult.NO_ANSWER, detail="; ".join(silent))
 
     async def _update(self, action: Claim) -> ClaimAnswer:
@@ -266,7 +275,9 @@ class _Claims:
         except kube.KubeError as exc:
             if exc.status == 409:  # its resourceVersion moved on: someone else wrote it
                 return await self._read(held.cluster, held.namespace, body)
-            if exc.no_answer or exc.status == 404:
+            if exc.status == 404:
+                return ClaimAnswer(ClaimResult.GONE, detail=f"{held.cluster}: {_said(exc)}")
+            if exc.no_answer:
                 return ClaimAnswer(ClaimResult.NO_ANSWER, detail=f"{held.cluster}: {_said(exc)}")
             raise _missing(exc, "update the claim Lease") from None
 
@@ -277,8 +288,10 @@ class _Claims:
                                        claims.leases_path(namespace, name),
                                        timeout=CLAIM_TIMEOUT)
         except kube.KubeError as exc:
-            if exc.no_answer or exc.status == 404:
+            if exc.no_answer:
                 return ClaimAnswer(ClaimResult.NO_ANSWER, detail=f"{cluster}: {_said(exc)}")
+            if exc.status == 404:  # not stored (a create without answer), or deleted since
+                return ClaimAnswer(ClaimResult.NO_ANSWER, detail=f"{cluster}: no Lease")
             raise _missing(exc, "read the claim Lease") from None
         claim = claims.read(cluster, found)
         # our own write whose answer was lost reads back as ours

@@ -48,13 +48,18 @@ def _outcome(event: dict[str, Any]) -> Outcome | None:
     return None
 
 
-def from_events(events: list[dict[str, Any]], pod: str) -> Outcome | None:
-    """The latest Event about ``pod`` that says how it was taken, as an outcome."""
+EVENT_STAMP_SECONDS = 1.0  # Events carry whole seconds
+
+
+def from_events(events: list[dict[str, Any]], pod: str, since: float = 0.0) -> Outcome | None:
+    """The latest Event about ``pod``, written ``since`` (the attempt was placed: an older
+    pod of the same name is another), that says how it was taken, as an outcome."""
     found: list[tuple[float, Outcome]] = []
     for event in events:
-        about = event.get("involvedObject") or {}
-        outcome = _outcome(event) if (about.get("kind"), about.get("name")) == ("Pod", pod) \
-            else None
+        about, when = event.get("involvedObject") or {}, _when(event)
+        if (about.get("kind"), about.get("name")) != ("Pod", pod):
+            continue
+        outcome = _outcome(event) if when >= since - EVENT_STAMP_SECONDS else None
         if outcome is not None:
-            found.append((_when(event), outcome))
+            found.append((when, outcome))
     return max(found, key=lambda item: item[0])[1] if found else None

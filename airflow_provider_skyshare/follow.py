@@ -31,6 +31,9 @@ HOUSEKEEPING_SECONDS = 10.0  # wake this often to delete orphans and check the q
 FIRST_RETRY_DELAY = 0.2  # placement retry back-off while every cluster is unreachable
 MAX_RETRY_DELAY = 2.0
 CLAIM_POLL_SECONDS = 0.5  # look again this often while another follower creates the attempt
+# A claim written this recently is used for a create without renewing it first (it expires
+# after claims.CLAIM_SECONDS): the common move costs one Lease write, not two.
+CLAIM_FRESH_SECONDS = 15.0
 TERMINATION_MARGIN = 5.0  # after a pod's grace period, before placing without its DELETED
 DEFAULT_GRACE_SECONDS = 30.0  # Kubernetes' terminationGracePeriodSeconds default
 
@@ -229,6 +232,7 @@ class ClaimResult(str, enum.Enum):
     WON = "won"  # this follower may create the attempt (or has recorded it)
     TAKEN = "taken"  # another follower holds the claim
     NO_ANSWER = "no answer"  # no fence cluster answered
+    GONE = "gone"  # the Lease was deleted: the task has its verdict (forget_claims)
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,7 @@ class ClaimAnswer:
     result: ClaimResult
     found: claims.Found | None = None
     detail: str = ""
+    record: bool = False  # the answer to a record (Claim.record), echoed by the shell
 
 
 @dataclass(frozen=True)
@@ -302,15 +307,18 @@ class Claim:
     fences: tuple[str, ...]
     lease: dict[str, Any]
     held: Held | None = None
+    record: bool = False  # names the created attempt (its answer is routed apart)
 
 
 @dataclass(frozen=True)
 class Inquire:
-    """The pod is gone and this follower did not see how it ended: read its Events."""
+    """The pod is gone and this follower did not see how it ended: read its Events (those
+    since ``since``: an older pod of the same name is not this one)."""
 
     cluster: str
     namespace: str
     pod: str
+    since: float
 
 
 @dataclass(frozen=True)
@@ -385,8 +393,12 @@ class Follow:
     # fencing (claims): who this follower is, and the Lease it holds for the next attempt
     me: str = ""
     held: Held | None = None
+    claimed_at: float | None = None  # when this follower last wrote ``held``
     claim_wait: bool = False  # another follower holds the claim: look again at wake_at
-    recorded: bool = True  # the held claim names the attempt this follower created
+    # another's claim without a successor: (its resourceVersion, when first seen here);
+    # expiry is measured on this follower's clock, as client-go's leader election does
+    seen_claim: tuple[str, float] | None = None
+    unrecorded: Claim | None = None  # a record not yet answered: retried on every tick
     drain_until: float | None = None  # draining: place anyway after this
 
     # JSON: trigger kwargs and events carry it (keys kept from the first format)
@@ -436,11 +448,26 @@ def _start(state: Follow, _: Start, now: float) -> Step:
 
 
 def _begin_placing(state: Follow, now: float, moved_at: float | None) -> Step:
-    return replace(state, phase=Phase.PLACING, placing_since=now, moved_at=moved_at,
-                   retry_delay=FIRST_RETRY_DELAY, refused=(), candidates=(), pod=None,
-                   pod_gone=False, down_since=None, rebalance_to=None, wake_at=None,
-                   held=None, claim_wait=False, recorded=True, drain_until=None,
-                   housekeeping_at=None), [Probe()]
+    state = replace(state, phase=Phase.PLACING, placing_since=now, moved_at=moved_at,
+                    retry_delay=FIRST_RETRY_DELAY, refused=(), candidates=(), pod=None,
+                    pod_gone=False, down_since=None, rebalance_to=None, wake_at=None,
+                    held=None, claimed_at=None, claim_wait=False, seen_claim=None,
+                    drain_until=None, housekeeping_at=None)
+    return state, [*_pending_record(state), _first_step(state, now)]
+
+
+def _first_step(state: Follow, now: float) -> Claim | Probe:
+    """A later attempt is claimed before anything else (another follower may have made it
+    already: then there is nothing to place); the first one is placed at once."""
+    return _claim(state, now, state.timeline, None, None) if _fenced(state) else Probe()
+
+
+def _fenced(state: Follow) -> bool:
+    return state.timeline.last is not None
+
+
+def _pending_record(state: Follow) -> list[Action]:
+    return [state.unrecorded] if state.unrecorded is not None else []
 
 
 def _probed(state: Follow, event: Probed, now: float) -> Step:
@@ -466,8 +493,9 @@ def _probed(state: Follow, event: Probed, now: float) -> Step:
 
 def _next_create(state: Follow, now: float) -> Claim | Create:
     """A first attempt is created at once (one worker places it); every later one only by
-    the follower that holds its claim, renewed before each create."""
-    if state.timeline.last is None:
+    the follower that holds its claim, written within CLAIM_FRESH_SECONDS (else renewed)."""
+    fresh = state.claimed_at is not None and now - state.claimed_at < CLAIM_FRESH_SECONDS
+    if not _fenced(state) or (state.held is not None and fresh):
         return _create_action(state, state.candidates[0])
     return _claim(state, now, state.timeline, None, state.held)
 
@@ -475,15 +503,19 @@ def _next_create(state: Follow, now: float) -> Claim | Create:
 def _claim(state: Follow, now: float, history: Timeline, successor: Attempt | None,
            held: Held | None) -> Claim:
     """The Lease named after ``history``'s last attempt, claiming the one after it (and
-    naming ``successor`` once created); fenced on that attempt's cluster first."""
+    naming ``successor`` once created), on that attempt's cluster. Only when that cluster
+    was lost is a second one allowed (the first other in fleet order), tried when the first
+    does not answer: a fence that moved for any lesser reason could split the claim."""
     ended, job = history.last, state.job
     assert ended is not None
-    fences = (ended.cluster, *(c for c in job.fleet.clusters if c != ended.cluster))
+    fences: tuple[str, ...] = (ended.cluster,)
+    if ended.reason == Reason.CLUSTER_UNREACHABLE:
+        fences += tuple(c for c in job.fleet.clusters if c != ended.cluster)[:1]
     body = claims.lease(namespace="", name=ended.pod, task_key=job.identity.key,
                         try_number=job.identity.try_number, attempt=ended.number + 1,
                         holder=state.me, now=now, history=history, successor=successor,
                         resource_version=held.resource_version if held else "")
-    return Claim(fences, body, held)
+    return Claim(fences, body, held, record=successor is not None)
 
 
 def _record(state: Follow, now: float) -> Claim:
@@ -519,12 +551,13 @@ def _created(state: Follow, event: Created, now: float) -> Step:
                     if (o.cluster, o.pod) != (attempt.cluster, attempt.pod))  # ours: keep it
     new = replace(state, phase=Phase.WATCHING, timeline=state.timeline.add(attempt),
                   orphans=orphans, candidates=(), refused=(), placing_since=None, pod=None,
-                  pod_gone=False, recorded=state.held is None)
+                  pod_gone=False)
     actions: list[Action] = [
         Note(Level.INFO, f"attempt {number}: pod {attempt.pod} created on {attempt.cluster} as "
                          f"{attempt.tier} ({cand.reason})")]
     if state.held is not None:
-        actions.append(_record(new, now))
+        new = replace(new, unrecorded=_record(new, now))
+        actions.append(new.unrecorded)  # type: ignore[arg-type]
     actions.append(Watch(attempt.cluster, attempt.namespace, attempt.pod))
     if state.moved_at is not None:
         latency = now - state.moved_at
@@ -632,13 +665,13 @@ def _tick(state: Follow, _: Tick, now: float) -> Step:
     if state.phase is Phase.PLACING:
         if state.wake_at is None or now < state.wake_at:
             return state, []
-        if state.claim_wait and state.candidates:  # read the other follower's claim again
-            return replace(state, wake_at=None), [_next_create(state, now)]
-        return replace(state, wake_at=None), [Probe()]
+        again = _first_step(state, now) if state.held is None else Probe()
+        return replace(state, wake_at=None), [*_pending_record(state), again]
     if state.phase is Phase.DRAINING:
         if state.drain_until is not None and now >= state.drain_until:
-            return _drained(state, now, "its grace period is over; it may still be stopping")
-        return state, []
+            return _drained(state, now, "its grace period is over; it may still be stopping",
+                            Level.WARNING)
+        return state, _pending_record(state)
     if state.phase is not Phase.WATCHING:
         return state, []
     if _grace_over(state, now):
@@ -647,9 +680,7 @@ def _tick(state: Follow, _: Tick, now: float) -> Step:
     if queued_too_long is not None:
         return _attempt_over(state, queued_too_long, now)
     state = replace(state, housekeeping_at=now + HOUSEKEEPING_SECONDS)
-    actions: list[Action] = [Delete(o) for o in state.orphans]
-    if not state.recorded and state.held is not None:
-        actions.append(_record(state, now))
+    actions: list[Action] = [*(Delete(o) for o in state.orphans), *_pending_record(state)]
     if _rebalance_due(state, now):
         actions.append(Probe(shared=True))
     return state, actions
@@ -686,7 +717,7 @@ def _pod_seen(state: Follow, event: PodSeen, now: float) -> Step:
 
 def _pod_gone(state: Follow, _: PodGone, now: float) -> Step:
     if state.phase is Phase.DRAINING:
-        return _drained(state, now, "it is gone")
+        return _drained(state, now, "it is gone", Level.INFO)
     if state.phase is not Phase.WATCHING:
         return state, []
     state = replace(state, pod_gone=True)
@@ -694,7 +725,7 @@ def _pod_gone(state: Follow, _: PodGone, now: float) -> Step:
     last = state.timeline.last
     assert last is not None
     if outcome.reason in (Reason.NOT_FOUND, Reason.DELETED):  # its end was not seen: ask
-        return state, [Inquire(last.cluster, last.namespace, last.pod)]
+        return state, [Inquire(last.cluster, last.namespace, last.pod, last.placed_at)]
     return _attempt_over(state, outcome, now)
 
 
@@ -895,16 +926,15 @@ def _draining_seen(state: Follow, event: PodSeen, now: float) -> Step:
     phase = (event.pod.get("status") or {}).get("phase")
     if event.deleted or phase in TERMINAL_PHASES:
         return _drained(replace(state, pod=event.pod), now, f"it stopped ({phase})"
-                        if not event.deleted else "it is gone")
+                        if not event.deleted else "it is gone", Level.INFO)
     until = min(state.drain_until or now, _termination_deadline(event.pod, now))
     return replace(state, pod=event.pod, drain_until=until, wake_at=until), []
 
 
-def _drained(state: Follow, now: float, why: str) -> Step:
+def _drained(state: Follow, now: float, why: str, level: Level) -> Step:
     last = state.timeline.last
     assert last is not None
     waited = now - (state.moved_at if state.moved_at is not None else now)
-    level = Level.WARNING if "grace" in why else Level.INFO
     new, actions = _begin_placing(state, now, moved_at=state.moved_at)
     return new, [Note(level, f"attempt {last.number}: pod {last.pod} waited on for "
                              f"{waited * 1000:.0f} ms: {why}; placing the next attempt"),
@@ -913,32 +943,47 @@ def _drained(state: Follow, now: float, why: str) -> Step:
 
 # -- the claim on the next attempt (claims) ------------------------------------------------
 def _claim_answer(state: Follow, event: ClaimAnswer, now: float) -> Step:
-    if state.phase is Phase.WATCHING:
+    if event.record:
         return _recorded(state, event)
-    if state.phase is not Phase.PLACING or not state.candidates:
+    if state.phase is not Phase.PLACING:
         return state, []
     number, found = state.timeline.next_number, event.found
     if event.result is ClaimResult.WON:
         assert found is not None
-        return replace(state, held=found.held, claim_wait=False), [
-            _create_action(state, state.candidates[0])]
+        state = replace(state, held=found.held, claimed_at=now, claim_wait=False,
+                        seen_claim=None)
+        if not state.candidates:  # claimed first: now see where it goes
+            return state, [Probe()]
+        return state, [_create_action(state, state.candidates[0])]
+    if event.result is ClaimResult.GONE:
+        return _finish(state, Status.ABANDONED, f"the claim on attempt {number} was deleted: "
+                                                "another follower gave the task its verdict")
     if event.result is ClaimResult.NO_ANSWER:
         state = replace(state, candidates=(), transient=True, claim_wait=False)
         new, actions = _nothing_took_it(state, now, f"no cluster answered the claim on attempt "
                                                     f"{number}: {event.detail}")
-        return new, [Note(Level.WARNING, f"claim on attempt {number}: no cluster answered "
+        return new, [Note(Level.WARNING, f"claim on attempt {number}: no answer "
                                          f"({event.detail[:160]})"), *actions]
     assert found is not None
     if found.successor is not None:
         return _follow_successor(state, found)
-    if found.expired(now):
-        return replace(state, claim_wait=False), [
-            Note(Level.WARNING, f"the claim of {found.holder} on attempt {number} expired "
-                                "without an attempt: taking it over"),
+    return _claim_taken(state, found, now)
+
+
+def _claim_taken(state: Follow, found: claims.Found, now: float) -> Step:
+    """Another follower claimed it and has not named an attempt: wait for it, or take the
+    claim over once it has not changed for its duration (measured on this clock)."""
+    number, rv = state.timeline.next_number, found.held.resource_version
+    seen = state.seen_claim if state.seen_claim and state.seen_claim[0] == rv else (rv, now)
+    if now - seen[1] > found.duration:
+        return replace(state, claim_wait=False, seen_claim=None), [
+            Note(Level.WARNING, f"the claim of {found.holder} on attempt {number} did not "
+                                f"change for {found.duration:g}s: taking it over"),
             _claim(state, now, state.timeline, None, found.held)]
     note: list[Action] = [] if state.claim_wait else [Note(
         Level.INFO, f"attempt {number} is claimed by {found.holder}: waiting for its pod")]
-    return replace(state, claim_wait=True, wake_at=now + CLAIM_POLL_SECONDS), note
+    return replace(state, claim_wait=True, seen_claim=seen, candidates=(),
+                   wake_at=now + CLAIM_POLL_SECONDS), note
 
 
 def _follow_successor(state: Follow, found: claims.Found) -> Step:
@@ -947,27 +992,29 @@ def _follow_successor(state: Follow, found: claims.Found) -> Step:
     succ = found.successor
     assert succ is not None
     history = found.history if found.history.attempts else state.timeline
-    new = replace(state, phase=Phase.WATCHING, timeline=history.add(succ), candidates=(),
-                  refused=(), placing_since=None, pod=None, pod_gone=False, held=None,
-                  claim_wait=False, moved_at=None, to_name=None)
+    orphans = tuple(o for o in state.orphans  # never the attempt it now follows
+                    if (o.cluster, o.pod) != (succ.cluster, succ.pod))
+    new = replace(state, phase=Phase.WATCHING, timeline=history.add(succ), orphans=orphans,
+                  candidates=(), refused=(), placing_since=None, pod=None, pod_gone=False,
+                  held=None, claimed_at=None, claim_wait=False, seen_claim=None,
+                  moved_at=None, to_name=None)
     return new, [Note(Level.INFO, f"attempt {succ.number} was created on {succ.cluster} by "
                                   f"another follower ({found.holder}): following it instead"),
                  Watch(succ.cluster, succ.namespace, succ.pod)]
 
 
 def _recorded(state: Follow, event: ClaimAnswer) -> Step:
-    """Naming the created attempt on the claim: retried while the cluster does not answer.
-    Taken meanwhile means the claim expired before this follower created the attempt."""
-    number = state.timeline.next_number - 1
-    if event.result is ClaimResult.WON and event.found is not None:
-        return replace(state, held=event.found.held, recorded=True), []
+    """Naming the created attempt on its claim: retried while the cluster does not answer
+    (in any phase, across moves). Taken meanwhile: the claim expired before the create."""
+    if event.result is ClaimResult.WON:
+        return replace(state, unrecorded=None), []
     if event.result is ClaimResult.NO_ANSWER:
-        return state, [Note(Level.WARNING, f"could not name attempt {number} on its claim "
+        return state, [Note(Level.WARNING, f"could not name the created attempt on its claim "
                                            f"({event.detail[:120]}); trying again")]
-    holder = event.found.holder if event.found else "?"
-    return replace(state, recorded=True), [Note(
-        Level.WARNING, f"the claim on attempt {number} was taken over by {holder} after it "
-                       "expired: that follower may create the attempt again")]
+    holder = event.found.holder if event.found else "nobody (deleted)"
+    return replace(state, unrecorded=None), [Note(
+        Level.WARNING, f"the claim naming the created attempt is now {holder}'s: that "
+                       "follower may create the attempt again")]
 
 
 def _finish(state: Follow, status: Status, message: str, outcome: Outcome | None = None) -> Step:

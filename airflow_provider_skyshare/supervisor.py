@@ -134,7 +134,7 @@ class Supervisor:
             result = await self.api.claim(action)
         elif isinstance(action, Inquire):
             result = Inquired(await self.api.inquire(action.cluster, action.namespace,
-                                                     action.pod))
+                                                     action.pod, action.since))
         elif isinstance(action, Delete):
             result = Deleted(action.orphan, await self.api.delete(action.orphan))
         elif isinstance(action, NamePreemptor):

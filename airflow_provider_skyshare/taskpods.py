@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from airflow_provider_skyshare import claims, clients, kube, outcomes, pods, watch
-from airflow_provider_skyshare.fleet import Fleet
+from airflow_provider_skyshare.fleet import Cluster, Fleet
 from airflow_provider_skyshare.names import L_TASK_KEY, L_TRY, Kind
 from airflow_provider_skyshare.pods import TaskIdentity
 from airflow_provider_skyshare.timeline import Timeline
@@ -114,28 +114,35 @@ async def delete_all(fleet: Fleet, identity: TaskIdentity, log: logging.Logger,
 
 async def forget_claims(fleet: Fleet, identity: TaskIdentity, log: logging.Logger) -> int:
     """Delete this task try's claim Leases (claims.py) on every cluster, once it has a
-    verdict: they fence moves, and a finished task makes none. A cluster that does not
-    answer keeps its few hundred bytes; `skyshare orphans` lists them by the same labels."""
+    verdict: they fence moves, and a finished task makes none. Best effort, after the
+    verdict: a cluster that does not answer, or a credential without the Lease permission
+    (RBAC not re-applied after an upgrade), is logged; the task's verdict stands."""
     async def one(name: str) -> list[str]:
         cluster = fleet.clusters[name]
-        path = claims.leases_path(cluster.namespace)
         try:
-            listing = await kube.request(cluster, "GET", path,
+            listing = await kube.request(cluster, "GET", claims.leases_path(cluster.namespace),
                                          query={"labelSelector": identity.selector()})
-            for lease in listing.get("items") or []:
-                meta = lease["metadata"]
-                await kube.request(cluster, "DELETE", claims.leases_path(
-                    cluster.namespace, meta["name"]), body={
-                        "kind": "DeleteOptions", "apiVersion": "v1",
-                        "preconditions": {"uid": meta.get("uid")}})
-            return [lease["metadata"]["name"] for lease in listing.get("items") or []]
-        except kube.KubeError as exc:
-            if not (exc.no_answer or exc.status in (404, 409)):
-                raise
-            log.warning("could not delete this task's claims on %s: %s", name, exc)
+        except (kube.KubeError, clients.ClusterConfigError) as exc:
+            log.warning("could not list this task's claims on %s: %s", name, exc)
             return []
+        return [n for lease in listing.get("items") or []
+                if (n := await _forget(cluster, lease["metadata"], log))]
 
     return len(await _everywhere(fleet, one))
+
+
+async def _forget(cluster: Cluster, meta: dict[str, Any], log: logging.Logger) -> str:
+    """Delete one claim (that object: uid precondition); '' when it could not be."""
+    try:
+        await kube.request(cluster, "DELETE", claims.leases_path(
+            cluster.namespace, meta["name"]), body={
+                "kind": "DeleteOptions", "apiVersion": "v1",
+                "preconditions": {"uid": meta.get("uid")}})
+        return meta["name"]
+    except kube.KubeError as exc:
+        if exc.status != 404:  # 404: another follower deleted it first
+            log.warning("could not delete claim %s on %s: %s", meta["name"], cluster.name, exc)
+        return ""
 
 
 async def live_timeline(fleet: Fleet, identity: TaskIdentity, *, now: float) -> Timeline | None:

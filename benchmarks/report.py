@@ -19,6 +19,12 @@ def write(results: Path) -> str:
         lines.append(f"| (a) preemption -> replacement p50 / p95 | {ours['p50']:.0f} / "
                      f"{ours['p95']:.0f} ms (n={ours['n']}) | {base['p50']:.0f} / {base['p95']:.0f}"
                      f" ms (KPO+retries, n={base['n']}) | {a['ratio_p50']:.0f}x | p50 <= 1 s, >= 20x |")
+        nowait = a.get("bench_skyshare_nowait")
+        if nowait:
+            lines.append(f"| (a) the same with wait_for_termination=False p50 / p95 | "
+                         f"{nowait['ms']['p50']:.0f} / {nowait['ms']['p95']:.0f} ms | "
+                         f"waiting (default): {ours['p50']:.0f} ms | "
+                         f"+{a['wait_cost_p50_ms']:.0f} ms for the wait | - |")
         oc, bc = a["bench_skyshare"].get("cold_ms"), a["bench_kpo"].get("cold_ms")
         if oc is not None and bc is not None:
             lines.append(f"| (a) the same, first preemption in a fresh triggerer | {oc:.0f} ms | "

@@ -21,6 +21,16 @@ with DAG("bench_skyshare", start_date=datetime(2026, 1, 1), schedule=None, catch
         max_preemptions=3, retries=0,
     )
 
+# The same with wait_for_termination=False: what waiting for the preempted pod to be gone
+# costs per move (issue 14), measured in the same run.
+with DAG("bench_skyshare_nowait", start_date=datetime(2026, 1, 1), schedule=None,
+         catchup=False, default_args=ARGS, max_active_runs=1):
+    MultiClusterGpuOperator(
+        task_id="bench", gpus="T4:2", image="busybox",
+        annotations={"sandbox.skyshare.dev/duration": "300s"}, get_logs=False,
+        max_preemptions=3, retries=0, wait_for_termination=False,
+    )
+
 with DAG("bench_kpo", start_date=datetime(2026, 1, 1), schedule=None, catchup=False,
          default_args=ARGS, max_active_runs=1):
     KubernetesPodOperator(

@@ -47,6 +47,7 @@ class PodRecorder:
     # after a gap count as deleted at its end (live through the gap: never a missed overlap).
     resilient: bool = False
     reconnects: int = 0
+    gap_seconds: float = 0.0  # time without a watch on some cluster (resilient only)
 
     def __enter__(self) -> PodRecorder:
         ready = []
@@ -86,10 +87,12 @@ class PodRecorder:
                     self._failed.append(exc)
                     started.set()
                     return
-            resource_version = self._relist(cluster)
+            resource_version = self._relist(cluster, time.time())
 
-    def _relist(self, cluster: str) -> str:
-        """After a failed watch: what exists now, and an end for what vanished meanwhile."""
+    def _relist(self, cluster: str, lost_at: float) -> str:
+        """After a failed watch: what exists now (a pod new to the recorder counts from the
+        moment the watch was lost: an overlap inside the gap is never missed), and an end
+        for what vanished meanwhile (at the relist: live through the gap)."""
         self.reconnects += 1
         while not self._stop.is_set():
             try:
@@ -101,12 +104,17 @@ class PodRecorder:
         else:
             return ""
         now_there = {p.metadata.uid for p in listing.items}
-        for uid, (name, _, end) in self.intervals().items():
+        known = self.intervals()
+        for uid, (name, _, end) in known.items():
             if end is None and name.startswith(f"{cluster}/") and uid not in now_there:
                 self.events.append(Seen(time.time(), cluster, "DELETED", name.split("/", 1)[1],
                                         uid, "", True))
         for pod in listing.items:
+            if pod.metadata.uid not in known:
+                self.events.append(Seen(lost_at, cluster, "ADDED", pod.metadata.name,
+                                        pod.metadata.uid, "", False))
             self._record(cluster, "MODIFIED", pod)
+        self.gap_seconds += time.time() - lost_at
         return listing.metadata.resource_version
 
     def _follow(self, cluster: str, resource_version: str, started: threading.Event) -> None:
@@ -155,10 +163,10 @@ class PodRecorder:
         """The largest number of pods live (or ``present``) at one moment, and which."""
         return _most_at_once(self.intervals(present=present))
 
-    def most_live_by(self, key) -> dict[str, tuple[int, list[str]]]:
+    def most_live_by(self, key, *, present: bool = False) -> dict[str, tuple[int, list[str]]]:
         """most_live_at_once per group of pods (``key(cluster/name)``: e.g. one task)."""
         groups: dict[str, dict[str, tuple[str, float, float | None]]] = {}
-        for uid, span in self.intervals().items():
+        for uid, span in self.intervals(present=present).items():
             groups.setdefault(key(span[0]), {})[uid] = span
         return {k: _most_at_once(spans) for k, spans in groups.items()}
 

@@ -81,3 +81,10 @@ def test_a_damaged_claim_reads_as_no_successor_and_no_history() -> None:
                                        "skyshare.dev/history": "[{\"number\": 1}]"}
     found = claims.read("bair", body)
     assert found.successor is None and found.history == Timeline()
+
+
+def test_events_older_than_the_attempt_are_another_pods() -> None:
+    """A pod of the same name deleted earlier (a re-created run): its Events are not ours."""
+    placed = 1_900_000_000.0  # after KUEUE_STOPPED's 2026-11-29T03:30:10Z
+    assert evidence.from_events([KUEUE_STOPPED], POD, since=placed) is None
+    assert evidence.from_events([KUEUE_STOPPED], POD, since=0.0) is not None

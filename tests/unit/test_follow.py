@@ -12,7 +12,7 @@ import pytest
 
 from airflow_provider_skyshare import claims, pods
 from airflow_provider_skyshare.follow import (
-    CLAIM_POLL_SECONDS,
+    CLAIM_FRESH_SECONDS,
     TERMINATION_MARGIN,
     Claim,
     ClaimAnswer,
@@ -53,7 +53,7 @@ from airflow_provider_skyshare.follow import (
     step,
     wake_at,
 )
-from airflow_provider_skyshare.names import L_TASK_KEY, Kind, Reason
+from airflow_provider_skyshare.names import L_ATTEMPT, L_TASK_KEY, Kind, Reason
 from airflow_provider_skyshare.outcomes import Outcome
 from airflow_provider_skyshare.placement import Request
 from airflow_provider_skyshare.pods import TaskIdentity
@@ -125,9 +125,16 @@ def won(state: Follow, actions: list, at: float, version: str = "7") -> tuple[Fo
 
 
 def moved(state: Follow, snapshot, at: float) -> tuple[Follow, list]:
-    """Placing after a move: probed, the claim won, the create asked for."""
-    state, actions = step(state, Probed(snapshot), at)
-    return won(state, actions, at)
+    """Placing after a move: the claim (asked for when the move began) won, probed, the
+    create asked for."""
+    last = state.timeline.last
+    body = claims.lease(namespace="skyshare-rise", name=last.pod, task_key=IDENTITY.key,
+                        try_number=1, attempt=last.number + 1, holder=state.me, now=at,
+                        history=state.timeline, successor=None, resource_version="7")
+    state, actions = step(state, ClaimAnswer(ClaimResult.WON, claims.read(last.cluster, body)),
+                          at)
+    assert kinds(actions) == [Probe], actions
+    return step(state, Probed(snapshot), at)
 
 
 # -- placing -------------------------------------------------------------------------------
@@ -372,7 +379,7 @@ def test_preempted_work_is_placed_again_elsewhere(seed_fleet, rise_full, free, p
                                                   fixture):
     state = placed(seed_fleet, rise_full)  # borrowed bair
     state, actions = feed(state, events_of(pod_fixture, fixture), T0 + 1)
-    assert state.phase is Phase.PLACING and kinds(actions) == [Probe]
+    assert state.phase is Phase.PLACING and kinds(actions) == [Claim]  # claimed before placed
     assert state.timeline.last.outcome == Kind.PREEMPTED.value
     assert state.timeline.last.preempted_by.startswith(("kueue", "kube-scheduler"))
     state, actions = moved(state, free, T0 + 2)
@@ -403,7 +410,7 @@ def test_a_pod_deleted_under_the_task_is_lost_and_moves(seed_fleet, free, pod_fi
     state, actions = step(state, PodSeen(running[-1].pod, deleted=True), T0 + 5)
     assert state.timeline.last.outcome == Kind.LOST.value
     assert state.timeline.last.reason == Reason.DELETED.value
-    assert state.phase is Phase.PLACING and kinds(actions) == [Probe]
+    assert state.phase is Phase.PLACING and kinds(actions) == [Claim]  # claimed before placed
 
 
 def test_a_pod_missing_from_a_relist_after_410_is_lost_and_moves(seed_fleet, free, pod_fixture):
@@ -413,7 +420,7 @@ def test_a_pod_missing_from_a_relist_after_410_is_lost_and_moves(seed_fleet, fre
     assert kinds(actions) == [Inquire]  # its end was not seen: the Events may say
     state, actions = step(state, Inquired(None), T0 + 5)
     assert state.timeline.last.outcome == Kind.LOST.value
-    assert state.phase is Phase.PLACING and kinds(actions) == [Probe]
+    assert state.phase is Phase.PLACING and kinds(actions) == [Claim]  # claimed before placed
 
 
 def test_a_pod_never_seen_and_gone_is_lost(seed_fleet, free):
@@ -462,7 +469,7 @@ def test_unreachable_past_the_grace_moves_and_orphans_the_pod(seed_fleet, free, 
                     events_of(pod_fixture, "running"), T0 + 1)
     state, _ = step(state, Unreachable("connection refused"), T0 + 10)
     state, actions = step(state, Tick(), T0 + 40)
-    assert state.phase is Phase.PLACING and kinds(actions) == [Probe]
+    assert state.phase is Phase.PLACING and kinds(actions) == [Claim]  # claimed before placed
     assert state.timeline.last.reason == Reason.CLUSTER_UNREACHABLE.value
     assert state.orphans == (Orphan("rise", "skyshare-rise", IDENTITY.pod_name(1)),)
 
@@ -505,7 +512,7 @@ def test_a_queued_attempt_moves_when_another_cluster_is_free_now(seed_fleet, cap
     state, actions = step(state, gated(pod_fixture), T0 + 5.3)  # still queued
     assert state.timeline.last.outcome == Kind.MOVED.value
     assert the(actions, Delete).orphan.pod == IDENTITY.pod_name(1)
-    assert state.phase is Phase.PLACING and Probe in kinds(actions)
+    assert state.phase is Phase.PLACING and Claim in kinds(actions)
     assert state.timeline.moves == 0  # a rebalance is not a preemption
 
 
@@ -612,19 +619,28 @@ def taken(state: Follow, holder: str, successor=None, renewed: float = T0,
     return ClaimAnswer(ClaimResult.TAKEN, claims.read(last.cluster, body))
 
 
-def test_a_move_claims_the_next_attempt_on_the_ended_attempts_cluster_first(
-        seed_fleet, rise_full, free, pod_fixture):
-    state = replace(preempted(seed_fleet, rise_full, pod_fixture), me="me")
-    state, actions = step(state, Probed(free), T0 + 2)
+def test_a_move_claims_the_next_attempt_before_it_probes(seed_fleet, rise_full, free,
+                                                         pod_fixture):
+    state = replace(placed(seed_fleet, rise_full), me="me")
+    state, actions = feed(state, events_of(pod_fixture, "kueue_preempted"), T0 + 1)
     claim = the(actions, Claim)
-    assert Create not in kinds(actions)  # nothing is created before the claim is won
-    assert claim.fences == ("bair", "rise") and claim.held is None
+    assert Probe not in kinds(actions) and Create not in kinds(actions)
+    assert claim.fences == ("bair",) and claim.held is None and not claim.record
     assert claim.lease["metadata"]["name"] == IDENTITY.pod_name(1)
     assert claim.lease["spec"]["holderIdentity"] == "me"
-    assert claim.lease["metadata"]["labels"]["skyshare.dev/attempt"] == "2"
-    state, actions = won(state, actions, T0 + 2)
+    assert claim.lease["metadata"]["labels"][L_ATTEMPT] == "2"
+    state, actions = moved(state, free, T0 + 2)
     assert the(actions, Create).pod["metadata"]["name"] == IDENTITY.pod_name(2)
-    assert state.held.resource_version == "7"
+    assert state.held.resource_version == "7" and state.claimed_at == T0 + 2
+
+
+def test_only_a_lost_clusters_claim_may_fall_back_to_another_cluster(seed_fleet, free,
+                                                                      pod_fixture):
+    state, _ = feed(placed(seed_fleet, free, unreachable_grace=30),
+                    events_of(pod_fixture, "running"), T0 + 1)
+    state, _ = step(state, Unreachable("connection refused"), T0 + 10)
+    state, actions = step(state, Tick(), T0 + 40)
+    assert the(actions, Claim).fences == ("rise", "bair")
 
 
 def test_the_created_attempt_is_named_on_the_claim_with_its_version(seed_fleet, rise_full, free,
@@ -633,25 +649,87 @@ def test_the_created_attempt_is_named_on_the_claim_with_its_version(seed_fleet, 
     state, _ = moved(state, free, T0 + 2)
     state, actions = step(state, Created("rise"), T0 + 2.1)
     record = the(actions, Claim)
-    assert record.held == state.held and not state.recorded
+    assert record.record and record.held == state.held and state.unrecorded == record
     assert kinds(actions).index(Claim) < kinds(actions).index(Watch)  # losers learn first
     found = claims.read("bair", {**record.lease, "metadata": {**record.lease["metadata"],
                                                              "resourceVersion": "8"}})
     assert (found.successor.number, found.successor.cluster) == (2, "rise")
     assert [a.number for a in found.history.attempts] == [1]
-    state, _ = step(state, ClaimAnswer(ClaimResult.WON, found), T0 + 2.2)
-    assert state.recorded and state.held.resource_version == "8"
+    state, _ = step(state, ClaimAnswer(ClaimResult.WON, found, record=True), T0 + 2.2)
+    assert state.unrecorded is None
 
 
-def test_naming_the_attempt_is_retried_while_the_cluster_does_not_answer(
+def test_naming_the_attempt_is_retried_until_answered_even_across_a_move(
         seed_fleet, rise_full, free, pod_fixture):
     state = preempted(seed_fleet, rise_full, pod_fixture)
     state, _ = moved(state, free, T0 + 2)
     state, _ = step(state, Created("rise"), T0 + 2.1)
-    state, actions = step(state, ClaimAnswer(ClaimResult.NO_ANSWER, detail="timeout"), T0 + 3)
-    assert not state.recorded and "trying again" in the(actions, Note).text
+    record = state.unrecorded
+    state, actions = step(state, ClaimAnswer(ClaimResult.NO_ANSWER, detail="timeout",
+                                             record=True), T0 + 3)
+    assert state.unrecorded == record and "trying again" in the(actions, Note).text
     state, actions = step(state, Tick(), state.wake_at)
-    assert the(actions, Claim).held == state.held
+    assert the(actions, Claim) == record
+    # attempt 2 is taken before the record got through: the record goes on being retried
+    state, actions = step(state, PodSeen(events_of(pod_fixture, "running")[-1].pod,
+                                         deleted=True), T0 + 20)
+    assert record in actions and state.unrecorded == record
+
+
+def test_a_loser_waits_then_takes_over_a_claim_unchanged_for_its_duration_on_its_own_clock(
+        seed_fleet, rise_full, pod_fixture):
+    state = preempted(seed_fleet, rise_full, pod_fixture)
+    far_future = T0 + 10_000  # the holder's clock says it renewed just now: skew is ignored
+    state, actions = step(state, taken(state, "dead", renewed=far_future), T0 + 2)
+    assert kinds(actions) == [] and state.claim_wait
+    state, actions = step(state, Tick(), state.wake_at)
+    assert kinds(actions) == [Claim]  # read again (a create that meets the Lease: 409)
+    state, actions = step(state, taken(state, "dead", renewed=far_future), T0 + 2.6)
+    assert actions == []  # said once
+    late = T0 + 2 + claims.CLAIM_SECONDS + 0.1
+    state, actions = step(state, taken(state, "dead", renewed=far_future), late)
+    claim = the(actions, Claim)
+    assert claim.held.resource_version == "3" and claim.held.cluster == "bair"
+    assert claim.lease["metadata"]["resourceVersion"] == "3"  # the precondition
+    assert "taking it over" in the(actions, Note).text
+
+
+def test_a_claim_that_changes_is_not_taken_over(seed_fleet, rise_full, pod_fixture):
+    state = preempted(seed_fleet, rise_full, pod_fixture)
+    state, _ = step(state, taken(state, "alive"), T0 + 2)
+    renewed = taken(state, "alive")
+    renewed = replace(renewed, found=replace(renewed.found, held=replace(
+        renewed.found.held, resource_version="4")))
+    state, actions = step(state, renewed, T0 + 2 + claims.CLAIM_SECONDS + 1)
+    assert kinds(actions) == [] and state.seen_claim[0] == "4"
+
+
+def test_a_deleted_claim_means_the_task_ended_elsewhere(seed_fleet, rise_full, pod_fixture):
+    state = preempted(seed_fleet, rise_full, pod_fixture)
+    state, actions = step(state, ClaimAnswer(ClaimResult.GONE), T0 + 2)
+    assert state.verdict.status is Status.ABANDONED and Create not in kinds(actions)
+
+
+def test_no_fence_cluster_answering_retries_the_claim(seed_fleet, rise_full, pod_fixture):
+    state = preempted(seed_fleet, rise_full, pod_fixture)
+    state, actions = step(state, ClaimAnswer(ClaimResult.NO_ANSWER, detail="refused"), T0 + 2)
+    assert Create not in kinds(actions) and state.phase is Phase.PLACING
+    state, actions = step(state, Tick(), state.wake_at)
+    assert kinds(actions) == [Claim]
+
+
+def test_a_stale_claim_is_renewed_before_the_next_candidates_create(seed_fleet, free,
+                                                                    pod_fixture):
+    running = events_of(pod_fixture, "running")
+    state, _ = feed(placed(seed_fleet, free), running, T0 + 1)
+    state, _ = step(state, PodSeen(running[-1].pod, deleted=True), T0 + 5)  # lost: no cooldown
+    state, actions = moved(state, free, T0 + 6)
+    first = the(actions, Create).cluster
+    late = T0 + 6 + CLAIM_FRESH_SECONDS + 1
+    state, actions = step(state, CreateFailed(first, CreateAnswer.REFUSED, "HTTP 403"), late)
+    assert Create not in kinds(actions) and the(actions, Claim).held == state.held
+    state, actions = won(state, actions, late)
+    assert the(actions, Create).cluster != first
 
 
 def test_a_loser_follows_the_winners_attempt_and_creates_nothing(seed_fleet, rise_full, free,
@@ -667,6 +745,21 @@ def test_a_loser_follows_the_winners_attempt_and_creates_nothing(seed_fleet, ris
     assert "by another follower (other)" in the(actions, Note).text
 
 
+def test_a_loser_never_keeps_the_attempt_it_follows_as_an_orphan(seed_fleet, rise_full,
+                                                                pod_fixture):
+    """Its own create of that name on that cluster had no answer before it lost the claim:
+    the pod there is the winner's now, never to be deleted by housekeeping."""
+    state = preempted(seed_fleet, rise_full, pod_fixture)
+    mine = Orphan("rise", "skyshare-rise", IDENTITY.pod_name(2))
+    state = replace(state, orphans=(mine, Orphan("bair", "skyshare-rise", "older")))
+    theirs = Attempt(number=2, cluster="rise", tier="owner", pod=IDENTITY.pod_name(2),
+                     namespace="skyshare-rise", placed_at=T0 + 1.5)
+    state, _ = step(state, taken(state, "other", theirs), T0 + 2)
+    assert mine not in state.orphans and len(state.orphans) == 1
+    state, actions = step(state, Tick(), state.wake_at + 20)
+    assert [a.orphan.pod for a in actions if isinstance(a, Delete)] == ["older"]
+
+
 def test_the_winners_timeline_replaces_an_older_one(seed_fleet, rise_full, free, pod_fixture):
     """A follower restarted from the deferral's timeline learns the attempts it never saw."""
     state = preempted(seed_fleet, rise_full, pod_fixture)
@@ -676,51 +769,6 @@ def test_the_winners_timeline_replaces_an_older_one(seed_fleet, rise_full, free,
                      namespace="skyshare-rise", placed_at=T0 + 1.5)
     state, _ = step(state, taken(state, "other", theirs, history=longer), T0 + 2)
     assert state.timeline.attempts[0].reason == "as the winner saw it"
-
-
-def test_a_loser_waits_while_the_winner_creates_then_follows(seed_fleet, rise_full, free,
-                                                            pod_fixture):
-    state = preempted(seed_fleet, rise_full, pod_fixture)
-    state, _ = step(state, Probed(free), T0 + 2)
-    state, actions = step(state, taken(state, "other", renewed=T0 + 1.9), T0 + 2)
-    assert kinds(actions) == [] and state.claim_wait
-    assert state.wake_at == pytest.approx(T0 + 2 + CLAIM_POLL_SECONDS)
-    state, actions = step(state, Tick(), state.wake_at)
-    assert kinds(actions) == [Claim]  # read again (a create that meets the Lease: 409)
-    state, actions = step(state, taken(state, "other", renewed=T0 + 1.9), T0 + 2.6)
-    assert actions == []  # said once
-
-
-def test_an_expired_claim_without_an_attempt_is_taken_over_with_its_version(
-        seed_fleet, rise_full, free, pod_fixture):
-    state = preempted(seed_fleet, rise_full, pod_fixture)
-    state, _ = step(state, Probed(free), T0 + 2)
-    late = T0 + 2 + claims.CLAIM_SECONDS + 1
-    state, actions = step(state, taken(state, "dead", renewed=T0 + 2), late)
-    claim = the(actions, Claim)
-    assert claim.held.resource_version == "3" and claim.held.cluster == "bair"
-    assert claim.lease["metadata"]["resourceVersion"] == "3"  # the precondition
-    assert "taking it over" in the(actions, Note).text
-
-
-def test_no_fence_cluster_answering_retries_the_placement(seed_fleet, rise_full, free,
-                                                          pod_fixture):
-    state = preempted(seed_fleet, rise_full, pod_fixture)
-    state, _ = step(state, Probed(free), T0 + 2)
-    state, actions = step(state, ClaimAnswer(ClaimResult.NO_ANSWER, detail="refused"), T0 + 2)
-    assert Create not in kinds(actions) and state.phase is Phase.PLACING
-    state, actions = step(state, Tick(), state.wake_at)
-    assert kinds(actions) == [Probe]
-
-
-def test_a_renewed_claim_precedes_the_next_candidates_create(seed_fleet, free, pod_fixture):
-    running = events_of(pod_fixture, "running")
-    state, _ = feed(placed(seed_fleet, free), running, T0 + 1)
-    state, _ = step(state, PodSeen(running[-1].pod, deleted=True), T0 + 5)  # lost: no cooldown
-    state, actions = moved(state, free, T0 + 6)
-    first = the(actions, Create).cluster
-    state, actions = step(state, CreateFailed(first, CreateAnswer.REFUSED, "HTTP 403"), T0 + 2.1)
-    assert Create not in kinds(actions) and the(actions, Claim).held == state.held
 
 
 def test_a_first_attempt_is_created_without_a_claim(seed_fleet, free):
@@ -743,7 +791,7 @@ def test_the_replacement_waits_for_the_preempted_pod_to_be_gone(seed_fleet, rise
     assert state.phase is Phase.DRAINING and Probe not in kinds(actions)
     assert state.timeline.last.outcome == Kind.PREEMPTED.value  # recorded when seen
     state, actions = step(state, gone, T0 + 3)
-    assert state.phase is Phase.PLACING and kinds(actions) == [Probe]
+    assert state.phase is Phase.PLACING and kinds(actions) == [Claim]  # claimed before placed
     assert "waited on for" in actions[0].text
     state, _ = moved(state, free, T0 + 3)
     state, _ = step(state, Created("rise"), T0 + 3.5)

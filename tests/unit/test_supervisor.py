@@ -104,13 +104,15 @@ class ReplayApi:
                 "resourceVersion"] != action.held.resource_version):
             found = claims.read(cluster, current)
             mine = found.holder == action.lease["spec"]["holderIdentity"]
-            return ClaimAnswer(ClaimResult.WON if mine else ClaimResult.TAKEN, found)
+            return ClaimAnswer(ClaimResult.WON if mine else ClaimResult.TAKEN, found,
+                               record=action.record)
         self.version += 1
         body["metadata"]["resourceVersion"] = str(self.version)
         self.leases[(cluster, name)] = body
-        return ClaimAnswer(ClaimResult.WON, claims.read(cluster, body))
+        return ClaimAnswer(ClaimResult.WON, claims.read(cluster, body), record=action.record)
 
-    async def inquire(self, cluster: str, namespace: str, pod: str) -> Outcome | None:
+    async def inquire(self, cluster: str, namespace: str, pod: str,
+                      since: float) -> Outcome | None:
         return None
 
 
