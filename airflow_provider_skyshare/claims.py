@@ -3,13 +3,14 @@
 Two followers of one task exist for moments (a triggerer hand-over, a paused triggerer that
 resumes, a worker retried while its trigger still runs). Each sees the current attempt end
 and would place the next one, perhaps on different clusters: one pod name on two clusters.
-The fence is a Lease named after the ended attempt's pod, in the org's namespace, on the
-first cluster that answers of: that attempt's cluster, then the fleet in order. Creating it
+The fence is a Lease named after the ended attempt's pod, in the org's namespace, on that
+attempt's cluster (and, only when that cluster was lost, on the first other one). Creating it
 is atomic (HTTP 409 for the second), renewing it carries its resourceVersion, so exactly
 one follower holds the right to create attempt N+1. The holder writes where attempt N+1
 went (``successor``) once it is created; a follower that finds another's claim follows that
 attempt instead of creating one, or, when the claim has expired without a successor (its
-holder died between claim and create), takes it over with the resourceVersion it read.
+holder died between claim and create), takes it over with the resourceVersion it read;
+expiry is measured on the waiting follower's own clock (``follow._claim_taken``).
 
 The Lease also keeps the task's timeline as it was when attempt N ended, so a follower that
 restarts from an old timeline walks the chain of claims to the newest attempt: attempt
@@ -60,9 +61,6 @@ class Found:
     duration: float
     successor: Attempt | None  # None: its holder has not created the attempt (yet)
     history: Timeline  # the timeline when the claimed-from attempt ended
-
-    def expired(self, now: float) -> bool:
-        return self.successor is None and now - self.renewed_at > self.duration
 
 
 def leases_path(namespace: str, name: str | None = None) -> str:

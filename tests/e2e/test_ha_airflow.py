@@ -219,6 +219,14 @@ def test_a_triggerer_frozen_during_a_preemption_wakes_and_creates_nothing(
         (1, "bair", "Preempted"), (2, "rise", "Succeeded")], train
     assert len(pods.created()) == 2, pods.created()  # one replacement, by one follower
     assert pods.most_live_at_once()[0] == 1
+    # how the woken copy stepped down: it lost the claim, or Airflow cancelled it first
+    logs = "".join(p.read_text() for p in (af.home / "logs" / "dag_id=rise_user" /
+                                           f"run_id={result.runs['rise_user']}").rglob(
+        "*.trigger.*.log"))
+    stepped = [how for how in ("by another follower", "handed to another triggerer")
+               if how in logs]
+    print(f"\nthe woken copy of {frozen[0]} stepped down: {stepped}")
+    assert stepped, logs[-3000:]
 
 
 def test_a_scheduler_killed_mid_scenario_the_scenario_completes(
