@@ -112,19 +112,34 @@ async def delete_all(fleet: Fleet, identity: TaskIdentity, log: logging.Logger,
     return await _everywhere(fleet, one)
 
 
-async def forget_claims(fleet: Fleet, identity: TaskIdentity, log: logging.Logger) -> int:
+FORGET_RETRY_SECONDS = 30.0  # a cluster restarting its apiserver: the verdict waits this long
+
+
+async def forget_claims(fleet: Fleet, identity: TaskIdentity, log: logging.Logger,
+                        retry_for: float = FORGET_RETRY_SECONDS) -> int:
     """Delete this task try's claim Leases (claims.py) on every cluster, once it has a
-    verdict: they fence moves, and a finished task makes none. Best effort, after the
-    verdict: a cluster that does not answer, or a credential without the Lease permission
-    (RBAC not re-applied after an upgrade), is logged; the task's verdict stands."""
+    verdict: they fence moves, and a finished task makes none. A cluster that does not
+    answer is asked again for ``retry_for`` seconds (else its Leases would outlive the task);
+    after that, or for a credential without the Lease permission (RBAC not re-applied after
+    an upgrade), it is logged and the verdict stands."""
     async def one(name: str) -> list[str]:
-        cluster = fleet.clusters[name]
-        try:
-            listing = await kube.request(cluster, "GET", claims.leases_path(cluster.namespace),
-                                         query={"labelSelector": identity.selector()})
-        except (kube.KubeError, clients.ClusterConfigError) as exc:
-            log.warning("could not list this task's claims on %s: %s", name, exc)
-            return []
+        cluster, delay = fleet.clusters[name], 0.5
+        deadline = asyncio.get_running_loop().time() + retry_for
+        while True:
+            try:
+                listing = await kube.request(cluster, "GET",
+                                             claims.leases_path(cluster.namespace),
+                                             query={"labelSelector": identity.selector()})
+                break
+            except kube.KubeError as exc:
+                if not exc.no_answer or asyncio.get_running_loop().time() > deadline:
+                    log.warning("could not list this task's claims on %s: %s", name, exc)
+                    return []
+            except clients.ClusterConfigError as exc:
+                log.warning("could not list this task's claims on %s: %s", name, exc)
+                return []
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
         return [n for lease in listing.get("items") or []
                 if (n := await _forget(cluster, lease["metadata"], log))]
 

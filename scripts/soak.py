@@ -269,6 +269,8 @@ def analyse(outcomes: list[Outcome], pods, leaked_pods: dict, leaked_leases: dic
         "duplicates": len(duplicates), "duplicate_pods": duplicates,
         "attempts_created_twice": len(recreated), "attempts_created_twice_names": recreated,
         "tasks_with_two_pod_objects_at_once": sum(most > 1 for most, _ in present.values()),
+        "two_pod_objects_at_once": {t: names for t, (most, names) in present.items()
+                                    if most > 1},
         "leaked_pods": sum(len(v) for v in leaked_pods.values()), "leaked_pod_names": leaked_pods,
         "leaked_leases": sum(len(v) for v in leaked_leases.values()),
         "lost_timelines": len(lost), "lost_tasks": lost,
