@@ -216,6 +216,16 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
+def _runuser() -> str:
+    """util-linux's runuser: in /usr/sbin or /sbin, which a non-login PATH may lack."""
+    found = shutil.which("runuser") or next(
+        (p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.path.exists(p)), None)
+    if found is None:
+        raise ServiceError("running as root, PostgreSQL is started as 'postgres' with runuser, "
+                           "which is not installed: apt-get install util-linux")
+    return found
+
+
 def _as_postgres(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
     if _is_root():
         try:
@@ -223,7 +233,7 @@ def _as_postgres(cmd: list[str], check: bool = True) -> subprocess.CompletedProc
         except KeyError:
             raise ServiceError("running as root, PostgreSQL needs the 'postgres' user that "
                                "its package creates: apt-get install postgresql") from None
-        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        cmd = [_runuser(), "-u", "postgres", "--", *cmd]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd="/")
     if check and done.returncode != 0:
         raise ServiceError(f"`{' '.join(cmd)}` failed ({done.returncode}): "
