@@ -13,8 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_skyshare.names import Kind
-from airflow_provider_skyshare.outcomes import KUEUE_PREEMPTED, SCHEDULER_PREEMPTED, Outcome
-from airflow_provider_skyshare.outcomes import _preemptor as preemptor_uid  # one parser
+from airflow_provider_skyshare.outcomes import (
+    KUEUE_PREEMPTED,
+    SCHEDULER_PREEMPTED,
+    Outcome,
+    preemptor_uid,
+)
 from airflow_provider_skyshare.timeline import epoch
 
 KUEUE_STOPPED = "Stopped"  # Kueue's Event on a plain pod it evicts (message: why)

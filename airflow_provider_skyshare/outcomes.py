@@ -15,7 +15,7 @@ from airflow_provider_skyshare.names import FAILED_PHASE, KUEUE_GATE, SUCCEEDED_
 from airflow_provider_skyshare.timeline import epoch
 
 __all__ = ["KUEUE_GATE", "Kind", "Outcome", "Reason", "classify", "disruption", "observed",
-           "pod_times", "preemption_cause"]
+           "pod_times", "preemption_cause", "preemptor_uid"]
 KUEUE_PREEMPTED = "WorkloadEvictedDueToPreempted"
 SCHEDULER_PREEMPTED = "PreemptionByScheduler"
 # Waiting reasons that never resolve on their own: fail fast instead of queueing forever.
@@ -72,19 +72,19 @@ def disruption(pod: dict[str, Any]) -> Outcome | None:
     if term and term.get("status") == "True":
         reason, message = term.get("reason", ""), term.get("message", "")
         if reason == KUEUE_PREEMPTED or "Preempted" in reason:
-            return Outcome(Kind.PREEMPTED, reason, message, by="kueue", preemptor=_preemptor(message))
+            return Outcome(Kind.PREEMPTED, reason, message, by="kueue", preemptor=preemptor_uid(message))
         return Outcome(Kind.LOST, reason, message or "evicted by Kueue", by="kueue")
     dis = conds.get("DisruptionTarget")
     if dis and dis.get("status") == "True":
         reason, message = dis.get("reason", ""), dis.get("message", "")
         if reason == SCHEDULER_PREEMPTED:
             return Outcome(Kind.PREEMPTED, reason, message, by="kube-scheduler",
-                           preemptor=_preemptor(message))
+                           preemptor=preemptor_uid(message))
         return Outcome(Kind.LOST, reason, message or "disrupted", by="kubernetes")
     return None
 
 
-def _preemptor(message: str) -> str:
+def preemptor_uid(message: str) -> str:
     """The preempting pod's UID when the message names it (Kueue does; the scheduler not)."""
     m = _JOB_UID.search(message or "")
     return m.group(1) if m else ""

@@ -103,7 +103,7 @@ def _create(api, body: dict, ns: str = NS) -> None:
 def round_trip(af: Airflow, dag_id: str, rise, bair, rec_rise: Recorder, rec_bair: Recorder,
                i: int) -> float:
     # Fresh names each run: Kueue names Workloads after pods, and a finished Workload of an
-    # earlier same-named pod holds a new one where no garbage collector runs.
+    # earlier same-named pod would hold a new one until the garbage collector removes it.
     i = f"{i}-{uuid.uuid4().hex[:6]}"
     _create(rise, owner_pod(f"filler-{i}", None))
     wait_for(lambda: any(p.status.phase == "Running" for p in rise.list_namespaced_pod(
