@@ -16,12 +16,21 @@ The Lease also keeps the task's timeline as it was when attempt N ended, so a fo
 restarts from an old timeline walks the chain of claims to the newest attempt: attempt
 numbers never repeat and preemptions counted while no follower ran are not forgotten.
 
+Once the task has its verdict the Leases are not deleted but kept as tombstones (``entombed``,
+labelled with the verdict), and one more is written, named after the last attempt's pod: a
+follower that wakes later (a frozen triggerer resumed) and would claim the next attempt reads
+the verdict instead, and creates nothing. The workers delete tombstones older than
+``TOMBSTONE_SECONDS`` (``taskpods.sweep_tombstones``).
+
 Pure: Lease bodies in, Lease bodies out; ``cluster_api`` does the HTTP.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -32,13 +41,24 @@ from airflow_provider_skyshare.names import (
     L_ATTEMPT,
     L_TASK_KEY,
     L_TRY,
+    L_VERDICT,
     MANAGED_BY,
     MANAGER,
 )
 from airflow_provider_skyshare.timeline import Attempt, Timeline, epoch
 
 CLAIM_SECONDS = 60  # a claim without a successor is taken over after this (its holder died)
+# A tombstone outlives any follower that could still wake (a frozen triggerer is replaced
+# within Airflow's trigger heartbeat timeout, minutes); compared with another host's clock,
+# which an hour's margin makes harmless.
+TOMBSTONE_SECONDS = 3600
 LEASES = "coordination.k8s.io/v1"
+KILLED = "killed"  # a tombstone's verdict when the task was killed, marked or cleared
+
+
+def follower_id() -> str:
+    """This follower, unique among every copy of a trigger: host, process, instance."""
+    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(frozen=True)
@@ -61,6 +81,7 @@ class Found:
     duration: float
     successor: Attempt | None  # None: its holder has not created the attempt (yet)
     history: Timeline  # the timeline when the claimed-from attempt ended
+    verdict: str = ""  # a tombstone: the task has this verdict, nothing more is created
 
 
 def leases_path(namespace: str, name: str | None = None) -> str:
@@ -75,12 +96,13 @@ def _stamp(now: float) -> str:
 
 def lease(*, namespace: str, name: str, task_key: str, try_number: int, attempt: int,
           holder: str, now: float, history: Timeline, successor: Attempt | None,
-          resource_version: str = "") -> dict[str, Any]:
-    """The Lease that claims attempt ``attempt`` (and records it once made)."""
+          resource_version: str = "", verdict: str = "") -> dict[str, Any]:
+    """The Lease that claims attempt ``attempt`` (and records it once made), or with a
+    ``verdict``, the tombstone that forbids it."""
     meta: dict[str, Any] = {
         "name": name, "namespace": namespace,
         "labels": {MANAGED_BY: MANAGER, L_TASK_KEY: task_key, L_TRY: str(try_number),
-                   L_ATTEMPT: str(attempt)},
+                   L_ATTEMPT: str(attempt), **({L_VERDICT: verdict} if verdict else {})},
         "annotations": {A_HISTORY: history.to_json()},
     }
     if successor is not None:
@@ -90,6 +112,24 @@ def lease(*, namespace: str, name: str, task_key: str, try_number: int, attempt:
     return {"apiVersion": LEASES, "kind": "Lease", "metadata": meta,
             "spec": {"holderIdentity": holder, "leaseDurationSeconds": CLAIM_SECONDS,
                      "acquireTime": _stamp(now), "renewTime": _stamp(now)}}
+
+
+def entombed(body: dict[str, Any], *, verdict: str, holder: str, now: float) -> dict[str, Any]:
+    """A claim as read, overwritten as a tombstone. It keeps the read resourceVersion: a
+    claim renewed meanwhile is read again rather than overwritten blind."""
+    meta = body.get("metadata") or {}
+    kept = {k: meta[k] for k in ("name", "namespace", "resourceVersion", "annotations")
+            if k in meta}
+    return {"apiVersion": LEASES, "kind": "Lease",
+            "metadata": {**kept, "labels": {**(meta.get("labels") or {}), L_VERDICT: verdict}},
+            "spec": {**(body.get("spec") or {}), "holderIdentity": holder,
+                     "renewTime": _stamp(now)}}
+
+
+def tombstone_expired(body: dict[str, Any], now: float) -> bool:
+    """A tombstone last written more than TOMBSTONE_SECONDS ago (never a live claim)."""
+    found = read("", body)
+    return bool(found.verdict) and now - found.renewed_at > TOMBSTONE_SECONDS
 
 
 def read(cluster: str, body: dict[str, Any]) -> Found:
@@ -104,6 +144,7 @@ def read(cluster: str, body: dict[str, Any]) -> Found:
         duration=float(spec.get("leaseDurationSeconds") or CLAIM_SECONDS),
         successor=_attempt(annotations.get(A_SUCCESSOR)),
         history=_timeline(annotations.get(A_HISTORY)),
+        verdict=(meta.get("labels") or {}).get(L_VERDICT, ""),
     )
 
 

@@ -294,9 +294,9 @@ class _Claims:
                 return ClaimAnswer(ClaimResult.NO_ANSWER, detail=f"{cluster}: no Lease")
             raise _missing(exc, "read the claim Lease") from None
         claim = claims.read(cluster, found)
-        # our own write whose answer was lost reads back as ours
-        return ClaimAnswer(ClaimResult.WON if claim.holder == mine else ClaimResult.TAKEN,
-                           claim)
+        # our own write whose answer was lost reads back as ours; a tombstone never does
+        ours = claim.holder == mine and not claim.verdict
+        return ClaimAnswer(ClaimResult.WON if ours else ClaimResult.TAKEN, claim)
 
 
 def _in(lease: dict[str, Any], namespace: str) -> dict[str, Any]:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_skyshare import clients, kube, taskpods
+from airflow_provider_skyshare.claims import follower_id
 from airflow_provider_skyshare.fleet import Fleet
 from airflow_provider_skyshare.follow import Follow, Orphan, Status, Verdict
 from airflow_provider_skyshare.names import BASE_CONTAINER
@@ -68,16 +70,20 @@ def failure_message(state: Follow, verdict: Verdict) -> str:
 
 async def finish(state: Follow, verdict: Verdict, policy: FinishPolicy,
                  log: logging.Logger) -> None:
-    """Log the outcome (and the pod's log), then delete what must go."""
+    """Log the outcome (and the pod's log), mark the claims with the verdict, then delete
+    what must go (in that order: a follower that sees the pod deleted claims after it, and
+    must find the verdict there)."""
     fleet = state.job.fleet
     log.info("skyshare: %s after %d attempt(s):\n%s", verdict.status.value,
              len(state.timeline.attempts), state.timeline.table())
     pod = current_pod(state)
     if pod is not None and policy.get_logs and verdict.status.pod_finished:
         await _print_log(fleet, pod, log)
+    await taskpods.entomb_claims(fleet, state.job.identity, log, verdict=verdict.status.value,
+                                 holder=state.me or follower_id(), timeline=state.timeline,
+                                 now=time.time())
     for orphan in to_delete(state, verdict, policy):
         await _delete(fleet, orphan, log)
-    await taskpods.forget_claims(fleet, state.job.identity, log)
 
 
 async def _print_log(fleet: Fleet, pod: Orphan, log: logging.Logger) -> None:

@@ -232,7 +232,7 @@ class ClaimResult(str, enum.Enum):
     WON = "won"  # this follower may create the attempt (or has recorded it)
     TAKEN = "taken"  # another follower holds the claim
     NO_ANSWER = "no answer"  # no fence cluster answered
-    GONE = "gone"  # the Lease was deleted: the task has its verdict (forget_claims)
+    GONE = "gone"  # the Lease was deleted: its tombstone swept, or by hand
 
 
 @dataclass(frozen=True)
@@ -956,8 +956,9 @@ def _claim_answer(state: Follow, event: ClaimAnswer, now: float) -> Step:
             return state, [Probe()]
         return state, [_create_action(state, state.candidates[0])]
     if event.result is ClaimResult.GONE:
-        return _finish(state, Status.ABANDONED, f"the claim on attempt {number} was deleted: "
-                                                "another follower gave the task its verdict")
+        return _finish(state, Status.ABANDONED, f"the claim on attempt {number} was deleted "
+                                                "(a tombstone swept, or by hand): the task "
+                                                "has its verdict elsewhere")
     if event.result is ClaimResult.NO_ANSWER:
         state = replace(state, candidates=(), transient=True, claim_wait=False)
         new, actions = _nothing_took_it(state, now, f"no cluster answered the claim on attempt "
@@ -965,6 +966,10 @@ def _claim_answer(state: Follow, event: ClaimAnswer, now: float) -> Step:
         return new, [Note(Level.WARNING, f"claim on attempt {number}: no answer "
                                          f"({event.detail[:160]})"), *actions]
     assert found is not None
+    if found.verdict:
+        return _finish(state, Status.ABANDONED, f"the claim on attempt {number} is a tombstone: "
+                                                f"the task ended ({found.verdict}) under "
+                                                f"{found.holder}; creating nothing")
     if found.successor is not None:
         return _follow_successor(state, found)
     return _claim_taken(state, found, now)
@@ -1011,10 +1016,23 @@ def _recorded(state: Follow, event: ClaimAnswer) -> Step:
     if event.result is ClaimResult.NO_ANSWER:
         return state, [Note(Level.WARNING, f"could not name the created attempt on its claim "
                                            f"({event.detail[:120]}); trying again")]
+    if event.found is not None and event.found.verdict:
+        return _entombed_meanwhile(replace(state, unrecorded=None), event.found)
     holder = event.found.holder if event.found else "nobody (deleted)"
     return replace(state, unrecorded=None), [Note(
         Level.WARNING, f"the claim naming the created attempt is now {holder}'s: that "
                        "follower may create the attempt again")]
+
+
+def _entombed_meanwhile(state: Follow, found: claims.Found) -> Step:
+    """The task got its verdict elsewhere (killed, or marked, while this follower created its
+    attempt): that pod is nobody's to follow. Delete it, and end."""
+    last = state.timeline.last
+    assert last is not None
+    new, actions = _finish(state, Status.ABANDONED, f"the claim naming attempt {last.number} "
+                                                    f"is a tombstone: the task ended "
+                                                    f"({found.verdict}) under {found.holder}")
+    return new, [Delete(Orphan(last.cluster, last.namespace, last.pod)), *actions]
 
 
 def _finish(state: Follow, status: Status, message: str, outcome: Outcome | None = None) -> Step:

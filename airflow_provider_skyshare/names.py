@@ -29,6 +29,9 @@ A_REQUEST = f"{PREFIX}/request"
 A_ORPHANS = f"{PREFIX}/orphans"
 # On the Lease that fences a task's next attempt (claims.py): where that attempt went (JSON).
 A_SUCCESSOR = f"{PREFIX}/successor"
+# On the same Lease once the task has its verdict (a tombstone): the verdict. A label, so
+# the sweep that deletes old tombstones can select them.
+L_VERDICT = f"{PREFIX}/verdict"
 BASE_CONTAINER = "base"
 
 GPU_RESOURCE = "nvidia.com/gpu"

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 
 from airflow_provider_skyshare import pods, taskpods
+from airflow_provider_skyshare.claims import KILLED, follower_id
 from airflow_provider_skyshare.cluster_api import ClusterApi, KubeClusterApi, PodFeed
 from airflow_provider_skyshare.follow import (
     Action,
@@ -51,11 +49,6 @@ from airflow_provider_skyshare.follow import (
     Watch,
     step,
 )
-
-
-def follower_id() -> str:
-    """This follower, unique among every copy of a trigger: host, process, instance."""
-    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
 
 
 class Supervisor:
@@ -176,8 +169,11 @@ class Supervisor:
                       adopted.number, cluster, adopted.pod)
 
     async def place(self) -> Follow:
-        """Worker side, before deferring: delete earlier tries' pods, adopt or place."""
-        await taskpods.reap_earlier_tries(self.job.fleet, self.job.identity, self.log)
+        """Worker side, before deferring: delete earlier tries' pods (and old tombstones),
+        adopt or place."""
+        fleet = self.job.fleet
+        await asyncio.gather(taskpods.reap_earlier_tries(fleet, self.job.identity, self.log),
+                             taskpods.sweep_tombstones(fleet, self.log, now=self.clock()))
         await self.adopt_newest()
         return await self.run(until=Phase.WATCHING)
 
@@ -187,6 +183,10 @@ class Supervisor:
         return await self.run()
 
     async def delete_all(self, grace: int | None = None) -> list[str]:
-        deleted = await taskpods.delete_all(self.job.fleet, self.job.identity, self.log, grace)
-        await taskpods.forget_claims(self.job.fleet, self.job.identity, self.log)
-        return deleted
+        """The task was killed, marked or cleared: tombstones first (a follower elsewhere
+        must not replace the pods deleted next), then every pod of this try."""
+        await self.adopt_newest()
+        await taskpods.entomb_claims(self.job.fleet, self.job.identity, self.log,
+                                     verdict=KILLED, holder=self.state.me,
+                                     timeline=self.state.timeline, now=self.clock())
+        return await taskpods.delete_all(self.job.fleet, self.job.identity, self.log, grace)

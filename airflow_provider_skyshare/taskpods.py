@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from airflow_provider_skyshare import claims, clients, kube, outcomes, pods, watch
 from airflow_provider_skyshare.fleet import Cluster, Fleet
-from airflow_provider_skyshare.names import L_TASK_KEY, L_TRY, Kind
+from airflow_provider_skyshare.names import L_TASK_KEY, L_TRY, L_VERDICT, MANAGED_SELECTOR, Kind
 from airflow_provider_skyshare.pods import TaskIdentity
 from airflow_provider_skyshare.timeline import Timeline
 
@@ -112,52 +112,126 @@ async def delete_all(fleet: Fleet, identity: TaskIdentity, log: logging.Logger,
     return await _everywhere(fleet, one)
 
 
-FORGET_RETRY_SECONDS = 30.0  # a cluster restarting its apiserver: the verdict waits this long
+ENTOMB_RETRY_SECONDS = 30.0  # a cluster restarting its apiserver: the verdict waits this long
+SWEEP_EVERY_SECONDS = 600.0  # a worker process sweeps a cluster's tombstones this often
+_swept_at: dict[tuple[str, str], float] = {}  # (cluster, namespace) -> when, this process
 
 
-async def forget_claims(fleet: Fleet, identity: TaskIdentity, log: logging.Logger,
-                        retry_for: float = FORGET_RETRY_SECONDS) -> int:
-    """Delete this task try's claim Leases (claims.py) on every cluster, once it has a
-    verdict: they fence moves, and a finished task makes none. A cluster that does not
-    answer is asked again for ``retry_for`` seconds (else its Leases would outlive the task);
-    after that, or for a credential without the Lease permission (RBAC not re-applied after
-    an upgrade), it is logged and the verdict stands."""
+async def entomb_claims(fleet: Fleet, identity: TaskIdentity, log: logging.Logger, *,
+                        verdict: str, holder: str, timeline: Timeline, now: float,
+                        retry_for: float = ENTOMB_RETRY_SECONDS) -> int:
+    """Turn this task try's claim Leases (claims.py) into tombstones once it has a verdict,
+    and write one more named after the last attempt's pod, before that pod is deleted: a
+    follower that wakes later and claims the next attempt reads the verdict and creates
+    nothing. A cluster that does not answer is asked again for ``retry_for`` seconds; after
+    that, or for a credential without the Lease permission (RBAC not re-applied after an
+    upgrade), it is logged and the verdict stands. Returns the tombstones written."""
+    last = timeline.last
+
     async def one(name: str) -> list[str]:
-        cluster, delay = fleet.clusters[name], 0.5
-        deadline = asyncio.get_running_loop().time() + retry_for
-        while True:
-            try:
-                listing = await kube.request(cluster, "GET",
-                                             claims.leases_path(cluster.namespace),
-                                             query={"labelSelector": identity.selector()})
-                break
-            except kube.KubeError as exc:
-                if not exc.no_answer or asyncio.get_running_loop().time() > deadline:
-                    log.warning("could not list this task's claims on %s: %s", name, exc)
-                    return []
-            except clients.ClusterConfigError as exc:
-                log.warning("could not list this task's claims on %s: %s", name, exc)
-                return []
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-        return [n for lease in listing.get("items") or []
-                if (n := await _forget(cluster, lease["metadata"], log))]
+        cluster = fleet.clusters[name]
+        listing = await _list_claims(cluster, identity.selector(), log, retry_for)
+        if listing is None:
+            return []
+        leases = {lease["metadata"]["name"]: lease for lease in listing}
+        if last is not None and last.cluster == name and last.pod not in leases:
+            leases[last.pod] = claims.lease(
+                namespace=cluster.namespace, name=last.pod, task_key=identity.key,
+                try_number=identity.try_number, attempt=last.number + 1, holder=holder,
+                now=now, history=timeline, successor=None, verdict=verdict)
+        return [n for body in leases.values()
+                if (n := await _entomb(cluster, body, verdict, holder, now, log))]
 
     return len(await _everywhere(fleet, one))
 
 
-async def _forget(cluster: Cluster, meta: dict[str, Any], log: logging.Logger) -> str:
-    """Delete one claim (that object: uid precondition); '' when it could not be."""
+async def _list_claims(cluster: Cluster, selector: str, log: logging.Logger,
+                       retry_for: float) -> list[dict[str, Any]] | None:
+    """The Leases matching ``selector`` in the org's namespace; None when it cannot say."""
+    loop, delay = asyncio.get_running_loop(), 0.5
+    deadline = loop.time() + retry_for
+    while True:
+        try:
+            listing = await kube.request(cluster, "GET", claims.leases_path(cluster.namespace),
+                                         query={"labelSelector": selector})
+            return listing.get("items") or []
+        except kube.KubeError as exc:
+            if not exc.no_answer or loop.time() > deadline:
+                log.warning("could not list this task's claims on %s: %s", cluster.name, exc)
+                return None
+        except clients.ClusterConfigError as exc:
+            log.warning("could not list this task's claims on %s: %s", cluster.name, exc)
+            return None
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+async def _entomb(cluster: Cluster, body: dict[str, Any], verdict: str, holder: str,
+                  now: float, log: logging.Logger, tries: int = 3) -> str:
+    """Write one tombstone: create it (no resourceVersion), or overwrite the claim as read;
+    a write that lost a race (409) reads the Lease again. '' when it could not be written."""
+    name = body["metadata"]["name"]
+    for _ in range(tries):
+        existing = bool(body["metadata"].get("resourceVersion"))
+        if existing and claims.read(cluster.name, body).verdict:
+            return ""  # a tombstone already (another follower's verdict, or ours)
+        tomb = claims.entombed(body, verdict=verdict, holder=holder, now=now)
+        path = claims.leases_path(cluster.namespace, name if existing else None)
+        try:
+            await kube.request(cluster, "PUT" if existing else "POST", path, body=tomb)
+            return name
+        except kube.KubeError as exc:
+            if exc.status not in (404, 409):
+                log.warning("could not mark claim %s on %s with the verdict: %s", name,
+                            cluster.name, exc)
+                return ""
+        try:  # 409: created or renewed meanwhile; 404: swept meanwhile (create it again)
+            body = await kube.request(cluster, "GET", claims.leases_path(cluster.namespace,
+                                                                         name))
+        except kube.KubeError as exc:
+            if exc.status != 404:
+                log.warning("could not read claim %s on %s: %s", name, cluster.name, exc)
+                return ""
+            body = {**body, "metadata": {**body["metadata"], "resourceVersion": ""}}
+    log.warning("claim %s on %s kept changing: not marked with the verdict", name,
+                cluster.name)
+    return ""
+
+
+async def sweep_tombstones(fleet: Fleet, log: logging.Logger, *, now: float,
+                           every: float = SWEEP_EVERY_SECONDS) -> int:
+    """Delete tombstones older than claims.TOMBSTONE_SECONDS in the org's namespace on each
+    cluster (at most every ``every`` seconds per process): a worker lists the clusters when a
+    try starts anyway. Each delete carries the uid and resourceVersion it read."""
+    async def one(name: str) -> list[str]:
+        cluster = fleet.clusters[name]
+        key = (cluster.name, cluster.namespace)
+        if now - _swept_at.get(key, float("-inf")) < every:
+            return []
+        _swept_at[key] = now
+        listing = await _list_claims(cluster, f"{MANAGED_SELECTOR},{L_VERDICT}", log, 0.0)
+        return [meta["name"] for lease in listing or ()
+                if claims.tombstone_expired(lease, now)
+                and await _delete_lease(cluster, (meta := lease["metadata"]), log)]
+
+    swept = await _everywhere(fleet, one)
+    if swept:
+        log.info("deleted %d tombstone(s) older than %ds", len(swept), claims.TOMBSTONE_SECONDS)
+    return len(swept)
+
+
+async def _delete_lease(cluster: Cluster, meta: dict[str, Any], log: logging.Logger) -> bool:
     try:
         await kube.request(cluster, "DELETE", claims.leases_path(
             cluster.namespace, meta["name"]), body={
-                "kind": "DeleteOptions", "apiVersion": "v1",
-                "preconditions": {"uid": meta.get("uid")}})
-        return meta["name"]
+                "kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {
+                    "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")}})
+        return True
     except kube.KubeError as exc:
-        if exc.status != 404:  # 404: another follower deleted it first
-            log.warning("could not delete claim %s on %s: %s", meta["name"], cluster.name, exc)
-        return ""
+        if exc.status not in (404, 409):  # gone already, or written again since it was read
+            log.warning("could not delete tombstone %s on %s: %s", meta["name"],
+                        cluster.name, exc)
+        return False
 
 
 async def live_timeline(fleet: Fleet, identity: TaskIdentity, *, now: float) -> Timeline | None:

@@ -76,6 +76,9 @@ class Outcome:
 class Tally:
     apiserver_restarts: int = 0
     injected_preemptions: int = 0
+    tombstones: int = 0  # claim Leases marked with the task's verdict, left at the end
+    triggerer_kills: int = 0  # --airflow: kill -9 of a real triggerer
+    triggerer_freezes: int = 0  # --airflow: SIGSTOP of a real triggerer, SIGCONT later
 
 
 def sandbox_up() -> str:
@@ -278,7 +281,8 @@ def analyse(outcomes: list[Outcome], pods, leaked_pods: dict, leaked_leases: dic
         "follower_kills": sum(o.follower_kills for o in outcomes),
         "followers_overlapping": sum(o.overlapped for o in outcomes),
         "apiserver_restarts": tally.apiserver_restarts,
-        "injected_preemptions": tally.injected_preemptions,
+        "injected_preemptions": tally.injected_preemptions, "tombstones": tally.tombstones,
+        "triggerer_kills": tally.triggerer_kills, "triggerer_freezes": tally.triggerer_freezes,
         "pods_created": len(pods.created()), "watch_reconnects": pods.reconnects,
         "watch_gap_seconds": round(pods.gap_seconds, 1), "cleaned_before": cleaned,
         "outcomes": [asdict(o) for o in outcomes],
@@ -308,12 +312,14 @@ def markdown(r: dict[str, Any]) -> str:
             "lost_timelines")
     rows = [f"| {k.replace('_', ' ')} | {r[k]} | {'0' if k in zero else '-'} |" for k in (
         "tasks_started", "tasks_finished", *zero, "moves", "preempted", "follower_kills",
-        "followers_overlapping", "tasks_with_two_pod_objects_at_once", "apiserver_restarts",
-        "injected_preemptions", "pods_created", "watch_reconnects", "watch_gap_seconds",
+        "followers_overlapping", "triggerer_kills", "triggerer_freezes",
+        "tasks_with_two_pod_objects_at_once", "apiserver_restarts",
+        "injected_preemptions", "tombstones", "pods_created", "watch_reconnects", "watch_gap_seconds",
         "cleaned_before")]
     verdicts = ", ".join(f"{k}: {v}" for k, v in sorted(r["verdicts"].items()))
+    through = " through a production-shaped Airflow" if r.get("mode") == "airflow" else ""
     return "\n".join([
-        f"# Soak: {r['minutes']} minutes, {r['tasks_started']} tasks on {len(CLUSTERS)} clusters",
+        f"# Soak{through}: {r['minutes']} minutes, {r['tasks_started']} tasks on {len(CLUSTERS)} clusters",
         "", "| count | value | must be |", "|---|---|---|", *rows, "",
         f"Verdicts: {verdicts}.", "",
         "Duplicates are two live pods of one task at one moment, from the apiservers' watch "
@@ -332,10 +338,17 @@ def main() -> int:
     p.add_argument("--kill-rate", type=float, default=0.2,
                    help="share of followers killed mid-flight")
     p.add_argument("--seed", type=int, default=14)
+    p.add_argument("--airflow", action="store_true",
+                   help="through a real production-shaped Airflow, killing and freezing its "
+                        "triggerers (scripts/soak_airflow.py)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         stream=sys.stdout)
     sys.path.insert(0, str(ROOT))
+    if args.airflow:
+        from scripts import soak_airflow
+
+        return soak_airflow.main(args)
     from tests.helpers.fixtures import AdminClients, provider_leases, provider_pods
     from tests.helpers.podwatch import PodRecorder
 
@@ -347,7 +360,9 @@ def main() -> int:
                      resilient=True) as pods:
         outcomes = asyncio.run(_run(fleet_file, args, tally))
         leaked = _settled(admin, provider_pods)
-    leases = provider_leases(admin)
+    leases = provider_leases(admin)  # live claims; tombstones are kept on purpose
+    tally.tombstones = sum(map(len, provider_leases(admin, tombstones=True).values())) - sum(
+        map(len, leases.values()))
     report = analyse(outcomes, pods, leaked, leases, tally, (time.time() - started) / 60,
                      started, cleaned)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -373,7 +388,7 @@ def _clean(admin, provider_pods, provider_leases) -> int:
     """What an interrupted earlier soak left: removed, counted, so leaks are this run's."""
     from kubernetes import client
 
-    pods, leases = provider_pods(admin), provider_leases(admin)
+    pods, leases = provider_pods(admin), provider_leases(admin, tombstones=True)
     for cluster, names in pods.items():
         for item in names:
             ns, name = item.split("/")

@@ -14,6 +14,8 @@ import pytest
 import urllib3
 from kubernetes import client, config
 
+from airflow_provider_skyshare.names import L_VERDICT
+
 ROOT = Path(__file__).resolve().parents[2]
 MANAGED = "app.kubernetes.io/managed-by=airflow-provider-skyshare"
 
@@ -98,12 +100,14 @@ def provider_pods(admin) -> dict[str, list[str]]:
     return out
 
 
-def provider_leases(admin) -> dict[str, list[str]]:
-    """The claims (claims.py) left on the clusters: a finished task deletes its own."""
+def provider_leases(admin, tombstones: bool = False) -> dict[str, list[str]]:
+    """The live claims (claims.py) left on the clusters, and with ``tombstones`` the
+    tombstones too: a finished task turns its own claims into tombstones (kept an hour)."""
     out = {}
+    selector = MANAGED if tombstones else f"{MANAGED},!{L_VERDICT}"
     for name, api in admin.items():
         leases = client.CoordinationV1Api(api.api_client).list_lease_for_all_namespaces(
-            label_selector=MANAGED).items
+            label_selector=selector).items
         if leases:
             out[name] = [f"{x.metadata.namespace}/{x.metadata.name}" for x in leases]
     return out
@@ -134,7 +138,7 @@ def no_leaks(admin) -> Iterator[None]:
     """Fail the test when any provider pod is left on any cluster afterwards (then clean up,
     so that one test's leak is reported once, by that test)."""
     _remove(admin, provider_pods(admin))  # an earlier test already failed for these
-    _forget(admin, provider_leases(admin))
+    _forget(admin, provider_leases(admin, tombstones=True))
     yield
     deadline = time.monotonic() + 20
     left = provider_pods(admin)
@@ -143,7 +147,7 @@ def no_leaks(admin) -> Iterator[None]:
         left = provider_pods(admin)
     _remove(admin, left)
     claims = provider_leases(admin)
-    _forget(admin, claims)
+    _forget(admin, provider_leases(admin, tombstones=True))
     assert not left, f"provider pods left on clusters: {left}"
     assert not claims, f"claim Leases left on clusters: {claims}"
 

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 
 import pytest
+from kubernetes import client as k8s
 
+from airflow_provider_skyshare import claims, finish, taskpods
 from airflow_provider_skyshare.cluster_api import KubeClusterApi
-from airflow_provider_skyshare.follow import Claim, ClaimAnswer, Follow
-from airflow_provider_skyshare.names import Kind
+from airflow_provider_skyshare.follow import Claim, ClaimAnswer, Follow, Status
+from airflow_provider_skyshare.names import L_VERDICT, Kind
 from airflow_provider_skyshare.snapshot import Snapshot
 from airflow_provider_skyshare.supervisor import Supervisor
-from tests.helpers.fixtures import wait_for
+from tests.helpers.fixtures import provider_leases, provider_pods, wait_for
 from tests.helpers.podwatch import PodRecorder
 from tests.integration.test_reliability import Driven, closing, make, pods_of, running
 
@@ -90,6 +93,57 @@ def test_two_followers_create_one_replacement_and_the_later_one_follows_it(
     assert sorted(pods.created()) == sorted([f"rise/{a.identity.pod_name(n)}" for n in (1, 2)])
     most, which = pods.most_live_at_once()
     assert most == 1, which
+
+
+def test_a_follower_woken_after_the_verdict_reads_the_tombstone_and_creates_nothing(
+        sandbox, admin, kube_env, no_leaks, caplog):
+    """Attempt 1 is deleted under both followers; B freezes at its claim. A creates attempt 2,
+    which succeeds, and finishes the task: its pods are deleted, its claims become tombstones.
+    Then B wakes and claims attempt 2 on attempt 1's Lease: it reads the verdict there, ends
+    as abandoned and creates nothing (were the Lease deleted, B would create attempt 2 anew).
+    Old tombstones go with the next sweep."""
+    caplog.set_level(logging.INFO)
+    a = make("tomb", duration="3s", log=logging.getLogger("follower-a"))
+    gate = asyncio.Event()
+
+    async def scenario():
+        first = await a.start()
+        b = twin(a, "follower-b")
+        b.sup.api = Late(b.sup, gate)
+        with_b = asyncio.create_task(b.sup.follow())
+        await asyncio.to_thread(wait_for, lambda: running(admin, "rise", a), 60, "attempt 1")
+        await asyncio.to_thread(admin["rise"].delete_namespaced_pod, first.pod,
+                                first.namespace, grace_period_seconds=0)
+        state_a = await a.sup.follow()
+        await finish.finish(state_a, state_a.verdict, finish.FinishPolicy(), a.sup.log)
+        gate.set()
+        return state_a, await with_b
+
+    with PodRecorder(admin, CLUSTERS, a.identity.selector()) as pods:
+        state_a, state_b = asyncio.run(closing(scenario()))
+    assert state_a.verdict.status is Status.SUCCESS
+    assert state_b.verdict.status is Status.ABANDONED, state_b.verdict
+    assert "tombstone" in state_b.verdict.message and "success" in state_b.verdict.message
+    assert sorted(pods.created()) == sorted([f"rise/{a.identity.pod_name(n)}" for n in (1, 2)])
+    tombs = tombstones(admin, a)
+    assert tombs == {a.identity.pod_name(1): "success", a.identity.pod_name(2): "success"}
+    assert not provider_pods(admin) and not provider_leases(admin)  # no live claim left
+    asyncio.run(closing(sweep(a, now=time.time() + 30)))  # too young: kept
+    assert tombstones(admin, a) == tombs
+    asyncio.run(closing(sweep(a, now=time.time() + claims.TOMBSTONE_SECONDS + 30)))
+    assert tombstones(admin, a) == {}
+
+
+def tombstones(admin, driven: Driven) -> dict[str, str]:
+    coordination = k8s.CoordinationV1Api(admin["rise"].api_client)
+    found = coordination.list_namespaced_lease(
+        "skyshare-rise", label_selector=f"{driven.identity.selector()},{L_VERDICT}").items
+    return {x.metadata.name: x.metadata.labels[L_VERDICT] for x in found}
+
+
+async def sweep(driven: Driven, now: float) -> int:
+    return await taskpods.sweep_tombstones(driven.sup.job.fleet, driven.sup.log, now=now,
+                                           every=0)
 
 
 def test_a_preemption_no_follower_saw_is_recovered_from_the_events(

@@ -57,7 +57,7 @@ from airflow_provider_skyshare.names import L_ATTEMPT, L_TASK_KEY, Kind, Reason
 from airflow_provider_skyshare.outcomes import Outcome
 from airflow_provider_skyshare.placement import Request
 from airflow_provider_skyshare.pods import TaskIdentity
-from airflow_provider_skyshare.timeline import Attempt
+from airflow_provider_skyshare.timeline import Attempt, Timeline
 
 T0 = 1_800_000_000.0
 IDENTITY = TaskIdentity("dag", "train", "run-1", try_number=1)
@@ -708,6 +708,40 @@ def test_a_deleted_claim_means_the_task_ended_elsewhere(seed_fleet, rise_full, p
     state = preempted(seed_fleet, rise_full, pod_fixture)
     state, actions = step(state, ClaimAnswer(ClaimResult.GONE), T0 + 2)
     assert state.verdict.status is Status.ABANDONED and Create not in kinds(actions)
+
+
+def tombstone(answer: ClaimAnswer, verdict: str = "success") -> ClaimAnswer:
+    body = claims.entombed({"metadata": {"name": answer.found.held.name, "resourceVersion": "9",
+                                         "labels": {}}}, verdict=verdict, holder="A", now=T0)
+    return replace(answer, found=replace(answer.found, verdict=claims.read("x", body).verdict,
+                                         holder="A"))
+
+
+@pytest.mark.parametrize("named", [False, True], ids=["no-successor", "successor-named"])
+def test_a_claim_that_is_a_tombstone_ends_the_follower_and_creates_nothing(
+        seed_fleet, rise_full, pod_fixture, named):
+    """A frozen follower woken after the task's verdict: even a successor named on the
+    tombstone is not followed (its pod is deleted by the finisher, which would read as lost)."""
+    state = preempted(seed_fleet, rise_full, pod_fixture)
+    succ = Attempt(2, "rise", "owner", IDENTITY.pod_name(2), "skyshare-rise", 0.0) if named \
+        else None
+    state, actions = step(state, tombstone(taken(state, "A", successor=succ)), T0 + 2)
+    assert state.verdict.status is Status.ABANDONED and state.phase is Phase.DONE
+    assert not {Create, Probe, Claim, Watch, Delete} & set(kinds(actions))
+    assert "tombstone" in state.verdict.message and "success" in state.verdict.message
+
+
+def test_a_record_that_meets_a_tombstone_deletes_the_attempt_just_created(
+        seed_fleet, rise_full, free, pod_fixture):
+    """Killed elsewhere while this follower created attempt 2: that pod is nobody's."""
+    state = preempted(seed_fleet, rise_full, pod_fixture)
+    state, _ = moved(state, free, T0 + 2)
+    state, actions = step(state, Created("rise"), T0 + 2.1)
+    answer = replace(tombstone(taken(replace(state, timeline=Timeline(
+        state.timeline.attempts[:-1])), "A"), verdict=claims.KILLED), record=True)
+    state, actions = step(state, answer, T0 + 2.2)
+    assert state.verdict.status is Status.ABANDONED and state.unrecorded is None
+    assert the(actions, Delete).orphan == Orphan("rise", "skyshare-rise", IDENTITY.pod_name(2))
 
 
 def test_no_fence_cluster_answering_retries_the_claim(seed_fleet, rise_full, pod_fixture):
