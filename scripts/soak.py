@@ -310,12 +310,13 @@ def _count(values) -> dict[str, int]:
 def markdown(r: dict[str, Any]) -> str:
     zero = ("duplicates", "attempts_created_twice", "leaked_pods", "leaked_leases",
             "lost_timelines")
+    extra = [k for k in ("handed_over", "stepped_down", "read_tombstone") if k in r]
     rows = [f"| {k.replace('_', ' ')} | {r[k]} | {'0' if k in zero else '-'} |" for k in (
         "tasks_started", "tasks_finished", *zero, "moves", "preempted", "follower_kills",
         "followers_overlapping", "triggerer_kills", "triggerer_freezes",
         "tasks_with_two_pod_objects_at_once", "apiserver_restarts",
         "injected_preemptions", "tombstones", "pods_created", "watch_reconnects", "watch_gap_seconds",
-        "cleaned_before")]
+        "cleaned_before", *extra)]
     verdicts = ", ".join(f"{k}: {v}" for k, v in sorted(r["verdicts"].items()))
     through = " through a production-shaped Airflow" if r.get("mode") == "airflow" else ""
     return "\n".join([
