@@ -48,9 +48,9 @@ from airflow_provider_skyshare.names import (
 from airflow_provider_skyshare.timeline import Attempt, Timeline, epoch
 
 CLAIM_SECONDS = 60  # a claim without a successor is taken over after this (its holder died)
-# A tombstone outlives any follower that could still wake (a frozen triggerer is replaced
-# within Airflow's trigger heartbeat timeout, minutes); compared with another host's clock,
-# which an hour's margin makes harmless.
+# A tombstone outlives any follower that could still wake: a frozen triggerer's copy of the
+# trigger is cancelled when it thaws and finds its triggers reassigned (seconds after it
+# runs again); compared with another host's clock, which an hour's margin makes harmless.
 TOMBSTONE_SECONDS = 3600
 LEASES = "coordination.k8s.io/v1"
 KILLED = "killed"  # a tombstone's verdict when the task was killed, marked or cleared
@@ -82,6 +82,12 @@ class Found:
     successor: Attempt | None  # None: its holder has not created the attempt (yet)
     history: Timeline  # the timeline when the claimed-from attempt ended
     verdict: str = ""  # a tombstone: the task has this verdict, nothing more is created
+
+
+def fallback_cluster(clusters: list[str], ended: str) -> str | None:
+    """Where a claim on an attempt of ``ended`` may go when that cluster was lost and does
+    not answer: the first other cluster in fleet order (one, so two followers agree)."""
+    return next((c for c in clusters if c != ended), None)
 
 
 def leases_path(namespace: str, name: str | None = None) -> str:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_skyshare import clients, kube, taskpods
+from airflow_provider_skyshare import clients, kube, pods, taskpods
 from airflow_provider_skyshare.claims import follower_id
 from airflow_provider_skyshare.fleet import Fleet
 from airflow_provider_skyshare.follow import Follow, Orphan, Status, Verdict
@@ -79,11 +79,18 @@ async def finish(state: Follow, verdict: Verdict, policy: FinishPolicy,
     pod = current_pod(state)
     if pod is not None and policy.get_logs and verdict.status.pod_finished:
         await _print_log(fleet, pod, log)
-    await taskpods.entomb_claims(fleet, state.job.identity, log, verdict=verdict.status.value,
-                                 holder=state.me or follower_id(), timeline=state.timeline,
-                                 now=time.time())
-    for orphan in to_delete(state, verdict, policy):
-        await _delete(fleet, orphan, log)
+    doomed = to_delete(state, verdict, policy)
+
+    async def here(cluster: str) -> dict[str, int]:
+        return {o.pod: pods.attempt_in_name(o.pod) for o in doomed if o.cluster == cluster}
+
+    async def delete(cluster: str, names: list[str]) -> list[str]:
+        return [o.pod for o in doomed if o.cluster == cluster and o.pod in names
+                and await _delete(fleet, o, log)]
+
+    tomb = taskpods.Tomb(verdict.status.value, state.me or follower_id(), state.timeline,
+                         time.time())
+    await taskpods.entomb_then_delete(fleet, state.job.identity, log, tomb, here, delete)
 
 
 async def _print_log(fleet: Fleet, pod: Orphan, log: logging.Logger) -> None:
@@ -99,16 +106,18 @@ async def _print_log(fleet: Fleet, pod: Orphan, log: logging.Logger) -> None:
         log.info("[%s] %s", pod.pod, line)
 
 
-async def _delete(fleet: Fleet, pod: Orphan, log: logging.Logger) -> None:
+async def _delete(fleet: Fleet, pod: Orphan, log: logging.Logger) -> bool:
     cluster = fleet.clusters.get(pod.cluster)
     if cluster is None:
-        return
+        return False
     try:
         if await kube.delete_pod(cluster, pod.namespace, pod.pod, 0):
             log.info("deleted pod %s on %s", pod.pod, pod.cluster)
+        return True
     except (kube.KubeError, clients.ClusterConfigError) as exc:
         log.warning("could not delete pod %s on %s: %s (`skyshare orphans --delete` finds it "
                     "later)", pod.pod, pod.cluster, exc)
+        return False
 
 
 def event_payload(state: Follow, verdict: Verdict) -> dict[str, Any]:

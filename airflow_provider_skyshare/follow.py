@@ -509,8 +509,9 @@ def _claim(state: Follow, now: float, history: Timeline, successor: Attempt | No
     ended, job = history.last, state.job
     assert ended is not None
     fences: tuple[str, ...] = (ended.cluster,)
-    if ended.reason == Reason.CLUSTER_UNREACHABLE:
-        fences += tuple(c for c in job.fleet.clusters if c != ended.cluster)[:1]
+    fallback = claims.fallback_cluster(list(job.fleet.clusters), ended.cluster)
+    if ended.reason == Reason.CLUSTER_UNREACHABLE and fallback is not None:
+        fences += (fallback,)
     body = claims.lease(namespace="", name=ended.pod, task_key=job.identity.key,
                         try_number=job.identity.try_number, attempt=ended.number + 1,
                         holder=state.me, now=now, history=history, successor=successor,

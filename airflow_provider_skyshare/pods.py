@@ -191,6 +191,13 @@ def attempt_of(pod: dict[str, Any]) -> int:
         return 0
 
 
+def attempt_in_name(name: str) -> int:
+    """The attempt number of a pod named by TaskIdentity.pod_name ('...-t1-a3' -> 3); 0 for
+    any other name."""
+    _, sep, number = name.rpartition("-a")
+    return int(number) if sep and number.isdigit() else 0
+
+
 def timeline_from_pod(cluster: str, pod: dict[str, Any], *, now: float,
                       why: str = "adopted") -> Timeline:
     """The timeline a pod carries (its history annotation) plus the attempt it is itself, placed

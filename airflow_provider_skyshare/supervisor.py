@@ -50,6 +50,19 @@ from airflow_provider_skyshare.follow import (
     step,
 )
 
+SWEEP_WAIT_SECONDS = 5.0  # a worker waits this long for the tombstone sweep, then defers
+
+
+async def _within(task: asyncio.Task[int], seconds: float, log: logging.Logger) -> None:
+    """Wait for a side task a bounded time; cancelled past it (it is only housekeeping)."""
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if done:
+        task.result()  # a bug in it fails loudly
+        return
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    log.info("tombstone sweep cut after %.0fs: the next task's worker sweeps again", seconds)
+
 
 class Supervisor:
     def __init__(self, state: Follow, api: ClusterApi | None = None,
@@ -169,13 +182,18 @@ class Supervisor:
                       adopted.number, cluster, adopted.pod)
 
     async def place(self) -> Follow:
-        """Worker side, before deferring: delete earlier tries' pods (and old tombstones),
-        adopt or place."""
+        """Worker side, before deferring: delete earlier tries' pods, adopt or place. Old
+        tombstones are swept meanwhile, off the placement's path (bounded: the task defers
+        right after)."""
         fleet = self.job.fleet
-        await asyncio.gather(taskpods.reap_earlier_tries(fleet, self.job.identity, self.log),
-                             taskpods.sweep_tombstones(fleet, self.log, now=self.clock()))
-        await self.adopt_newest()
-        return await self.run(until=Phase.WATCHING)
+        sweeping = asyncio.create_task(taskpods.sweep_tombstones(fleet, self.log,
+                                                                 now=self.clock()))
+        try:
+            await taskpods.reap_earlier_tries(fleet, self.job.identity, self.log)
+            await self.adopt_newest()
+            return await self.run(until=Phase.WATCHING)
+        finally:
+            await _within(sweeping, SWEEP_WAIT_SECONDS, self.log)
 
     async def follow(self) -> Follow:
         """Trigger side (and deferrable=False after place): follow to a verdict."""
@@ -183,10 +201,9 @@ class Supervisor:
         return await self.run()
 
     async def delete_all(self, grace: int | None = None) -> list[str]:
-        """The task was killed, marked or cleared: tombstones first (a follower elsewhere
-        must not replace the pods deleted next), then every pod of this try."""
-        await self.adopt_newest()
-        await taskpods.entomb_claims(self.job.fleet, self.job.identity, self.log,
-                                     verdict=KILLED, holder=self.state.me,
-                                     timeline=self.state.timeline, now=self.clock())
-        return await taskpods.delete_all(self.job.fleet, self.job.identity, self.log, grace)
+        """The task was killed, marked or cleared: every pod of this try, each after its
+        tombstone (a follower elsewhere must not replace it)."""
+        tomb = taskpods.Tomb(KILLED, self.state.me, self.state.timeline, self.clock(),
+                             retry_for=taskpods.KILL_RETRY_SECONDS)
+        return await taskpods.delete_all(self.job.fleet, self.job.identity, self.log, tomb,
+                                         grace)

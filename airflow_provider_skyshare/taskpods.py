@@ -1,5 +1,5 @@
-"""A task's pods across the whole fleet: find the newest, delete earlier tries, delete all,
-rebuild its timeline.
+"""A task's pods across the whole fleet: find the newest, delete earlier tries, delete all
+(after their tombstones), sweep old tombstones, rebuild its timeline.
 
 I/O over every cluster at once (one round trip to the slowest); a cluster that does not
 answer is logged and skipped, since these run where nothing else can be done about it (a
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from airflow_provider_skyshare import claims, clients, kube, outcomes, pods, watch
@@ -91,126 +92,199 @@ async def reap_earlier_tries(fleet: Fleet, identity: TaskIdentity,
     return reaped
 
 
-async def delete_all(fleet: Fleet, identity: TaskIdentity, log: logging.Logger,
+@dataclass(frozen=True)
+class Tomb:
+    """What a task's tombstones say (claims.entombed), who writes them, and how long a
+    cluster that does not answer is asked again before the verdict goes on without it."""
+
+    verdict: str
+    holder: str
+    history: Timeline  # the finisher's timeline: its last attempt gets a tombstone too
+    now: float
+    retry_for: float = 30.0
+
+
+KILL_RETRY_SECONDS = 10.0  # on_kill: Airflow gives it 30 s, and it has asked for the state
+
+
+async def delete_all(fleet: Fleet, identity: TaskIdentity, log: logging.Logger, tomb: Tomb,
                      grace: int | None = None) -> list[str]:
-    """Delete every pod of this task and try on every cluster (kill, mark failed)."""
-    async def one(name: str) -> list[str]:
+    """Delete every pod of this task and try on every cluster (kill, mark failed), each
+    after its tombstone: a follower elsewhere must not replace it."""
+    async def doomed(name: str) -> dict[str, int]:
         cluster = fleet.clusters[name]
         try:
             listing = await kube.list_pods(cluster, cluster.namespace,
                                            labelSelector=identity.selector())
-            done = []
-            for p in listing.get("items") or []:
-                if await kube.delete_pod(cluster, cluster.namespace, p["metadata"]["name"],
-                                         grace):
-                    done.append(f"{name}/{p['metadata']['name']}")
-            return done
         except kube.KubeError as exc:
             log.warning("could not clean up on %s: %s", name, exc)
-            return []
+            return {}
+        return {p["metadata"]["name"]: pods.attempt_of(p) for p in listing.get("items") or []}
 
-    return await _everywhere(fleet, one)
+    async def delete(name: str, names: list[str]) -> list[str]:
+        cluster, done = fleet.clusters[name], []
+        for pod in names:
+            try:
+                if await kube.delete_pod(cluster, cluster.namespace, pod, grace):
+                    done.append(f"{name}/{pod}")
+            except kube.KubeError as exc:
+                log.warning("could not delete pod %s on %s: %s", pod, name, exc)
+        return done
+
+    return await entomb_then_delete(fleet, identity, log, tomb, doomed, delete)
 
 
-ENTOMB_RETRY_SECONDS = 30.0  # a cluster restarting its apiserver: the verdict waits this long
-SWEEP_EVERY_SECONDS = 600.0  # a worker process sweeps a cluster's tombstones this often
-_swept_at: dict[tuple[str, str], float] = {}  # (cluster, namespace) -> when, this process
-
-
-async def entomb_claims(fleet: Fleet, identity: TaskIdentity, log: logging.Logger, *,
-                        verdict: str, holder: str, timeline: Timeline, now: float,
-                        retry_for: float = ENTOMB_RETRY_SECONDS) -> int:
-    """Turn this task try's claim Leases (claims.py) into tombstones once it has a verdict,
-    and write one more named after the last attempt's pod, before that pod is deleted: a
-    follower that wakes later and claims the next attempt reads the verdict and creates
-    nothing. A cluster that does not answer is asked again for ``retry_for`` seconds; after
-    that, or for a credential without the Lease permission (RBAC not re-applied after an
-    upgrade), it is logged and the verdict stands. Returns the tombstones written."""
-    last = timeline.last
+async def entomb_then_delete(
+        fleet: Fleet, identity: TaskIdentity, log: logging.Logger, tomb: Tomb,
+        doomed: Callable[[str], Awaitable[dict[str, int]]],
+        delete: Callable[[str, list[str]], Awaitable[list[str]]]) -> list[str]:
+    """On each cluster at once: turn this try's claims into tombstones and write one named
+    after each pod about to be deleted there (pod name -> attempt, from ``doomed``) and
+    after the finisher's last attempt, then ``delete`` those pods, always (a cluster that
+    does not answer, or a bug, never keeps a pod running). Why: a follower that wakes later
+    and sees the pod gone claims on its name, and must find the verdict there."""
+    deadline = asyncio.get_running_loop().time() + tomb.retry_for
 
     async def one(name: str) -> list[str]:
-        cluster = fleet.clusters[name]
-        listing = await _list_claims(cluster, identity.selector(), log, retry_for)
-        if listing is None:
-            return []
-        leases = {lease["metadata"]["name"]: lease for lease in listing}
-        if last is not None and last.cluster == name and last.pod not in leases:
-            leases[last.pod] = claims.lease(
-                namespace=cluster.namespace, name=last.pod, task_key=identity.key,
-                try_number=identity.try_number, attempt=last.number + 1, holder=holder,
-                now=now, history=timeline, successor=None, verdict=verdict)
-        return [n for body in leases.values()
-                if (n := await _entomb(cluster, body, verdict, holder, now, log))]
+        names = await doomed(name)
+        try:
+            await _entomb_here(fleet, name, identity, tomb, names, deadline, log)
+        finally:
+            deleted = await delete(name, list(names))
+        return deleted
 
-    return len(await _everywhere(fleet, one))
+    results = await asyncio.gather(*(one(name) for name in fleet.clusters),
+                                   return_exceptions=True)
+    for result in results:  # every cluster had its turn; now a bug fails loudly
+        if isinstance(result, BaseException):
+            raise result
+    return [item for items in results for item in items]  # type: ignore[union-attr]
 
 
-async def _list_claims(cluster: Cluster, selector: str, log: logging.Logger,
-                       retry_for: float) -> list[dict[str, Any]] | None:
+async def _entomb_here(fleet: Fleet, name: str, identity: TaskIdentity, tomb: Tomb,
+                       doomed: dict[str, int], deadline: float, log: logging.Logger) -> None:
+    """The tombstones of one cluster; those named after its pods go to the claim's fallback
+    cluster too (a follower that thinks this cluster lost claims there: follow._claim)."""
+    cluster, last = fleet.clusters[name], tomb.history.last
+    named = dict(doomed)
+    if last is not None and last.cluster == name:
+        named.setdefault(last.pod, last.number)
+    listing = await _list_claims(cluster, identity.selector(), log, deadline, "this task's claims")
+    bodies = {lease["metadata"]["name"]: lease for lease in listing or ()}
+    fallback = claims.fallback_cluster(list(fleet.clusters), name)
+    for pod, attempt in named.items():
+        body = _new_tomb(identity, tomb, pod, attempt)
+        bodies.setdefault(pod, body)
+        if fallback is not None:
+            await _entomb(fleet.clusters[fallback], body, tomb, deadline, log)
+    for body in bodies.values():
+        await _entomb(cluster, body, tomb, deadline, log)
+
+
+def _new_tomb(identity: TaskIdentity, tomb: Tomb, pod: str, attempt: int) -> dict[str, Any]:
+    return claims.lease(namespace="", name=pod, task_key=identity.key,
+                        try_number=identity.try_number, attempt=attempt + 1,
+                        holder=tomb.holder, now=tomb.now, history=tomb.history, successor=None)
+
+
+async def _list_claims(cluster: Cluster, selector: str, log: logging.Logger, deadline: float,
+                       what: str) -> list[dict[str, Any]] | None:
     """The Leases matching ``selector`` in the org's namespace; None when it cannot say."""
+    async def attempt() -> list[dict[str, Any]]:
+        listing = await kube.request(cluster, "GET", claims.leases_path(cluster.namespace),
+                                     query={"labelSelector": selector})
+        return listing.get("items") or []
+
+    try:
+        return await _answered(attempt, deadline)
+    except (kube.KubeError, clients.ClusterConfigError) as exc:
+        log.warning("could not list %s on %s: %s", what, cluster.name, exc)
+        return None
+
+
+async def _answered(call: Callable[[], Awaitable[T]], deadline: float) -> T:
+    """``call`` asked again while its cluster gives no answer, until ``deadline``."""
     loop, delay = asyncio.get_running_loop(), 0.5
-    deadline = loop.time() + retry_for
     while True:
         try:
-            listing = await kube.request(cluster, "GET", claims.leases_path(cluster.namespace),
-                                         query={"labelSelector": selector})
-            return listing.get("items") or []
+            return await call()
         except kube.KubeError as exc:
-            if not exc.no_answer or loop.time() > deadline:
-                log.warning("could not list this task's claims on %s: %s", cluster.name, exc)
-                return None
-        except clients.ClusterConfigError as exc:
-            log.warning("could not list this task's claims on %s: %s", cluster.name, exc)
-            return None
+            if not exc.no_answer or loop.time() + delay > deadline:
+                raise
         await asyncio.sleep(delay)
         delay = min(delay * 2, 5.0)
 
 
-async def _entomb(cluster: Cluster, body: dict[str, Any], verdict: str, holder: str,
-                  now: float, log: logging.Logger, tries: int = 3) -> str:
-    """Write one tombstone: create it (no resourceVersion), or overwrite the claim as read;
-    a write that lost a race (409) reads the Lease again. '' when it could not be written."""
+async def _entomb(cluster: Cluster, body: dict[str, Any], tomb: Tomb, deadline: float,
+                  log: logging.Logger, conflicts: int = 3) -> str:
+    """Write one tombstone: create it, or overwrite the claim as read (its resourceVersion:
+    a claim renewed meanwhile is read again). '' when it could not be written."""
     name = body["metadata"]["name"]
-    for _ in range(tries):
-        existing = bool(body["metadata"].get("resourceVersion"))
-        if existing and claims.read(cluster.name, body).verdict:
-            return ""  # a tombstone already (another follower's verdict, or ours)
-        tomb = claims.entombed(body, verdict=verdict, holder=holder, now=now)
-        path = claims.leases_path(cluster.namespace, name if existing else None)
-        try:
-            await kube.request(cluster, "PUT" if existing else "POST", path, body=tomb)
-            return name
-        except kube.KubeError as exc:
-            if exc.status not in (404, 409):
-                log.warning("could not mark claim %s on %s with the verdict: %s", name,
-                            cluster.name, exc)
-                return ""
-        try:  # 409: created or renewed meanwhile; 404: swept meanwhile (create it again)
-            body = await kube.request(cluster, "GET", claims.leases_path(cluster.namespace,
-                                                                         name))
-        except kube.KubeError as exc:
-            if exc.status != 404:
-                log.warning("could not read claim %s on %s: %s", name, cluster.name, exc)
-                return ""
-            body = {**body, "metadata": {**body["metadata"], "resourceVersion": ""}}
-    log.warning("claim %s on %s kept changing: not marked with the verdict", name,
-                cluster.name)
+    body = {**body, "metadata": {**body["metadata"], "namespace": cluster.namespace}}
+    try:
+        for _ in range(conflicts):
+            existing = bool(body["metadata"].get("resourceVersion"))
+            if existing and claims.read(cluster.name, body).verdict:
+                return ""  # a tombstone already (another follower's verdict, or ours)
+            entombed = claims.entombed(body, verdict=tomb.verdict, holder=tomb.holder,
+                                       now=tomb.now)
+            if await _written(cluster, entombed, existing, deadline):
+                return name
+            body = await _reread(cluster, name, body, deadline)
+        log.warning("claim %s on %s kept changing: not marked with the verdict", name,
+                    cluster.name)
+    except (kube.KubeError, clients.ClusterConfigError) as exc:
+        log.warning("could not mark claim %s on %s with the verdict: %s", name, cluster.name,
+                    exc)
     return ""
+
+
+async def _written(cluster: Cluster, body: dict[str, Any], existing: bool,
+                   deadline: float) -> bool:
+    """PUT (existing) or POST; False on a conflict (409) or a Lease gone (404)."""
+    path = claims.leases_path(cluster.namespace, body["metadata"]["name"] if existing else None)
+    try:
+        await _answered(lambda: kube.request(cluster, "PUT" if existing else "POST", path,
+                                             body=body), deadline)
+        return True
+    except kube.KubeError as exc:
+        if exc.status in (404, 409):
+            return False
+        raise
+
+
+async def _reread(cluster: Cluster, name: str, body: dict[str, Any],
+                  deadline: float) -> dict[str, Any]:
+    """The Lease as stored now; gone (swept meanwhile): the body to create it again."""
+    try:
+        return await _answered(lambda: kube.request(
+            cluster, "GET", claims.leases_path(cluster.namespace, name)), deadline)
+    except kube.KubeError as exc:
+        if exc.status != 404:
+            raise
+    return {**body, "metadata": {**body["metadata"], "resourceVersion": ""}}
+
+
+SWEEP_EVERY_SECONDS = 600.0  # a long-lived worker process sweeps a cluster this often
+_swept_at: dict[tuple[str, str], float] = {}  # (cluster, namespace) -> when, this process
 
 
 async def sweep_tombstones(fleet: Fleet, log: logging.Logger, *, now: float,
                            every: float = SWEEP_EVERY_SECONDS) -> int:
     """Delete tombstones older than claims.TOMBSTONE_SECONDS in the org's namespace on each
-    cluster (at most every ``every`` seconds per process): a worker lists the clusters when a
-    try starts anyway. Each delete carries the uid and resourceVersion it read."""
+    cluster (at most every ``every`` seconds per process). Each delete carries the uid and
+    resourceVersion it read: a Lease written again since is kept."""
     async def one(name: str) -> list[str]:
         cluster = fleet.clusters[name]
         key = (cluster.name, cluster.namespace)
         if now - _swept_at.get(key, float("-inf")) < every:
             return []
+        listing = await _list_claims(cluster, f"{MANAGED_SELECTOR},{L_VERDICT}", log,
+                                     asyncio.get_running_loop().time(), "tombstones")
+        if listing is None:
+            return []
         _swept_at[key] = now
-        listing = await _list_claims(cluster, f"{MANAGED_SELECTOR},{L_VERDICT}", log, 0.0)
-        return [meta["name"] for lease in listing or ()
+        return [meta["name"] for lease in listing
                 if claims.tombstone_expired(lease, now)
                 and await _delete_lease(cluster, (meta := lease["metadata"]), log)]
 
@@ -227,8 +301,8 @@ async def _delete_lease(cluster: Cluster, meta: dict[str, Any], log: logging.Log
                 "kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {
                     "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")}})
         return True
-    except kube.KubeError as exc:
-        if exc.status not in (404, 409):  # gone already, or written again since it was read
+    except (kube.KubeError, clients.ClusterConfigError) as exc:
+        if not isinstance(exc, kube.KubeError) or exc.status not in (404, 409):
             log.warning("could not delete tombstone %s on %s: %s", meta["name"],
                         cluster.name, exc)
         return False

@@ -77,6 +77,15 @@ def dags_folder(fleet: dict[str, Any]) -> Path:
     return folder
 
 
+def stop_airflow(af) -> None:
+    """Stop what start_airflow started, also half-way (its components, PostgreSQL, Redis)."""
+    from scripts.scenario import Airflow, Shape
+
+    if af is None and not (HOME / "pids").exists():
+        return  # nothing was started
+    (af or Airflow(home=HOME, shape=Shape.PRODUCTION)).stop(purge=True)
+
+
 def start_airflow(kubeconfig: str):
     from scripts.scenario import Airflow, Shape
     from scripts.services import free_port
@@ -106,21 +115,37 @@ async def triggerer_faults(af, rng: random.Random, until: float, tally: Tally) -
         if not names:
             continue
         name = rng.choice(names)
-        if rng.random() < 0.6:
-            log.info("fault: kill -9 %s", name)
-            production.kill(af, name)
-            tally.triggerer_kills += 1
-            await asyncio.sleep(rng.uniform(0, 10))
-            production.launch(af, production.by_name(af, name))
-        else:
-            frozen = rng.uniform(5, 40)
-            log.info("fault: %s frozen for %.0f s", name, frozen)
-            production.signal_all(af, name, signal.SIGSTOP)
-            tally.triggerer_freezes += 1
-            try:
-                await asyncio.sleep(frozen)
-            finally:
-                production.signal_all(af, name, signal.SIGCONT)
+        try:
+            if rng.random() < 0.6:
+                await _kill(af, name, rng.uniform(0, 10), tally)
+            else:
+                await _freeze(af, name, rng.uniform(5, 40), tally)
+        except LookupError as exc:  # it died on its own meanwhile: the next fault goes on
+            log.warning("fault on %s skipped: %s", name, exc)
+
+
+async def _kill(af, name: str, down: float, tally: Tally) -> None:
+    from scripts import production
+
+    log.info("fault: kill -9 %s", name)
+    production.kill(af, name)
+    tally.triggerer_kills += 1
+    try:
+        await asyncio.sleep(down)
+    finally:  # also when the soak ends meanwhile
+        production.launch(af, production.by_name(af, name))
+
+
+async def _freeze(af, name: str, frozen: float, tally: Tally) -> None:
+    from scripts import production
+
+    log.info("fault: %s frozen for %.0f s", name, frozen)
+    production.signal_all(af, name, signal.SIGSTOP)
+    tally.triggerer_freezes += 1
+    try:
+        await asyncio.sleep(frozen)
+    finally:
+        production.signal_all(af, name, signal.SIGCONT)
 
 
 async def drive(af, args: argparse.Namespace, tally: Tally) -> list[Outcome]:
@@ -183,11 +208,12 @@ MET = {"handed_over": "handed to another triggerer",
 
 
 def met(home: Path) -> dict[str, int]:
+    """How many tasks' logs show each meeting (a task counts once per kind)."""
     counts = dict.fromkeys(MET, 0)
-    for path in (home / "logs").glob("dag_id=soak_*/run_id=*/task_id=*/*.log*"):
-        text = path.read_text(errors="replace")
+    for task in (home / "logs").glob("dag_id=soak_*/run_id=*/task_id=*"):
+        text = "".join(p.read_text(errors="replace") for p in task.glob("*.log*"))
         for key, mark in MET.items():
-            counts[key] += text.count(mark)
+            counts[key] += mark in text
     return counts
 
 
@@ -199,17 +225,18 @@ def main(args: argparse.Namespace) -> int:
     from tests.helpers.podwatch import PodRecorder
 
     sandbox_up()
-    af = start_airflow(os.environ["KUBECONFIG"])
     admin = AdminClients(os.environ["KUBECONFIG"])
     cleaned = _clean(admin, provider_pods, provider_leases)
     started, tally = time.time(), Tally()
-    try:
+    af = None
+    try:  # Airflow's components run in sessions of their own: Ctrl-C does not reach them
+        af = start_airflow(os.environ["KUBECONFIG"])
         with PodRecorder(admin, CLUSTERS, "app.kubernetes.io/managed-by=airflow-provider-skyshare",
                          resilient=True) as pods:
             outcomes = asyncio.run(drive(af, args, tally))
             leaked = _settled(admin, provider_pods)
     finally:
-        af.stop(purge=True)
+        stop_airflow(af)
     leases = provider_leases(admin)
     tally.tombstones = sum(map(len, provider_leases(admin, tombstones=True).values())) - sum(
         map(len, leases.values()))
