@@ -31,6 +31,7 @@ def get_provider_info() -> dict:
                 "python-modules": ["airflow_provider_skyshare.triggers.pod"],
             }
         ],
+        "cli": ["airflow_provider_skyshare.cli_definition.get_skyshare_cli_commands"],
         "extra-links": ["airflow_provider_skyshare.links.SkyshareTimelineLink"],
         "plugins": [
             {"name": "skyshare", "plugin-class": "airflow_provider_skyshare.plugins.ui.SkysharePlugin"}
