@@ -1,6 +1,6 @@
 """`airflow skyshare` (or `skyshare` for short): the fleet as its users see it.
 
-  skyshare fleet                         who uses which GPUs, who lends to whom, what queues
+  skyshare fleet [--nodes]               who uses which GPUs, who lends to whom, what queues
   skyshare explain --gpus T4:2 --org X   where a request would go now, and what it would preempt
   skyshare timeline DAG RUN TASK         every attempt of a task, across clusters
   skyshare orphans [--delete]            pods whose task no longer follows them (Airflow DB)
@@ -108,6 +108,10 @@ def render(output: str, document: Any, sections: list[Section]) -> None:
 def cmd_fleet(args: argparse.Namespace) -> int:
     fleet = _fleet(args.fleet)
     snapshot = asyncio.run(_run(capacity.probe(fleet)))
+    if args.nodes:
+        render(output_of(args), {"nodes": views.node_rows(fleet, snapshot)},
+               [("Free GPUs per node", records(views.node_cells(fleet, snapshot), views.NODE_HEADERS))])
+        return 0
     render(output_of(args),
            {"clusters": views.fleet_rows(fleet, snapshot),
             "tiers": views.tier_rows(fleet, snapshot=snapshot)},
@@ -310,7 +314,11 @@ OUTPUT = Option(("-o", "--output"), {
     "help": "Output format. Allowed values: json, yaml, plain, table (default: table)"})
 JSON = Option(("--json",), {"action": "store_true", "help": "the same as --output json"})
 COMMANDS = (
-    Command("fleet", "GPUs per cluster: owner use, lent, queued", cmd_fleet, (FLEET, OUTPUT, JSON)),
+    Command("fleet", "GPUs per cluster: owner use, lent, queued (--nodes: free GPUs per node)",
+            cmd_fleet, (FLEET, Option(("--nodes",), {
+                "action": "store_true",
+                "help": "per node instead: GPU product, total, free, borrowed (reclaimable)"}),
+                        OUTPUT, JSON)),
     Command("explain", "where a request would go now, and why", cmd_explain, (
         FLEET, Option(("--gpus",), {"required": True, "help": "PRODUCT:COUNT, e.g. T4:2"}),
         Option(("--org",), {"required": True, "help": "the org that asks"}),

@@ -73,6 +73,36 @@ def fleet_table(fleet: Fleet, snapshot: Snapshot) -> str:
     return format_table(fleet_cells(fleet, snapshot), FLEET_HEADERS)
 
 
+def node_rows(fleet: Fleet, snapshot: Snapshot) -> list[dict[str, Any]]:
+    """Free GPUs per node (as `sky show-gpus` lists them): the nodes a placement may use, i.e.
+    schedulable ones with a product the cluster offers. An unreachable cluster is one row
+    saying why, so a missing cluster is not mistaken for a full one."""
+    rows: list[dict[str, Any]] = []
+    for cluster in fleet.clusters.values():
+        cap = snapshot.get(cluster.name)
+        if not cap.reachable:
+            rows.append({"cluster": cluster.name, "node": None, "gpu": None, "product": None,
+                         "total": None, "free": None, "borrowed": None, "error": cap.error})
+            continue
+        alias = {label: name for name, label in cluster.gpu_products.items()}
+        rows.extend({"cluster": cluster.name, "node": n.node, "gpu": alias.get(n.product, n.product),
+                     "product": n.product, "total": n.allocatable, "free": n.free,
+                     "borrowed": n.borrowed, "error": ""} for n in cap.nodes)
+    return rows
+
+
+NODE_HEADERS = ["cluster", "node", "gpu", "product", "total", "free", "borrowed", "note"]
+
+
+def node_cells(fleet: Fleet, snapshot: Snapshot) -> list[list[str]]:
+    """node_rows as text cells under NODE_HEADERS."""
+    return [[r["cluster"], "-", "-", "-", "-", "-", "-", f"unreachable: {r['error'][:60]}"]
+            if r["error"] else
+            [r["cluster"], r["node"], r["gpu"], r["product"], str(r["total"]), str(r["free"]),
+             str(r["borrowed"]) if r["borrowed"] else "", ""]
+            for r in node_rows(fleet, snapshot)]
+
+
 def victims(decision: Decision, snapshot: Snapshot) -> list[Holder]:
     """Running borrowed work the chosen placement would have Kueue preempt (reclaim mode)."""
     chosen = decision.chosen

@@ -128,3 +128,17 @@ def test_no_fleet_file_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch,
         monkeypatch.delenv(var, raising=False)
     assert cli.main(["fleet"]) == 2
     assert "no fleet file given" in capsys.readouterr().err
+
+
+def test_fleet_nodes_json_names_each_unreachable_cluster(fleet_file: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["fleet", "--fleet", fleet_file, "--nodes", "-o", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["nodes"]
+    assert [(r["cluster"], r["node"]) for r in rows] == [("rise", None), ("bair", None)]
+    assert all("kubeconfig" in r["error"] for r in rows)
+
+
+def test_fleet_nodes_table(fleet_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["fleet", "--fleet", fleet_file, "--nodes"]) == 0
+    out = capsys.readouterr().out
+    assert "Free GPUs per node" in out and "GPUs per cluster" not in out
