@@ -3,6 +3,8 @@ installed entry points may come from another checkout."""
 
 from __future__ import annotations
 
+import ast
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +47,47 @@ def test_the_ui_plugin_is_an_entry_point() -> None:
 def test_the_provider_info_entry_point_is_declared() -> None:
     providers = pyproject()["project"]["entry-points"]["apache_airflow_provider"]
     assert providers == {"provider_info": "airflow_provider_skyshare:get_provider_info"}
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    return {canonicalize_name(Requirement(r).name) for r in requirements}
+
+
+def _third_party_imports(path: Path) -> set[str]:
+    """Top-level modules a file imports, also inside functions; not the stdlib, not ours."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found - set(sys.stdlib_module_names) - {"airflow_provider_skyshare"}
+
+
+def test_the_sandbox_imports_only_what_it_declares() -> None:
+    """`pip install airflow-provider-skyshare[sandbox]` is enough for `skyshare-sandbox`; its
+    pytest plugin runs only under pytest, from the dev extra."""
+    from importlib.metadata import packages_distributions
+
+    from packaging.utils import canonicalize_name
+
+    project = pyproject()["project"]
+    extras = project["optional-dependencies"]
+    declared = _requirement_names(project["dependencies"] + extras["sandbox"])
+    dists = packages_distributions()
+    missing = []
+    for path in sorted((ROOT / "airflow_provider_skyshare" / "sandbox").rglob("*.py")):
+        allowed = declared | (_requirement_names(extras["dev"]) if path.name == "pytest_plugin.py"
+                              else set())
+        for module in sorted(_third_party_imports(path)):
+            names = {canonicalize_name(d) for d in dists.get(module, [])}
+            if not names & allowed:
+                missing.append(f"{path.name}: {module} ({', '.join(sorted(names)) or 'not installed'})")
+    assert not missing, "declare in [project.optional-dependencies] sandbox: " + "; ".join(missing)
+
+
+def test_the_dev_environment_installs_the_sandbox_extra() -> None:
+    assert "sandbox" in (ROOT / "dev").read_text().split('-e ".[')[1].split("]")[0].split(",")
