@@ -134,7 +134,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     decision = choose(request, fleet, snapshot, now=time.time())
     hit = views.victims(decision, snapshot)
     sections: list[Section] = [
-        (decision.summary(), [asdict(r) for r in decision.rows]),
+        (decision.summary(), [{"cluster": r.cluster, "owner": r.owner, "tier": r.tier, "free": r.free,
+                               "decision": r.verdict, "why": r.reason} for r in decision.rows]),
         ("Would preempt (Kueue reclaims borrowed GPUs)", [_victim(h) for h in hit]),
         (f"What {args.org} may use where",
          records(views.tier_cells(fleet, only=args.org, snapshot=snapshot), views.TIER_HEADERS))]

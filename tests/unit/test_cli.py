@@ -142,3 +142,11 @@ def test_fleet_nodes_table(fleet_file: str, capsys: pytest.CaptureFixture[str]) 
     assert cli.main(["fleet", "--fleet", fleet_file, "--nodes"]) == 0
     out = capsys.readouterr().out
     assert "Free GPUs per node" in out and "GPUs per cluster" not in out
+
+
+def test_explain_json_when_no_cluster_answers(fleet_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["explain", "--fleet", fleet_file, "--gpus", "T4:2", "--org", "rise", "-o", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["summary"].startswith("no cluster can take T4:2")
+    assert {r["verdict"] for r in document["rows"]} == {"skipped"}
+    assert document["preempts"] == []
