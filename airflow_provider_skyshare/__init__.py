@@ -6,6 +6,10 @@ __version__ = "0.1.0"
 
 
 def get_provider_info() -> dict:
+    """What Airflow's providers manager reads. No "plugins" key: the UI plugin is registered once,
+    as an `airflow.plugins` entry point (pyproject.toml), which Airflow 3.3 loads whatever
+    [core] lazy_discover_providers says; a provider's "plugins" load only with it False, and
+    then a second registration of the same plugin shows as an import error."""
     return {
         "package-name": "airflow-provider-skyshare",
         "name": "Skyshare",
@@ -31,10 +35,8 @@ def get_provider_info() -> dict:
                 "python-modules": ["airflow_provider_skyshare.triggers.pod"],
             }
         ],
+        "cli": ["airflow_provider_skyshare.cli_definition.get_skyshare_cli_commands"],
         "extra-links": ["airflow_provider_skyshare.links.SkyshareTimelineLink"],
-        "plugins": [
-            {"name": "skyshare", "plugin-class": "airflow_provider_skyshare.plugins.ui.SkysharePlugin"}
-        ],
         "config": {
             "skyshare": {
                 "description": "Defaults of the skyshare provider.",

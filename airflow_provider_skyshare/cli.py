@@ -1,11 +1,14 @@
-"""`skyshare`: the fleet as its users see it.
+"""`airflow skyshare` (or `skyshare` for short): the fleet as its users see it.
 
-  skyshare fleet                         who uses which GPUs, who lends to whom, what queues
+  skyshare fleet [--nodes]               who uses which GPUs, who lends to whom, what queues
   skyshare explain --gpus T4:2 --org X   where a request would go now, and what it would preempt
   skyshare timeline DAG RUN TASK         every attempt of a task, across clusters
   skyshare orphans [--delete]            pods whose task no longer follows them (Airflow DB)
   skyshare manifests --cluster NAME      what the fleet implies on a cluster: each org's
                                          namespace, credential, queue and the tier policy
+
+Every command takes --fleet FILE and prints with -o/--output table|json|yaml|plain, as
+Airflow's own commands do.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import asyncio
 import json
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from airflow_provider_skyshare import (
@@ -34,7 +38,8 @@ from airflow_provider_skyshare.fleetfile import configured, load
 from airflow_provider_skyshare.names import A_TASK
 from airflow_provider_skyshare.placement import PlacementError, Request, choose, parse_gpus
 from airflow_provider_skyshare.pods import TaskIdentity
-from airflow_provider_skyshare.timeline import Timeline, format_table
+from airflow_provider_skyshare.snapshot import Holder
+from airflow_provider_skyshare.timeline import HEADERS, Timeline
 
 
 def _fleet(path: str | None) -> Fleet:
@@ -66,17 +71,59 @@ async def _run(coro: Any) -> Any:
         await clients.close_async_clients()
 
 
+OUTPUTS = ("table", "json", "yaml", "plain")
+Section = tuple[str, list[dict[str, Any]]]  # a heading ("" for none) and its rows
+
+
+def records(cells: list[list[str]], headers: list[str]) -> list[dict[str, str]]:
+    """Text cells under their headers, as the rows Airflow's console prints."""
+    return [dict(zip(headers, row, strict=True)) for row in cells]
+
+
+def output_of(args: argparse.Namespace) -> str:
+    """--json predates --output: both still work."""
+    return "json" if getattr(args, "json", False) else args.output
+
+
+def render(output: str, document: Any, sections: list[Section]) -> None:
+    """Print as Airflow's own list commands do (`airflow connections list -o ...`).
+
+    json and yaml print one document with the values as they are (numbers stay numbers), so a
+    script reads one parseable answer; table and plain print each section as its own table.
+    """
+    from airflow.cli.simple_table import AirflowConsole  # 1 s to import: only when printing
+
+    console = AirflowConsole()
+    if output == "json":
+        console.print_as_json(document)
+    elif output == "yaml":
+        console.print_as_yaml(document)
+    else:
+        for number, (heading, rows) in enumerate(sections):
+            if heading:
+                print(("\n" if number else "") + heading)
+            console.print_as(rows, output)
+
+
 def cmd_fleet(args: argparse.Namespace) -> int:
     fleet = _fleet(args.fleet)
     snapshot = asyncio.run(_run(capacity.probe(fleet)))
-    if args.json:
-        print(json.dumps({"clusters": views.fleet_rows(fleet, snapshot),
-                          "tiers": views.tier_rows(fleet, snapshot=snapshot)}, indent=2))
-    else:
-        print(views.fleet_table(fleet, snapshot))
-        print()
-        print(views.tier_table(fleet, snapshot=snapshot))
+    if args.nodes:
+        render(output_of(args), {"nodes": views.node_rows(fleet, snapshot)},
+               [("Free GPUs per node", records(views.node_cells(fleet, snapshot), views.NODE_HEADERS))])
+        return 0
+    render(output_of(args),
+           {"clusters": views.fleet_rows(fleet, snapshot),
+            "tiers": views.tier_rows(fleet, snapshot=snapshot)},
+           [("GPUs per cluster", records(views.fleet_cells(fleet, snapshot), views.FLEET_HEADERS)),
+            ("What each org may use where",
+             records(views.tier_cells(fleet, snapshot=snapshot), views.TIER_HEADERS))])
     return 0
+
+
+def _victim(h: Holder) -> dict[str, Any]:
+    return {"namespace": h.namespace, "pod": h.pod, "gpus": h.gpus, "org": h.org or "?",
+            "task": h.task or "?"}
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -85,32 +132,47 @@ def cmd_explain(args: argparse.Namespace) -> int:
     request = Request(product, count, args.org, args.user)
     snapshot = asyncio.run(_run(capacity.probe(fleet)))
     decision = choose(request, fleet, snapshot, now=time.time())
-    if args.json:
-        print(json.dumps({
-            "summary": decision.summary(),
-            "tiers": views.tier_rows(fleet, only=args.org, snapshot=snapshot),
-            "rows": [asdict(r) for r in decision.rows],
-            "preempts": [asdict(h) for h in views.victims(decision, snapshot)],
-        }, indent=2))
-    else:
-        print(views.explain_text(decision, snapshot))
-        print()
-        print(views.tier_table(fleet, only=args.org, snapshot=snapshot))
+    hit = views.victims(decision, snapshot)
+    sections: list[Section] = [
+        (decision.summary(), [{"cluster": r.cluster, "owner": r.owner, "tier": r.tier, "free": r.free,
+                               "decision": r.verdict, "why": r.reason} for r in decision.rows]),
+        ("Would preempt (Kueue reclaims borrowed GPUs)", [_victim(h) for h in hit]),
+        (f"What {args.org} may use where",
+         records(views.tier_cells(fleet, only=args.org, snapshot=snapshot), views.TIER_HEADERS))]
+    render(output_of(args), {
+        "summary": decision.summary(),
+        "tiers": views.tier_rows(fleet, only=args.org, snapshot=snapshot),
+        "rows": [asdict(r) for r in decision.rows],
+        "preempts": [asdict(h) for h in hit],
+    }, sections if hit else [sections[0], sections[2]])
     return 0
 
 
 def cmd_manifests(args: argparse.Namespace) -> int:
-    """What the fleet implies on one cluster, as YAML for `kubectl apply --server-side -f -`."""
+    """What the fleet implies on one cluster: YAML for `kubectl apply --server-side -f -`;
+    json is one List object, which kubectl applies as well."""
     fleet = _fleet(args.fleet)
     if args.cluster not in fleet.clusters:
         raise FleetError(fleet.source, "clusters", f"unknown cluster {args.cluster!r}",
                          f"use one of: {', '.join(fleet.clusters)}")
-    import yaml
-
     objects = tenancy.objects(fleet, fleet.clusters[args.cluster])
-    print(f"# skyshare manifests --cluster {args.cluster}, from {fleet.source}")
-    print(yaml.safe_dump_all(objects, sort_keys=False), end="")
+    if args.output == "yaml":
+        import yaml
+
+        print(f"# skyshare manifests --cluster {args.cluster}, from {fleet.source}")
+        print(yaml.safe_dump_all(objects, sort_keys=False), end="")
+    elif args.output == "json":
+        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2))
+    else:
+        render(args.output, None, [("", [{
+            "kind": o["kind"], "namespace": o["metadata"].get("namespace", ""),
+            "name": o["metadata"]["name"]} for o in objects])])
     return 0
+
+
+def _print_timeline(output: str, path: str, source: str, timeline: Timeline) -> None:
+    render(output, {"task": path, "source": source, "attempts": timeline.to_list()},
+           [(f"{path}: {source}", records(timeline.rows(), HEADERS))])
 
 
 def cmd_timeline(args: argparse.Namespace) -> int:
@@ -118,16 +180,15 @@ def cmd_timeline(args: argparse.Namespace) -> int:
     identity = TaskIdentity(args.dag_id, args.task_id, args.run_id, map_index=args.map_index)
     live = asyncio.run(_run(taskpods.live_timeline(fleet, identity, now=time.time())))
     if live is not None:
-        print(f"{identity.path}: live, from the pods on the clusters")
-        print(live.table())
+        _print_timeline(output_of(args), identity.path, "live, from the pods on the clusters", live)
         return 0
     try:
         stored = metadb.stored_timeline(args.dag_id, args.run_id, args.task_id, args.map_index)
     except metadb.MetadbUnavailable:
         stored = None  # no Airflow here: the clusters were the only source
     if stored:
-        print(f"{identity.path}: finished, from Airflow's XCom")
-        print(Timeline.from_list(stored).table())
+        _print_timeline(output_of(args), identity.path, "finished, from Airflow's XCom",
+                        Timeline.from_list(stored))
         return 0
     print(f"no pod of {identity.path} on any cluster and no timeline in Airflow", file=sys.stderr)
     return 1
@@ -180,14 +241,12 @@ def _action(row: dict[str, Any]) -> str:
     return "deleted" if row["deleted"] else "gone"
 
 
-def _print_orphans(rows: list[dict[str, Any]], found: int, down: dict[str, str],
+def _print_orphans(output: str, rows: list[dict[str, Any]], found: int, down: dict[str, str],
                    deleted: bool) -> None:
-    if rows:
-        print(format_table([[r["cluster"], r["pod"], r["phase"], r["task"], r["why"]]
-                            + ([_action(r)] if deleted else [])
-                            for r in rows],
-                           ["cluster", "pod", "phase", "task", "why"]
-                           + (["action"] if deleted else [])))
+    if rows or output in ("json", "yaml"):
+        shown = [{k: r[k] for k in ("cluster", "pod", "phase", "task", "why")}
+                 | ({"action": _action(r)} if deleted else {}) for r in rows]
+        render(output, {"orphans": rows, "unreachable": down}, [("", shown)])
     else:
         print(f"no orphaned pods among {found} live provider pod(s)")
     for name, error in down.items():
@@ -218,10 +277,7 @@ def cmd_orphans(args: argparse.Namespace) -> int:
     rows = _orphan_rows(found, states)
     if args.delete:
         asyncio.run(_run(_delete_rows(fleet, rows)))
-    if args.json:
-        print(json.dumps({"orphans": rows, "unreachable": down}, indent=2))
-    else:
-        _print_orphans(rows, len(found), down, args.delete)
+    _print_orphans(output_of(args), rows, len(found), down, args.delete)
     return 1 if down or any(r.get("error") for r in rows) else 0
 
 
@@ -234,40 +290,88 @@ async def _delete_rows(fleet: Fleet, rows: list[dict[str, Any]]) -> None:
             r["error"] = str(exc)[:200]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="skyshare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fleet", help="fleet YAML (default: [skyshare] fleet_file)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("fleet", help="GPUs per cluster: owner use, lent, queued")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_fleet)
-    p = sub.add_parser("explain", help="where a request would go now, and why")
-    p.add_argument("--gpus", required=True, help="PRODUCT:COUNT, e.g. T4:2")
-    p.add_argument("--org", required=True)
-    p.add_argument("--user", help="who asks (checked against the org's members)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_explain)
-    p = sub.add_parser("manifests", help="namespaces, credentials, queues and tier policy "
-                       "the fleet implies on a cluster (YAML)")
-    p.add_argument("--cluster", required=True)
-    p.set_defaults(func=cmd_manifests)
-    p = sub.add_parser("timeline", help="every attempt of a task across clusters")
-    p.add_argument("dag_id")
-    p.add_argument("run_id")
-    p.add_argument("task_id")
-    p.add_argument("--map-index", type=int, default=-1)
-    p.set_defaults(func=cmd_timeline)
-    p = sub.add_parser("orphans", help="pods whose task no longer follows them")
-    p.add_argument("--delete", action="store_true", help="delete them")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_orphans)
-    args = parser.parse_args(argv)
+@dataclass(frozen=True)
+class Option:
+    """One command-line option, in the terms both argparse and Airflow's `Arg` take."""
+
+    flags: tuple[str, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand of both `skyshare` and `airflow skyshare`: one table, so they cannot drift."""
+
+    name: str
+    help: str
+    func: Callable[[argparse.Namespace], int]
+    options: tuple[Option, ...]
+
+
+FLEET = Option(("--fleet",), {"help": "fleet YAML (default: AIRFLOW__SKYSHARE__FLEET_FILE, "
+                                        "SKYSHARE_FLEET_FILE, Airflow's skyshare.fleet_file)"})
+OUTPUT = Option(("-o", "--output"), {
+    "choices": OUTPUTS, "default": "table", "metavar": "(table, json, yaml, plain)",
+    "help": "Output format. Allowed values: json, yaml, plain, table (default: table)"})
+JSON = Option(("--json",), {"action": "store_true", "help": "the same as --output json"})
+COMMANDS = (
+    Command("fleet", "GPUs per cluster: owner use, lent, queued (--nodes: free GPUs per node)",
+            cmd_fleet, (FLEET, Option(("--nodes",), {
+                "action": "store_true",
+                "help": "per node instead: GPU product, total, free, borrowed (reclaimable)"}),
+                        OUTPUT, JSON)),
+    Command("explain", "where a request would go now, and why", cmd_explain, (
+        FLEET, Option(("--gpus",), {"required": True, "help": "PRODUCT:COUNT, e.g. T4:2"}),
+        Option(("--org",), {"required": True, "help": "the org that asks"}),
+        Option(("--user",), {"help": "who asks (checked against the org's members)"}),
+        OUTPUT, JSON)),
+    Command("manifests", "namespaces, credentials, queues and tier policy the fleet implies on "
+            "a cluster (YAML for kubectl apply)", cmd_manifests, (
+                FLEET, Option(("--cluster",), {"required": True, "help": "a cluster of the fleet"}),
+                Option(("-o", "--output"), {
+                    "choices": ("yaml", "json", "table", "plain"), "default": "yaml",
+                    "metavar": "(yaml, json, table, plain)",
+                    "help": "yaml (default) or json (a List) to apply; table or plain to read"}))),
+    Command("timeline", "every attempt of a task across clusters", cmd_timeline, (
+        Option(("dag_id",), {"help": "the DAG id"}), Option(("run_id",), {"help": "the run id"}),
+        Option(("task_id",), {"help": "the task id"}),
+        Option(("--map-index",), {"type": int, "default": -1, "help": "a mapped task's index"}),
+        FLEET, OUTPUT, JSON)),
+    Command("orphans", "pods whose task no longer follows them", cmd_orphans, (
+        FLEET, Option(("--delete",), {"action": "store_true", "help": "delete them"}),
+        OUTPUT, JSON)),
+)
+
+
+def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """A command's exit status; the errors a user can fix are one line, status 2."""
     try:
-        return args.func(args)
+        return func(args)
     except (FleetError, PlacementError, clients.ClusterConfigError) as exc:
         print(f"skyshare: {exc}", file=sys.stderr)
         return 2
+
+
+def parser() -> argparse.ArgumentParser:
+    """`skyshare`: the short form of `airflow skyshare`. `--fleet` goes before or after the
+    subcommand (before: as this CLI always took it)."""
+    top = argparse.ArgumentParser(prog="skyshare", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    top.add_argument(*FLEET.flags, **FLEET.kwargs)
+    sub = top.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        for o in command.options:
+            # SUPPRESS: an absent subcommand --fleet leaves the top-level one standing
+            p.add_argument(*o.flags, **(o.kwargs | {"default": argparse.SUPPRESS}
+                                        if o is FLEET else o.kwargs))
+        p.set_defaults(func=command.func)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return run(args.func, args)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,11 @@ def _counts(d: dict[str, int]) -> str:
     return ", ".join(f"{v} to {k}" if "/" not in k else f"{v} {k}" for k, v in sorted(d.items()))
 
 
-def fleet_table(fleet: Fleet, snapshot: Snapshot) -> str:
+FLEET_HEADERS = ["cluster", "owner", "gpu", "total", "free", "owner uses", "lent", "queued", "note"]
+
+
+def fleet_cells(fleet: Fleet, snapshot: Snapshot) -> list[list[str]]:
+    """fleet_rows as text cells under FLEET_HEADERS: what a person reads."""
     rows = []
     for r in fleet_rows(fleet, snapshot):
         if not r["reachable"]:
@@ -62,8 +66,41 @@ def fleet_table(fleet: Fleet, snapshot: Snapshot) -> str:
             str(r["owner_use"]), _counts(r["lent"]) or "-",
             _counts(r["queued"]) or "-", f"{r['other_use']} other" if r["other_use"] else "",
         ])
-    return format_table(rows, ["cluster", "owner", "gpu", "total", "free", "owner uses",
-                               "lent", "queued", "note"])
+    return rows
+
+
+def fleet_table(fleet: Fleet, snapshot: Snapshot) -> str:
+    return format_table(fleet_cells(fleet, snapshot), FLEET_HEADERS)
+
+
+def node_rows(fleet: Fleet, snapshot: Snapshot) -> list[dict[str, Any]]:
+    """Free GPUs per node (as `sky show-gpus` lists them): the nodes a placement may use, i.e.
+    schedulable ones with a product the cluster offers. An unreachable cluster is one row
+    saying why, so a missing cluster is not mistaken for a full one."""
+    rows: list[dict[str, Any]] = []
+    for cluster in fleet.clusters.values():
+        cap = snapshot.get(cluster.name)
+        if not cap.reachable:
+            rows.append({"cluster": cluster.name, "node": None, "gpu": None, "product": None,
+                         "total": None, "free": None, "borrowed": None, "error": cap.error})
+            continue
+        alias = {label: name for name, label in cluster.gpu_products.items()}
+        rows.extend({"cluster": cluster.name, "node": n.node, "gpu": alias.get(n.product, n.product),
+                     "product": n.product, "total": n.allocatable, "free": n.free,
+                     "borrowed": n.borrowed, "error": ""} for n in cap.nodes)
+    return rows
+
+
+NODE_HEADERS = ["cluster", "node", "gpu", "product", "total", "free", "borrowed", "note"]
+
+
+def node_cells(fleet: Fleet, snapshot: Snapshot) -> list[list[str]]:
+    """node_rows as text cells under NODE_HEADERS."""
+    return [[r["cluster"], "-", "-", "-", "-", "-", "-", f"unreachable: {r['error'][:60]}"]
+            if r["error"] else
+            [r["cluster"], r["node"], r["gpu"], r["product"], str(r["total"]), str(r["free"]),
+             str(r["borrowed"]) if r["borrowed"] else "", ""]
+            for r in node_rows(fleet, snapshot)]
 
 
 def victims(decision: Decision, snapshot: Snapshot) -> list[Holder]:
@@ -101,7 +138,6 @@ def explain_text(decision: Decision, snapshot: Snapshot) -> str:
     return "\n".join(lines)
 
 
-
 def tier_rows(fleet: Fleet, only: str | None = None,
               snapshot: Snapshot | None = None) -> list[dict[str, Any]]:
     """Per org and cluster: the tier it may use there, where, and whether the cluster holds
@@ -134,10 +170,18 @@ def _enforced(row: dict[str, Any]) -> str:
     return "yes" if row["enforced"] else "NO: shared credential"
 
 
-def tier_table(fleet: Fleet, only: str | None = None, snapshot: Snapshot | None = None) -> str:
-    rows = [[r["org"], r["cluster"], r["tier"] or "- (not lent)", r["queue"] or "",
+TIER_HEADERS = ["org", "cluster", "may use", "queue", "priority class", "namespace", "credential",
+                "enforced by the cluster"]
+
+
+def tier_cells(fleet: Fleet, only: str | None = None,
+               snapshot: Snapshot | None = None) -> list[list[str]]:
+    """tier_rows as text cells under TIER_HEADERS."""
+    return [[r["org"], r["cluster"], r["tier"] or "- (not lent)", r["queue"] or "",
              r["priority_class"] or "", r["namespace"] or "", r["credential"] or "",
              _enforced(r)]
             for r in tier_rows(fleet, only, snapshot)]
-    return format_table(rows, ["org", "cluster", "may use", "queue", "priority class",
-                               "namespace", "credential", "enforced by the cluster"])
+
+
+def tier_table(fleet: Fleet, only: str | None = None, snapshot: Snapshot | None = None) -> str:
+    return format_table(tier_cells(fleet, only, snapshot), TIER_HEADERS)

@@ -1,7 +1,8 @@
 """The main job: the romil/abbeel scenario on the local clusters through a real Airflow.
 
-Run by ``./dev demo`` after ``skyshare-sandbox up``. Leaves Airflow running for the UI
-unless ``--teardown``; a second run reuses it.
+Run by ``./dev demo`` after ``skyshare-sandbox up``. Leaves Airflow running for the UI; a
+second run reuses it. ``--stop`` (or ``--teardown``; ``./dev stop``) only stops it: without
+``--shape``, every shape's demo Airflow that has a home.
 """
 
 from __future__ import annotations
@@ -16,30 +17,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scripts.scenario import Airflow, ScenarioError, Shape, run_scenario
 
 
+def home_of(shape: Shape) -> Path:
+    state = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+    return state / "skyshare-demo" / ("airflow" if shape is Shape.STANDALONE
+                                      else f"airflow-{shape.value}")
+
+
+def stop(shapes: list[Shape], port: int) -> int:
+    """Stop the demo's Airflow of each shape; the sandbox is left running (./dev stop --sandbox)."""
+    for shape in shapes:
+        home = home_of(shape)
+        if not home.exists():
+            print(f"no {shape.value} demo Airflow in {home}")
+            continue
+        Airflow(home=home, port=port, shape=shape).stop()
+        print(f"stopped the {shape.value} Airflow in {home}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--teardown", action="store_true", help="stop Airflow afterwards")
-    parser.add_argument("--stop", action="store_true", help="only stop the demo's Airflow")
+    parser.add_argument("--stop", "--teardown", dest="stop", action="store_true",
+                        help="only stop the demo's Airflow (does not run the scenario)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("SKYSHARE_DEMO_PORT", 8080)))
-    parser.add_argument("--shape", choices=[s.value for s in Shape], default=Shape.STANDALONE.value,
+    parser.add_argument("--shape", choices=[s.value for s in Shape], default=None,
                         help="standalone: airflow standalone on SQLite (default); production: "
-                        "PostgreSQL, Redis, Celery, two schedulers, workers and triggerers")
+                        "PostgreSQL, Redis, Celery, two schedulers, workers and triggerers. "
+                        "With --stop and no --shape: every shape")
     parser.add_argument("--romil-duration", default="30s")
     parser.add_argument("--abbeel-duration", default="10s")
     args = parser.parse_args()
+    if args.stop:
+        return stop([Shape(args.shape)] if args.shape else list(Shape), args.port)
 
     from airflow_provider_skyshare.sandbox.api import Sandbox
 
-    state = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
-    shape = Shape(args.shape)
-    home = state / "skyshare-demo" / ("airflow" if shape is Shape.STANDALONE
-                                      else f"airflow-{shape.value}")
-    if args.stop:
-        Airflow(home=home, port=args.port, shape=shape).stop()
-        print(f"stopped the {shape.value} Airflow in {home}")
-        return 0
+    shape = Shape(args.shape or Shape.STANDALONE.value)
     sandbox = Sandbox.ensure_up()
-    af = Airflow(home=home, port=args.port, kubeconfig=sandbox.kubeconfig, shape=shape)
+    af = Airflow(home=home_of(shape), port=args.port, kubeconfig=sandbox.kubeconfig, shape=shape)
     print(f"==> Airflow ({shape.value} shape) in {af.home}")
     af.start()
 
@@ -55,9 +70,6 @@ def main() -> int:
     except ScenarioError as exc:
         print(f"scenario failed: {exc}", file=sys.stderr)
         return 1
-    finally:
-        if args.teardown:
-            af.stop()
     print()
     print(result.table())
     print()
@@ -71,15 +83,10 @@ def main() -> int:
         print(f"preemption seen -> replacement pod created: "
               f"{(train[1]['placed_at'] - train[0]['ended_at']) * 1000:.0f} ms")
     print(f"scenario wall time: {result.wall_seconds:.1f} s")
-    if not args.teardown:
-        print(f"\nAirflow UI: {af.url}  (local demo: no login needed, everyone is admin)")
-        if shape is Shape.STANDALONE:
-            pids = " ".join(f"-{pid}" for t in af.active_teams() for pid in af.triggerer_pids(t))
-            print(f"stop it with: kill -TERM -$(cat {af.home / 'standalone.pid'}) {pids}  "
-                  "(standalone and the teams' triggerers) or: ./dev demo --stop")
-        else:
-            print(f"each component logs to {af.home}/<component>.log; stop them all (and "
-                  f"PostgreSQL, Redis) with: ./dev demo --shape {shape.value} --stop")
+    print(f"\nAirflow UI: {af.url}  (local demo: no login needed, everyone is admin)")
+    if shape is Shape.PRODUCTION:
+        print(f"each component logs to {af.home}/<component>.log")
+    print("stop it with: ./dev stop  (add --sandbox to stop the local clusters too)")
     ok = all(s == "success" for s in result.states.values())
     return 0 if ok else 1
 

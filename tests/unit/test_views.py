@@ -10,7 +10,14 @@ import pytest
 from airflow_provider_skyshare.fleet import Fleet
 from airflow_provider_skyshare.placement import Request, choose
 from airflow_provider_skyshare.snapshot import ClusterCapacity, Holder, NodeGpus, Snapshot, summarize
-from airflow_provider_skyshare.views import explain_text, fleet_rows, fleet_table, victims
+from airflow_provider_skyshare.views import (
+    explain_text,
+    fleet_rows,
+    fleet_table,
+    node_cells,
+    node_rows,
+    victims,
+)
 
 T4, A100 = "Tesla-T4", "NVIDIA-A100"
 ABBEEL = Request("T4", 2, "bair", "abbeel")
@@ -209,3 +216,44 @@ def test_explain_text_unknown_org_and_task(fleet_of: Callable[..., Fleet]) -> No
                                      [holder("stray", 2, "borrower", "", "n0")])})
     text = explain_text(choose(ABBEEL, f, snapshot), snapshot)
     assert text.endswith("  skyshare/stray  2 GPU  org=?  task=?")
+
+
+def test_node_rows_free_gpus_per_node_from_node_and_pod_lists(
+        fleet_of: Callable[..., Fleet], node: Callable[..., dict[str, Any]],
+        pod: Callable[..., dict[str, Any]]) -> None:
+    fleet = fleet_of([{"name": "rise", "owner": "rise", "gpu_products": {"T4": T4, "A100": A100}},
+                      {"name": "bair", "owner": "bair"}])
+    rise = summarize(fleet.clusters["rise"], [
+        node("n-a100", 8, A100), node("n-t4", 4), node("n-cordoned", 4, unschedulable=True),
+        node("n-cpu", None), node("n-v100", 2, "Tesla-V100"),
+    ], [
+        pod("owner-1", 1, node="n-t4", org="rise"),
+        pod("borrower-2", 2, node="n-t4", queue="skyshare-borrower", org="bair"),
+        pod("done", 1, node="n-t4", phase="Succeeded"),
+        pod("queued", 4, selector=A100),
+        pod("a100-6", 6, node="n-a100", org="rise"),
+    ])
+    snapshot = Snapshot({"rise": rise, "bair": ClusterCapacity("bair", False, "connection refused")})
+    assert node_rows(fleet, snapshot) == [
+        {"cluster": "rise", "node": "n-a100", "gpu": "A100", "product": A100, "total": 8, "free": 2,
+         "borrowed": 0, "error": ""},
+        {"cluster": "rise", "node": "n-t4", "gpu": "T4", "product": T4, "total": 4, "free": 1,
+         "borrowed": 2, "error": ""},
+        {"cluster": "bair", "node": None, "gpu": None, "product": None, "total": None, "free": None,
+         "borrowed": None, "error": "connection refused"},
+    ]
+    assert node_cells(fleet, snapshot) == [
+        ["rise", "n-a100", "A100", A100, "8", "2", "", ""],
+        ["rise", "n-t4", "T4", T4, "4", "1", "2", ""],
+        ["bair", "-", "-", "-", "-", "-", "-", "unreachable: connection refused"],
+    ]
+
+
+def test_node_rows_of_a_full_node_and_an_empty_cluster(fleet_of: Callable[..., Fleet],
+                                                       node: Callable[..., dict[str, Any]],
+                                                       pod: Callable[..., dict[str, Any]]) -> None:
+    fleet = fleet_of([{"name": "rise", "owner": "rise"}])
+    over = summarize(fleet.clusters["rise"], [node("n", 2)], [pod("big", 3, node="n")])
+    assert [(r["node"], r["free"]) for r in node_rows(fleet, Snapshot({"rise": over}))] == [("n", 0)]
+    empty = summarize(fleet.clusters["rise"], [], [])
+    assert node_rows(fleet, Snapshot({"rise": empty})) == []
