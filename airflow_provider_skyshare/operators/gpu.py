@@ -148,6 +148,13 @@ def _nested_template_fields(content: Any) -> tuple[str, ...]:
     ) if isinstance(content, kind)), ())
 
 
+def _is_port(port: Any) -> bool:
+    from kubernetes.client import models as k8s
+
+    return isinstance(port, k8s.V1ContainerPort) or callable(getattr(port, "to_k8s_client_obj",
+                                                                      None))
+
+
 def _as_dict(pod: Any) -> dict[str, Any]:
     """A V1Pod (or a dict) as the API's JSON."""
     from kubernetes.client import ApiClient
@@ -375,6 +382,9 @@ class MultiClusterGpuOperator(BaseOperator):
                                      or deadline <= 0):
             raise ValueError(f"{where}: active_deadline_seconds must be whole seconds > 0 or "
                              f"None, got {deadline!r}")
+        if not all(_is_port(p) for p in self.ports or []):
+            raise ValueError(f"{where}: ports must be kubernetes V1ContainerPort objects (as for "
+                             f"KubernetesPodOperator), got {self.ports!r}")
         if not isinstance(self.hostnetwork, bool):
             raise ValueError(f"{where}: hostnetwork must be True or False, "
                              f"got {self.hostnetwork!r}")
