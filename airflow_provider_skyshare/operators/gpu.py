@@ -171,7 +171,7 @@ def _as_pod(pod: Any) -> k8s.V1Pod:
 def _template_conflict(pod: dict[str, Any]) -> str | None:
     """What in a pod template cannot stay (the placement overrides the rest, docs say so)."""
     scheduler = (pod.get("spec") or {}).get("schedulerName")
-    if scheduler not in (None, DEFAULT_SCHEDULER):
+    if scheduler not in (None, DEFAULT_SCHEDULER) and not _templated(scheduler):
         return f"schedulerName {scheduler!r}: {SCHEDULER_REFUSED}"
     return None
 
@@ -372,8 +372,9 @@ class MultiClusterGpuOperator(BaseOperator):
     def _check_kpo_arguments(self, where: str) -> None:
         """KubernetesPodOperator's arguments this operator cannot honour are refused now,
         each with why and what to do, rather than ignored."""
-        for refusal in _refusals(self):
-            raise ValueError(f"{where}: {refusal}")
+        refusals = _refusals(self)
+        if refusals:
+            raise ValueError(f"{where}: " + "\n".join(refusals))
         if self.skip_on_exit_code is None:
             raise ValueError(f"{where}: skip_on_exit_code must be an exit code or a list of them, "
                              "e.g. skip_on_exit_code=100 or [100, 101]")
