@@ -34,15 +34,28 @@ class FinishAction(str, enum.Enum):
 class FinishPolicy:
     on_finish_action: FinishAction = FinishAction.DELETE_POD
     get_logs: bool = True
+    skip_on_exit_code: tuple[int, ...] = ()  # KubernetesPodOperator's: these end as skipped
 
     def to_dict(self) -> dict[str, Any]:
-        return {"on_finish_action": self.on_finish_action.value, "get_logs": self.get_logs}
+        return {"on_finish_action": self.on_finish_action.value, "get_logs": self.get_logs,
+                "skip_on_exit_code": list(self.skip_on_exit_code)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> FinishPolicy:
         data = data or {}
         return cls(FinishAction(data.get("on_finish_action", FinishAction.DELETE_POD.value)),
-                   bool(data.get("get_logs", True)))
+                   bool(data.get("get_logs", True)),
+                   tuple(int(c) for c in data.get("skip_on_exit_code") or ()))
+
+
+def skip_reason(verdict: Verdict, policy: FinishPolicy) -> str | None:
+    """Why the task is skipped rather than failed (or succeeded), else None: as
+    KubernetesPodOperator, the pod ran to its end and its base container's exit code is one of
+    ``skip_on_exit_code``. A pod that never ran to its end (queue timeout, moves, ...) is not."""
+    code = verdict.outcome.exit_code if verdict.outcome else None
+    if not verdict.status.pod_finished or code is None or code not in policy.skip_on_exit_code:
+        return None
+    return f"the pod ended with exit code {code}, which skip_on_exit_code lists: skipping the task"
 
 
 def current_pod(state: Follow) -> Orphan | None:

@@ -11,7 +11,14 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from airflow_provider_skyshare.names import FAILED_PHASE, KUEUE_GATE, SUCCEEDED_PHASE, Kind, Reason
+from airflow_provider_skyshare.names import (
+    BASE_CONTAINER,
+    FAILED_PHASE,
+    KUEUE_GATE,
+    SUCCEEDED_PHASE,
+    Kind,
+    Reason,
+)
 from airflow_provider_skyshare.timeline import epoch
 
 __all__ = ["KUEUE_GATE", "Kind", "Outcome", "Reason", "classify", "disruption", "observed",
@@ -97,15 +104,12 @@ def preemption_cause(message: str) -> str:
 
 
 def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        term = (cs.get("state") or {}).get("terminated")
-        if term and term.get("exitCode", 0) != 0:
-            return term
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        term = (cs.get("state") or {}).get("terminated")
-        if term:
-            return term
-    return {}
+    """The failing container's end, the base container's first: its exit code is the one
+    ``skip_on_exit_code`` means (as KubernetesPodOperator reads it)."""
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    ranked = sorted(statuses, key=lambda cs: cs.get("name") != BASE_CONTAINER)  # stable
+    ended = [t for cs in ranked if (t := (cs.get("state") or {}).get("terminated"))]
+    return next((t for t in ended if t.get("exitCode", 0) != 0), ended[0] if ended else {})
 
 
 def pod_times(pod: dict[str, Any] | None) -> tuple[float | None, float | None]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, conf
@@ -22,6 +22,7 @@ from airflow_provider_skyshare.finish import (
     failure_message,
     finish,
     from_event,
+    skip_reason,
 )
 from airflow_provider_skyshare.fleet import Fleet, FleetError, parse
 from airflow_provider_skyshare.follow import Follow, Job, OnUnreachable, Settings, Status
@@ -34,7 +35,9 @@ from airflow_provider_skyshare.supervisor import Supervisor
 from airflow_provider_skyshare.triggers.pod import TIMELINE_XCOM, MultiClusterPodTrigger
 
 if TYPE_CHECKING:
+    from airflow.providers.cncf.kubernetes.secret import Secret
     from airflow.sdk import Context
+    from kubernetes.client import models as k8s
 
 FINISH_ACTIONS = tuple(a.value for a in FinishAction)
 UNREACHABLE_ACTIONS = tuple(a.value for a in OnUnreachable)
@@ -88,6 +91,91 @@ def _templated(value: Any) -> bool:
     return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
+DEFAULT_SCHEDULER = "default-scheduler"
+SCHEDULER_REFUSED = (
+    "Kueue admits this pod and kube-scheduler places it; the provider tells a preempted pod "
+    "from a failed one by what Kueue and kube-scheduler write on it, and another scheduler "
+    "would queue and preempt by rules of its own. Drop it (every fleet cluster schedules with "
+    f"{DEFAULT_SCHEDULER})")
+
+
+def _exit_codes(value: int | Container[int] | None) -> tuple[int, ...] | None:
+    """KubernetesPodOperator's skip_on_exit_code (one code or several) as a tuple; None
+    when it is neither."""
+    codes = [] if value is None else [value] if not isinstance(value, Container) else value
+    if isinstance(value, str) or not all(isinstance(c, int) and not isinstance(c, bool)
+                                         for c in codes):
+        return None
+    return tuple(codes)
+
+
+def _refusals(op: MultiClusterGpuOperator) -> list[str]:
+    """KubernetesPodOperator arguments given that this operator cannot honour, with why."""
+    found = []
+    if op.priority_class_name is not None:
+        found.append(
+            f"priority_class_name={op.priority_class_name!r}: the priority class is the "
+            "provider's: each cluster's tier for the org sets it (and Kueue's priority label), "
+            "and Kueue preempts by it. Drop it; the org's tier in the fleet file decides")
+    if op.schedulername not in (None, DEFAULT_SCHEDULER):
+        found.append(f"schedulername={op.schedulername!r}: {SCHEDULER_REFUSED}")
+    if op._pod_xcom_push:
+        found.append(
+            "do_xcom_push=True (the pod's /airflow/xcom/return.json through a sidecar) is not "
+            "implemented: the return value is the attempts timeline. Write results to shared "
+            "storage and pass their path downstream, or drop do_xcom_push")
+    if op.callbacks:
+        found.append(
+            "callbacks (KubernetesPodOperatorCallback) are not called: the pod is created and "
+            "followed by a trigger across clusters, not by KPO's pod manager. Use "
+            "on_success_callback/on_failure_callback (the timeline is in XCom), or drop them")
+    return found
+
+
+def _nested_template_fields(content: Any) -> tuple[str, ...]:
+    """KubernetesPodOperator's templated fields of Kubernetes model objects."""
+    from kubernetes.client import models as k8s
+
+    return next((fields for kind, fields in (
+        (k8s.V1EnvVar, ("value", "name")),
+        (k8s.V1ResourceRequirements, ("limits", "requests")),
+        (k8s.V1Volume, ("name", "persistent_volume_claim", "config_map")),
+        (k8s.V1VolumeMount, ("name", "sub_path")),
+        (k8s.V1PersistentVolumeClaimVolumeSource, ("claim_name",)),
+        (k8s.V1ConfigMapVolumeSource, ("name",)),
+        (k8s.V1EnvFromSource, ("config_map_ref",)),
+        (k8s.V1ConfigMapEnvSource, ("name",)),
+    ) if isinstance(content, kind)), ())
+
+
+def _is_port(port: Any) -> bool:
+    from kubernetes.client import models as k8s
+
+    return isinstance(port, k8s.V1ContainerPort) or callable(getattr(port, "to_k8s_client_obj",
+                                                                      None))
+
+
+def _as_dict(pod: Any) -> dict[str, Any]:
+    """A V1Pod (or a dict) as the API's JSON."""
+    from kubernetes.client import ApiClient
+
+    return pod if isinstance(pod, dict) else ApiClient().sanitize_for_serialization(pod)
+
+
+def _as_pod(pod: Any) -> k8s.V1Pod:
+    from airflow.providers.cncf.kubernetes.pod_generator import PodGenerator
+
+    return PodGenerator.deserialize_model_dict(pod) if isinstance(pod, dict) else pod
+
+
+def _template_conflict(pod: dict[str, Any]) -> str | None:
+    """What in a pod template cannot stay (the placement overrides the rest, docs say so)."""
+    scheduler = (pod.get("spec") or {}).get("schedulerName")
+    if scheduler not in (None, DEFAULT_SCHEDULER) and not _templated(scheduler):
+        return f"schedulerName {scheduler!r}: {SCHEDULER_REFUSED}"
+    return None
+
+
 class MultiClusterGpuOperator(BaseOperator):
     """Run a container on whichever shared GPU cluster should take it, and keep it running.
 
@@ -108,12 +196,21 @@ class MultiClusterGpuOperator(BaseOperator):
         False moves at once, and the two may overlap for the grace period.
     :param deferrable: follow the pod in the triggerer, or in the worker slot; default
         ``[skyshare] default_deferrable``, else ``[operators] default_deferrable``.
-    The other arguments mean what they mean for KubernetesPodOperator.
+    :param skip_on_exit_code: as KubernetesPodOperator: a pod whose base container ended with
+        one of these exit codes makes the task skipped instead of failed.
+    The other arguments mean what they mean for KubernetesPodOperator; the pod is built as its
+    ``build_pod_request_obj`` builds it (pod_template_file/pod_template_dict, full_pod_spec,
+    then the arguments), and the placement's parts (name, namespace, Kueue labels, priority
+    class, GPUs, GPU node selector) win over all of them. ``priority_class_name``, another
+    ``schedulername``, ``do_xcom_push=True`` and ``callbacks`` are refused (docs/operator.md).
     """
 
     template_fields: Sequence[str] = (
         "image", "cmds", "arguments", "env_vars", "labels", "annotations", "gpus", "gpu_product",
         "org", "user", "fleet_file", "node_selector", "service_account_name",
+        # templated by KubernetesPodOperator too
+        "container_resources", "volumes", "volume_mounts", "env_from", "configmaps",
+        "pod_template_file", "pod_template_dict",
     )
     template_fields_renderers = {"env_vars": "py", "labels": "py", "annotations": "py"}
     ui_color = "#76b900"
@@ -154,8 +251,29 @@ class MultiClusterGpuOperator(BaseOperator):
         unreachable_grace: float = 30.0,
         on_unreachable: str = "move",
         wait_for_termination: bool = True,
+        env_from: list[Any] | None = None,
+        secrets: list[Secret] | None = None,
+        configmaps: list[str] | None = None,
+        pod_template_file: str | None = None,
+        pod_template_dict: dict[str, Any] | None = None,
+        full_pod_spec: Any = None,
+        init_containers: list[Any] | None = None,
+        ports: list[Any] | None = None,
+        skip_on_exit_code: int | Container[int] | None = None,
+        active_deadline_seconds: int | None = None,
+        runtime_class_name: str | None = None,
+        hostnetwork: bool = False,
+        dnspolicy: str | None = None,
+        dns_config: Any = None,
+        schedulername: str | None = None,
+        automount_service_account_token: bool | None = None,
+        priority_class_name: str | None = None,
+        do_xcom_push: bool = False,
+        callbacks: Any = None,
         **kwargs: Any,
     ) -> None:
+        # BaseOperator's do_xcom_push stays True: the timeline is always the return value.
+        # KubernetesPodOperator's (the pod's /airflow/xcom/return.json) is refused below.
         super().__init__(**kwargs)
         self.image = image
         self.org = org
@@ -189,6 +307,25 @@ class MultiClusterGpuOperator(BaseOperator):
         self.unreachable_grace = unreachable_grace
         self.on_unreachable = on_unreachable
         self.wait_for_termination = wait_for_termination
+        self.env_from = env_from
+        self.secrets = list(secrets or [])
+        self.configmaps = configmaps
+        self.pod_template_file = pod_template_file
+        self.pod_template_dict = pod_template_dict
+        self.full_pod_spec = full_pod_spec
+        self.init_containers = init_containers
+        self.ports = ports
+        self.skip_on_exit_code = _exit_codes(skip_on_exit_code)
+        self.active_deadline_seconds = active_deadline_seconds
+        self.runtime_class_name = runtime_class_name
+        self.hostnetwork = hostnetwork
+        self.dnspolicy = dnspolicy
+        self.dns_config = dns_config
+        self.schedulername = schedulername
+        self.automount_service_account_token = automount_service_account_token
+        self.priority_class_name = priority_class_name
+        self._pod_xcom_push = do_xcom_push
+        self.callbacks = callbacks
         self._state: dict[str, Any] | None = None
         self._check_arguments()
 
@@ -229,7 +366,35 @@ class MultiClusterGpuOperator(BaseOperator):
         if self.on_unreachable not in UNREACHABLE_ACTIONS:
             raise ValueError(f"{where}: on_unreachable={self.on_unreachable!r}; use 'move' or "
                              "'fail'")
+        self._check_kpo_arguments(where)
         self._check_against_fleet(where)
+
+    def _check_kpo_arguments(self, where: str) -> None:
+        """KubernetesPodOperator's arguments this operator cannot honour are refused now,
+        each with why and what to do, rather than ignored."""
+        refusals = _refusals(self)
+        if refusals:
+            raise ValueError(f"{where}: " + "\n".join(refusals))
+        if self.skip_on_exit_code is None:
+            raise ValueError(f"{where}: skip_on_exit_code must be an exit code or a list of them, "
+                             "e.g. skip_on_exit_code=100 or [100, 101]")
+        deadline = self.active_deadline_seconds
+        if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, int)
+                                     or deadline <= 0):
+            raise ValueError(f"{where}: active_deadline_seconds must be whole seconds > 0 or "
+                             f"None, got {deadline!r}")
+        if not all(_is_port(p) for p in self.ports or []):
+            raise ValueError(f"{where}: ports must be kubernetes V1ContainerPort objects (as for "
+                             f"KubernetesPodOperator), got {self.ports!r}")
+        if not isinstance(self.hostnetwork, bool):
+            raise ValueError(f"{where}: hostnetwork must be True or False, "
+                             f"got {self.hostnetwork!r}")
+        for name in ("full_pod_spec", "pod_template_dict"):
+            value = getattr(self, name)
+            if value is not None and not _templated(value):
+                found = _template_conflict(_as_dict(value))
+                if found:
+                    raise ValueError(f"{where}: {name}: {found}")
 
     def _check_against_fleet(self, where: str) -> None:
         """With literal values, check the fleet file, the org and the product now (an import
@@ -257,53 +422,117 @@ class MultiClusterGpuOperator(BaseOperator):
 
     # -- the pod template (KubernetesPodOperator's meaning of each argument) ---------------
     def build_template(self) -> dict[str, Any]:
+        """The pod as KubernetesPodOperator.build_pod_request_obj builds it, less what the
+        placement sets per attempt (pods.build): the arguments over full_pod_spec over
+        pod_template_file/pod_template_dict (PodGenerator.reconcile_pods), then secrets."""
+        from airflow.providers.cncf.kubernetes.pod_generator import PodGenerator
+
+        pod = PodGenerator.reconcile_pods(self._template_pod(), self._argument_pod())
+        for secret in self.secrets:
+            pod = secret.attach_to_pod(pod)
+        body = _as_dict(pod)
+        found = _template_conflict(body)
+        if found:
+            raise SkyshareTaskError(f"the pod template: {found}")
+        if body["spec"].get("priorityClassName"):
+            self.log.info("the pod template's priorityClassName %r gives way to the tier's",
+                          body["spec"]["priorityClassName"])
+        return body
+
+    def _template_pod(self) -> k8s.V1Pod:
+        """The base pod: pod_template_file (else pod_template_dict) under full_pod_spec."""
+        from airflow.providers.cncf.kubernetes.pod_generator import PodGenerator
+        from kubernetes.client import models as k8s
+
+        if self.pod_template_file:
+            if not os.path.isfile(self.pod_template_file):  # KPO only warns: an empty pod
+                raise SkyshareTaskError(f"pod_template_file {self.pod_template_file!r}: no such "
+                                        "file on this worker")
+            base = PodGenerator.deserialize_model_file(self.pod_template_file)
+        elif self.pod_template_dict:
+            base = PodGenerator.deserialize_model_dict(self.pod_template_dict)
+        elif self.full_pod_spec:
+            return _as_pod(self.full_pod_spec)
+        else:
+            return k8s.V1Pod(metadata=k8s.V1ObjectMeta())
+        return PodGenerator.reconcile_pods(base, _as_pod(self.full_pod_spec)) \
+            if self.full_pod_spec else base
+
+    def _argument_pod(self) -> k8s.V1Pod:
         from airflow.providers.cncf.kubernetes.backcompat.backwards_compat_converters import (
             convert_affinity,
-            convert_env_vars,
             convert_image_pull_secrets,
             convert_toleration,
             convert_volume,
-            convert_volume_mount,
         )
-        from kubernetes.client import ApiClient
         from kubernetes.client import models as k8s
 
-        resources = self.container_resources
-        if isinstance(resources, dict):
-            resources = k8s.V1ResourceRequirements(**resources)
-        container = k8s.V1Container(
-            name=BASE_CONTAINER,
-            image=self.image,
-            command=self.cmds or None,
-            args=self.arguments or None,
-            env=convert_env_vars(self.env_vars) if self.env_vars else None,
-            resources=resources,
-            volume_mounts=[convert_volume_mount(v) for v in self.volume_mounts or []] or None,
-            image_pull_policy=self.image_pull_policy,
-            security_context=self.container_security_context,
-        )
         pull_secrets = self.image_pull_secrets
         if isinstance(pull_secrets, str) or pull_secrets:
             pull_secrets = convert_image_pull_secrets(pull_secrets)
-        pod = k8s.V1Pod(
+        return k8s.V1Pod(
             api_version="v1",
             kind="Pod",
             metadata=k8s.V1ObjectMeta(labels=dict(self.labels or {}),
                                       annotations=dict(self.annotations or {})),
             spec=k8s.V1PodSpec(
-                containers=[container],
+                containers=[self._argument_container()],
+                init_containers=self.init_containers or None,
                 volumes=[convert_volume(v) for v in self.volumes or []] or None,
                 node_selector=dict(self.node_selector or {}) or None,
                 tolerations=[convert_toleration(t) for t in self.tolerations or []] or None,
                 affinity=convert_affinity(self.affinity) if self.affinity else None,
                 service_account_name=self.service_account_name,
+                automount_service_account_token=self.automount_service_account_token,
                 image_pull_secrets=pull_secrets or None,
                 security_context=self.security_context,
+                runtime_class_name=self.runtime_class_name,
+                host_network=self.hostnetwork,
+                dns_policy=self.dnspolicy,
+                dns_config=self.dns_config,
+                scheduler_name=self.schedulername,
                 restart_policy="Never",
+                active_deadline_seconds=self.active_deadline_seconds,
                 termination_grace_period_seconds=self.termination_grace_period,
             ),
         )
-        return ApiClient().sanitize_for_serialization(pod)
+
+    def _argument_container(self) -> k8s.V1Container:
+        from airflow.providers.cncf.kubernetes.backcompat.backwards_compat_converters import (
+            convert_configmap,
+            convert_env_vars,
+            convert_port,
+            convert_volume_mount,
+        )
+        from kubernetes.client import models as k8s
+
+        resources = self.container_resources
+        if isinstance(resources, dict):
+            resources = k8s.V1ResourceRequirements(**resources)
+        env_from = [*(self.env_from or []), *(convert_configmap(c) for c in self.configmaps or [])]
+        return k8s.V1Container(
+            name=BASE_CONTAINER,
+            image=self.image,
+            command=self.cmds or None,
+            args=self.arguments or None,
+            env=convert_env_vars(self.env_vars) if self.env_vars else None,
+            env_from=env_from or None,
+            ports=[convert_port(p) for p in self.ports or []] or None,
+            resources=resources,
+            volume_mounts=[convert_volume_mount(v) for v in self.volume_mounts or []] or None,
+            image_pull_policy=self.image_pull_policy,
+            security_context=self.container_security_context,
+        )
+
+    def _render_nested_template_fields(self, content: Any, context: Context,
+                                       jinja_env: Any, seen_oids: set[int]) -> None:
+        """Jinja inside Kubernetes model objects, where KubernetesPodOperator renders it."""
+        fields = _nested_template_fields(content)
+        if fields and id(content) not in seen_oids:
+            seen_oids.add(id(content))
+            self._do_render_template_fields(content, fields, context, jinja_env, seen_oids)
+            return
+        super()._render_nested_template_fields(content, context, jinja_env, seen_oids)
 
     def _supervisor(self, context: Context) -> Supervisor:
         ti = context["ti"]
@@ -326,7 +555,8 @@ class MultiClusterGpuOperator(BaseOperator):
         return Supervisor.for_job(job, log=self.log)
 
     def _finish_policy(self) -> FinishPolicy:
-        return FinishPolicy(FinishAction(self.on_finish_action), bool(self.get_logs))
+        return FinishPolicy(FinishAction(self.on_finish_action), bool(self.get_logs),
+                            tuple(self.skip_on_exit_code or ()))
 
     # -- execute -> defer (the trigger ends the task) or follow here ---------------------------
     def execute(self, context: Context) -> Any:
@@ -360,10 +590,16 @@ class MultiClusterGpuOperator(BaseOperator):
         task itself and this is not called."""
         self._state = event
         state, verdict = from_event(event)
-        asyncio.run(_in_loop(finish(state, verdict, self._finish_policy(), self.log)))
-        if verdict.status is Status.SUCCESS:
+        policy = self._finish_policy()
+        asyncio.run(_in_loop(finish(state, verdict, policy, self.log)))
+        skipped = skip_reason(verdict, policy)
+        if verdict.status is Status.SUCCESS and not skipped:
             return state.timeline.to_list()
         context["ti"].xcom_push(key=TIMELINE_XCOM, value=state.timeline.to_list())
+        if skipped:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException(skipped)
         raise SkyshareTaskError(failure_message(state, verdict))
 
     def _delete(self, cluster: Any, namespace: str, pod: str) -> None:

@@ -2,10 +2,11 @@
 
 Thin: following is supervisor.Supervisor's (which the worker runs too), acting on a verdict is
 finish.finish's. The trigger ends the task itself (TaskSuccessEvent / TaskFailedEvent, which
-respect retries), so the task goes from deferred straight to done: no worker is started to
-read the verdict, and the stale executor event of the deferral exit cannot fail the task
-(apache/airflow#67287), so there is no delay before a verdict. dag.test() runs triggers in-line
-and ignores such events: there (no trigger id) the verdict goes to execute_complete as before.
+respect retries, or TaskSkippedEvent for skip_on_exit_code), so the task goes from deferred
+straight to done: no worker is started to read the verdict, and the stale executor event of
+the deferral exit cannot fail the task (apache/airflow#67287), so there is no delay before a
+verdict. dag.test() runs triggers in-line and ignores such events: there (no trigger id) the
+verdict goes to execute_complete as before.
 """
 
 from __future__ import annotations
@@ -14,9 +15,21 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TaskFailedEvent, TaskSuccessEvent, TriggerEvent
+from airflow.triggers.base import (
+    BaseTrigger,
+    TaskFailedEvent,
+    TaskSkippedEvent,
+    TaskSuccessEvent,
+    TriggerEvent,
+)
 
-from airflow_provider_skyshare.finish import FinishPolicy, event_payload, failure_message, finish
+from airflow_provider_skyshare.finish import (
+    FinishPolicy,
+    event_payload,
+    failure_message,
+    finish,
+    skip_reason,
+)
 from airflow_provider_skyshare.follow import Follow, Status, Verdict
 from airflow_provider_skyshare.supervisor import Supervisor
 
@@ -56,9 +69,15 @@ class MultiClusterPodTrigger(BaseTrigger):
             # task is no longer deferred, so Airflow ignores it.
             yield TriggerEvent(event_payload(state, verdict))
             return
-        await finish(state, verdict, FinishPolicy.from_dict(self.finish), self.log)
-        await self._store_timeline(state, verdict)
-        if verdict.status is Status.SUCCESS:
+        policy = FinishPolicy.from_dict(self.finish)
+        await finish(state, verdict, policy, self.log)
+        skipped = skip_reason(verdict, policy)
+        success = verdict.status is Status.SUCCESS and not skipped
+        await self._store_timeline(state, "return_value" if success else TIMELINE_XCOM)
+        if skipped:
+            self.log.info("%s", skipped)
+            yield TaskSkippedEvent()
+        elif success:
             yield TaskSuccessEvent()
         else:
             self.log.error("%s", failure_message(state, verdict))
@@ -98,13 +117,12 @@ class MultiClusterPodTrigger(BaseTrigger):
         assert state.verdict is not None  # run() returns at DONE only
         return state, state.verdict
 
-    async def _store_timeline(self, state: Follow, verdict: Verdict) -> None:
+    async def _store_timeline(self, state: Follow, key: str) -> None:
         """The timeline in XCom, as execute_complete would return or push it. (Not the end
         event's xcoms=: Airflow 3.3 stores those double-encoded.)"""
         from airflow.sdk.execution_time.xcom import XCom
 
         ident = state.job.identity
-        key = "return_value" if verdict.status is Status.SUCCESS else TIMELINE_XCOM
         await XCom.aset(key, state.timeline.to_list(), dag_id=ident.dag_id,
                         task_id=ident.task_id, run_id=ident.run_id, map_index=ident.map_index)
 

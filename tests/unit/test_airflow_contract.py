@@ -9,7 +9,13 @@ import inspect
 
 from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 from airflow.sdk.execution_time.xcom import XCom
-from airflow.triggers.base import BaseTrigger, TaskFailedEvent, TaskSuccessEvent, TriggerEvent
+from airflow.triggers.base import (
+    BaseTrigger,
+    TaskFailedEvent,
+    TaskSkippedEvent,
+    TaskSuccessEvent,
+    TriggerEvent,
+)
 
 from airflow_provider_skyshare.triggers.pod import MultiClusterPodTrigger
 
@@ -43,6 +49,7 @@ def test_a_trigger_outside_a_triggerer_has_no_trigger_id():
 def test_end_events_end_the_task_with_its_state():
     assert str(TaskSuccessEvent().task_instance_state) == "success"
     assert str(TaskFailedEvent().task_instance_state) == "failed"
+    assert str(TaskSkippedEvent().task_instance_state) == "skipped"  # skip_on_exit_code
     assert isinstance(TaskSuccessEvent(), TriggerEvent)
 
 

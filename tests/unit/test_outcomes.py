@@ -217,6 +217,12 @@ def test_failed_reports_the_failing_container() -> None:
     assert classify(pod) == Outcome(F, "Error", "CUDA out of memory", exit_code=2)
 
 
+def test_failed_reports_the_base_container_before_a_failing_sidecar() -> None:
+    """skip_on_exit_code means the base container's exit code, as in KubernetesPodOperator."""
+    pod = failed_pod([terminated("sidecar", 1, "Error"), terminated("base", 3, "Error", "no data")])
+    assert classify(pod) == Outcome(F, "Error", "no data", exit_code=3)
+
+
 def test_failed_with_only_zero_exits_reports_the_first() -> None:
     pod = failed_pod([terminated("base", 0, "Completed")])
     assert classify(pod) == Outcome(F, "Completed", "", exit_code=0)
