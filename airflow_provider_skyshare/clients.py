@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import importlib
 import os
-import sys
 import threading
 from typing import Any
 
@@ -151,12 +150,25 @@ async def ready(cluster: Cluster) -> Any:
         ) from exc
 
 
+_imported: set[str] = set()  # modules whose import has finished (sys.modules has them sooner)
+_import_lock = threading.Lock()
+
+
 async def _import_off_loop(*modules: str) -> None:
     """Import heavy client packages in a thread: ``kubernetes_asyncio.client`` loads every API
-    model (about 1.5 s), which on the loop would stall every trigger of a triggerer."""
-    missing = [m for m in modules if m not in sys.modules]
-    if missing:
-        await asyncio.to_thread(lambda: [importlib.import_module(m) for m in missing])
+    model (about 1.5 s), which on the loop would stall every trigger of a triggerer. One
+    thread at a time, and done only once finished: a module is in sys.modules while it is
+    still being imported, and a second cluster's client made then found it half-initialised
+    (``kubernetes_asyncio.config`` without ``load_kube_config``; seen in the soak)."""
+    if not set(modules) <= _imported:
+        await asyncio.to_thread(_import_all, modules)
+
+
+def _import_all(modules: tuple[str, ...]) -> None:
+    with _import_lock:
+        for module in modules:
+            importlib.import_module(module)
+            _imported.add(module)
 
 
 async def _new_async(cluster: Cluster) -> Any:

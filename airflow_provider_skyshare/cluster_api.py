@@ -203,7 +203,7 @@ class KubeClusterApi:
     async def inquire(self, cluster: str, namespace: str, pod: str,
                       since: float) -> Outcome | None:
         try:
-            listing = await kube.request(
+            listing = await kube.request_patient(
                 self.fleet.clusters[cluster], "GET", f"/api/v1/namespaces/{namespace}/events",
                 query={"fieldSelector": f"involvedObject.kind=Pod,involvedObject.name={pod}"},
                 timeout=EVENTS_TIMEOUT)
@@ -248,7 +248,7 @@ class _Claims:
             namespace = self.fleet.clusters[name].namespace
             body = _in(action.lease, namespace)
             try:
-                written = await kube.request(self.fleet.clusters[name], "POST",
+                written = await kube.request_patient(self.fleet.clusters[name], "POST",
                                              claims.leases_path(namespace), body=body,
                                              timeout=CLAIM_TIMEOUT)
                 return ClaimAnswer(ClaimResult.WON, claims.read(name, written))
@@ -268,7 +268,7 @@ class _Claims:
         assert held is not None
         body = _in(action.lease, held.namespace)
         try:
-            written = await kube.request(self.fleet.clusters[held.cluster], "PUT",
+            written = await kube.request_patient(self.fleet.clusters[held.cluster], "PUT",
                                          claims.leases_path(held.namespace, held.name),
                                          body=body, timeout=CLAIM_TIMEOUT)
             return ClaimAnswer(ClaimResult.WON, claims.read(held.cluster, written))
@@ -284,7 +284,7 @@ class _Claims:
     async def _read(self, cluster: str, namespace: str, body: dict[str, Any]) -> ClaimAnswer:
         name, mine = body["metadata"]["name"], body["spec"]["holderIdentity"]
         try:
-            found = await kube.request(self.fleet.clusters[cluster], "GET",
+            found = await kube.request_patient(self.fleet.clusters[cluster], "GET",
                                        claims.leases_path(namespace, name),
                                        timeout=CLAIM_TIMEOUT)
         except kube.KubeError as exc:

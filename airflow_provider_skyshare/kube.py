@@ -101,6 +101,26 @@ async def request(
                         f"not a JSON answer: {data[:80]!r}") from None
 
 
+# An apiserver that has just started answers 403 until its RBAC cache has synced (the soak
+# saw it 8-20 s after a restart): a 403 is asked again this long before it is believed.
+FORBIDDEN_PATIENCE_SECONDS = 15.0
+
+
+async def request_patient(cluster: Cluster, method: str, path: str, **kw: Any) -> Any:
+    """``request``, asked again while the answer is 403 for FORBIDDEN_PATIENCE_SECONDS: for
+    the calls whose 403 fails a task as a missing permission (claims, Events)."""
+    loop, delay = asyncio.get_running_loop(), 0.5
+    deadline = loop.time() + FORBIDDEN_PATIENCE_SECONDS
+    while True:
+        try:
+            return await request(cluster, method, path, **kw)
+        except KubeError as exc:
+            if exc.status != 403 or loop.time() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 4.0)
+
+
 def pods_path(namespace: str | None, name: str | None = None) -> str:
     base = f"/api/v1/namespaces/{namespace}/pods" if namespace else "/api/v1/pods"
     return f"{base}/{name}" if name else base

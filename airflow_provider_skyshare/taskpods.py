@@ -203,13 +203,14 @@ async def _list_claims(cluster: Cluster, selector: str, log: logging.Logger, dea
 
 
 async def _answered(call: Callable[[], Awaitable[T]], deadline: float) -> T:
-    """``call`` asked again while its cluster gives no answer, until ``deadline``."""
+    """``call`` asked again while its cluster gives no answer (or a 403: an apiserver just
+    started, RBAC not synced yet, kube.FORBIDDEN_PATIENCE_SECONDS), until ``deadline``."""
     loop, delay = asyncio.get_running_loop(), 0.5
     while True:
         try:
             return await call()
         except kube.KubeError as exc:
-            if not exc.no_answer or loop.time() + delay > deadline:
+            if not (exc.no_answer or exc.status == 403) or loop.time() + delay > deadline:
                 raise
         await asyncio.sleep(delay)
         delay = min(delay * 2, 5.0)

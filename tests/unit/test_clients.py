@@ -62,3 +62,33 @@ def test_kubernetes_asyncio_is_imported_off_the_event_loop(tmp_path):
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "thread"
+
+
+def test_a_module_another_client_is_still_importing_is_waited_for(tmp_path, monkeypatch):
+    """Two clusters' clients made at once: the second must not see the package the first one
+    is importing half-initialised (a soak task failed with "partially initialized module
+    'kubernetes_asyncio.config' has no attribute 'load_kube_config'")."""
+    import asyncio
+
+    from airflow_provider_skyshare import clients
+
+    (tmp_path / "slowpkg").mkdir()
+    (tmp_path / "slowpkg" / "__init__.py").write_text("")
+    (tmp_path / "slowpkg" / "config.py").write_text(
+        "import time\ntime.sleep(0.3)\ndef load_kube_config():\n    return 'loaded'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    async def make(later: float) -> str:
+        await asyncio.sleep(later)  # the second starts while the first is importing
+        await clients._import_off_loop("slowpkg.config")
+        return sys.modules["slowpkg.config"].load_kube_config()
+
+    async def both() -> list[str]:
+        return await asyncio.gather(make(0), make(0.1))
+
+    try:
+        assert asyncio.run(both()) == ["loaded", "loaded"]
+    finally:
+        for name in ("slowpkg.config", "slowpkg"):
+            sys.modules.pop(name, None)
+            getattr(clients, "_imported", set()).discard(name)

@@ -133,3 +133,30 @@ def test_each_pod_about_to_go_gets_a_tombstone_here_and_on_the_fallback_cluster(
     run(taskpods.entomb_then_delete(fleet, IDENTITY, LOG, TOMB, doomed, delete))
     posts = sorted((c[0], c[3]["metadata"]["name"]) for c in script.calls if c[1] == "POST")
     assert posts == [("bair", POD), ("rise", POD)]
+
+
+def test_a_403_from_an_apiserver_that_just_started_is_asked_again(fleet, monkeypatch):
+    """Seen in the soak: a restarted apiserver answers 403 until its RBAC cache syncs."""
+    script = Script([("POST", http(403)), ("POST", http(403)), ("POST", {})])
+    monkeypatch.setattr(kube, "request", script)
+    body = taskpods._new_tomb(IDENTITY, TOMB, POD, 2)
+    assert run(taskpods._entomb(fleet.clusters["rise"], body, TOMB, 1e12, LOG)) == POD
+
+
+def test_a_claim_forbidden_for_good_is_a_missing_permission(fleet, monkeypatch):
+    from airflow_provider_skyshare.cluster_api import MissingPermission, _Claims
+    from airflow_provider_skyshare.follow import Claim
+
+    calls: list[str] = []
+
+    async def forbidden(cluster, method: str, path: str, **_: Any) -> Any:
+        calls.append(method)
+        raise http(403)
+
+    monkeypatch.setattr(kube, "request", forbidden)
+    monkeypatch.setattr(kube.asyncio, "sleep", taskpods.asyncio.sleep)  # instant here too
+    monkeypatch.setattr(kube, "FORBIDDEN_PATIENCE_SECONDS", 0.05)
+    claim = Claim(("rise",), taskpods._new_tomb(IDENTITY, TOMB, POD, 2), None)
+    with pytest.raises(MissingPermission, match="skyshare manifests"):
+        run(_Claims(fleet).write(claim))
+    assert len(calls) >= 1
