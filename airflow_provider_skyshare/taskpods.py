@@ -147,10 +147,14 @@ async def entomb_then_delete(
 
     async def one(name: str) -> list[str]:
         names = await doomed(name)
+        elsewhere: list[dict[str, Any]] = []
         try:
-            await _entomb_here(fleet, name, identity, tomb, names, deadline, log)
+            elsewhere = await _entomb_here(fleet, name, identity, tomb, names, deadline, log)
         finally:
             deleted = await delete(name, list(names))
+        fallback = claims.fallback_cluster(list(fleet.clusters), name)
+        for body in elsewhere if fallback is not None else ():  # needed later: see below
+            await _entomb(fleet.clusters[fallback], body, tomb, deadline, log)
         return deleted
 
     results = await asyncio.gather(*(one(name) for name in fleet.clusters),
@@ -162,23 +166,23 @@ async def entomb_then_delete(
 
 
 async def _entomb_here(fleet: Fleet, name: str, identity: TaskIdentity, tomb: Tomb,
-                       doomed: dict[str, int], deadline: float, log: logging.Logger) -> None:
-    """The tombstones of one cluster; those named after its pods go to the claim's fallback
-    cluster too (a follower that thinks this cluster lost claims there: follow._claim)."""
+                       doomed: dict[str, int], deadline: float,
+                       log: logging.Logger) -> list[dict[str, Any]]:
+    """The tombstones of one cluster. Returns those named after its pods, for the claim's
+    fallback cluster: a follower that thinks this cluster lost claims there, but only after
+    ``unreachable_grace`` (follow._claim), so they are written after the pods are deleted."""
     cluster, last = fleet.clusters[name], tomb.history.last
     named = dict(doomed)
     if last is not None and last.cluster == name:
         named.setdefault(last.pod, last.number)
     listing = await _list_claims(cluster, identity.selector(), log, deadline, "this task's claims")
     bodies = {lease["metadata"]["name"]: lease for lease in listing or ()}
-    fallback = claims.fallback_cluster(list(fleet.clusters), name)
-    for pod, attempt in named.items():
-        body = _new_tomb(identity, tomb, pod, attempt)
-        bodies.setdefault(pod, body)
-        if fallback is not None:
-            await _entomb(fleet.clusters[fallback], body, tomb, deadline, log)
+    new = [_new_tomb(identity, tomb, pod, attempt) for pod, attempt in named.items()]
+    for body in new:
+        bodies.setdefault(body["metadata"]["name"], body)
     for body in bodies.values():
         await _entomb(cluster, body, tomb, deadline, log)
+    return new
 
 
 def _new_tomb(identity: TaskIdentity, tomb: Tomb, pod: str, attempt: int) -> dict[str, Any]:
