@@ -2,16 +2,25 @@
 
 A small FastAPI app mounted by the API server at /skyshare, shown in the UI's navigation
 as an external view. Pages render the same views as the `skyshare` CLI, live.
+
+Airflow does not authenticate a plugin's app (a mount inherits none of the core API's
+dependencies), so this one does, through Airflow's own security dependencies and the
+configured auth manager: every route needs the JWT the UI and the API use (the
+`Authorization: Bearer` header, else the UI's `_token` cookie), 401 without one. A task's
+timeline needs read access to that task's DAG; the fleet needs the Cluster Activity view.
+Both answer 403 otherwise.
 """
 
 from __future__ import annotations
 
 import html
 import time
-from typing import Any
+from typing import Annotated, Any
 
+from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
+from airflow.api_fastapi.auth.managers.models.resource_details import AccessView, DagAccessEntity
 from airflow.plugins_manager import AirflowPlugin
-from fastapi import FastAPI, Query
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse
 
 from airflow_provider_skyshare import capacity, metadb, taskpods, views
@@ -21,7 +30,45 @@ from airflow_provider_skyshare.links import PREFIX, SkyshareTimelineLink
 from airflow_provider_skyshare.pods import TaskIdentity
 from airflow_provider_skyshare.timeline import HEADERS, Timeline
 
-app = FastAPI(title="skyshare", description="GPU fleet shared by several orgs")
+
+async def authenticated_user(request: Request) -> BaseUser:
+    """The caller as Airflow's own routes see them (`security.get_user`): the bearer token wins,
+    else the UI's cookie; 401 without either, 401/403 for an expired/invalid one.
+
+    Imported on the first request: workers load plugins too (for macros), and the API
+    server's security module pulls in the whole ORM, which a task start need not pay for.
+    """
+    from airflow.api_fastapi.core_api.security import bearer_scheme, get_user
+
+    return await get_user(request, _oauth_token=None, bearer_credentials=await bearer_scheme(request))
+
+
+UserDep = Annotated[BaseUser, Depends(authenticated_user)]
+
+
+def can_read_fleet(request: Request, user: UserDep) -> None:
+    """The fleet is the platform's picture (capacity, which org borrows where, queued GPUs per
+    org; no DAG or task names), the same kind of thing as Airflow's Cluster Activity view,
+    so it needs that view: any Viewer has it, a user with no role does not.
+    """
+    from airflow.api_fastapi.core_api.security import requires_access_view
+
+    requires_access_view(AccessView.CLUSTER_ACTIVITY)(request, user)
+
+
+def can_read_task(request: Request, user: UserDep) -> None:
+    """A timeline is a task instance's attempts (clusters, pods, exit reasons), so it needs read
+    access to that task instance's DAG (the `dag_id` query parameter), decided as Airflow's
+    task-instance routes decide it, team of the DAG's bundle included (multi-team). Sync:
+    FastAPI runs it in a thread, as the team look-up queries the database.
+    """
+    from airflow.api_fastapi.core_api.security import requires_access_dag
+
+    requires_access_dag("GET", DagAccessEntity.TASK_INSTANCE)(request, user)
+
+
+app = FastAPI(title="skyshare", description="GPU fleet shared by several orgs",
+              dependencies=[Depends(authenticated_user)])
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}
@@ -56,13 +103,13 @@ def _page(title: str, body: str, refresh: int | None = 3) -> HTMLResponse:
                         f"<style>{STYLE}</style></head><body>{body}</body></html>")
 
 
-@app.get("/api/fleet")
+@app.get("/api/fleet", dependencies=[Depends(can_read_fleet)])
 async def api_fleet() -> list[dict[str, Any]]:
     fleet = _fleet()
     return views.fleet_rows(fleet, await capacity.probe(fleet))
 
 
-@app.get("/", response_class=HTMLResponse)
+@app.get("/", response_class=HTMLResponse, dependencies=[Depends(can_read_fleet)])
 async def fleet_page(refresh: int = Query(3, ge=0, le=3600)) -> HTMLResponse:
     """The live fleet table; `?refresh=0` stops the reload (for printing or a screenshot)."""
     try:
@@ -100,14 +147,14 @@ async def _timeline(dag_id: str, run_id: str, task_id: str, map_index: int) -> t
     return ("live (pods on the clusters)", live) if live else ("not found", Timeline())
 
 
-@app.get("/api/timeline")
+@app.get("/api/timeline", dependencies=[Depends(can_read_task)])
 async def api_timeline(dag_id: str, run_id: str, task_id: str,
                        map_index: int = Query(-1)) -> dict[str, Any]:
     source, timeline = await _timeline(dag_id, run_id, task_id, map_index)
     return {"source": source, "attempts": timeline.to_list()}
 
 
-@app.get("/timeline", response_class=HTMLResponse)
+@app.get("/timeline", response_class=HTMLResponse, dependencies=[Depends(can_read_task)])
 async def timeline_page(dag_id: str, run_id: str, task_id: str,
                         map_index: int = Query(-1)) -> HTMLResponse:
     source, timeline = await _timeline(dag_id, run_id, task_id, map_index)
