@@ -68,6 +68,9 @@ def dump_dom(page: str, tmp: Path, want: tuple[str, ...]) -> str:
 
 
 def check_ui(af, shots: Path) -> None:
+    """No token needed here: this Airflow runs with simple_auth_manager_all_admins, whose
+    middleware signs every request in as admin, the plugin's routes included. The login itself
+    is tested in test_ui_auth_airflow.py (and tests/unit/test_ui_auth.py)."""
     page = f"{af.url}/skyshare/?refresh=0"
     dom = dump_dom(page, shots, ("Skyshare fleet", "2 to rise", "no refresh"))
     assert "http-equiv" not in dom

@@ -11,6 +11,10 @@ permission" (the fleet's 403).
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ ATTEMPT = {"number": 1, "cluster": "rise", "tier": "owner", "pod": "p-1", "names
            "placed_at": 1.0, "started_at": 2.0, "ended_at": 3.0, "outcome": "Succeeded"}
 RISE_RUN = {"dag_id": "rise_dag", "run_id": "r1", "task_id": "train"}
 BAIR_RUN = {"dag_id": "bair_dag", "run_id": "r1", "task_id": "train"}
+SECRET = "unit-test-secret-" + "x" * 48  # 64+ bytes, as PyJWT recommends for HS512
 PAGES = ["/", "/api/fleet", "/timeline", "/api/timeline"]
 
 
@@ -67,7 +72,7 @@ def airflow_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": USERS,
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
         "AIRFLOW__CORE__MULTI_TEAM": "True",
-        "AIRFLOW__API_AUTH__JWT_SECRET": "unit-test-secret-" + "x" * 48,
+        "AIRFLOW__API_AUTH__JWT_SECRET": SECRET,
         "AIRFLOW__SKYSHARE__FLEET_FILE": str(ROOT / "dags" / "fleet.yaml"),
     }
     with pytest.MonkeyPatch.context() as mp:
@@ -197,10 +202,49 @@ def test_an_expired_token_is_401(client: TestClient, airflow_auth: Any) -> None:
     assert get(client, "/", bearer=expired).status_code == 401
 
 
+REAL_APP = """
+import json, os, sys
+from airflow import settings
+settings.configure_vars(); settings.reconfigure_orm()
+from airflow.utils import db
+db.initdb()
+from airflow_provider_skyshare import capacity
+from airflow_provider_skyshare.snapshot import Snapshot
+async def probe(fleet, **_): return Snapshot()
+capacity.probe = probe
+from airflow.api_fastapi.app import create_app, purge_cached_app
+from fastapi.testclient import TestClient
+seen = {}
+for all_admins in ("False", "True"):
+    os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] = all_admins
+    purge_cached_app()
+    client = TestClient(create_app("core"))
+    seen[all_admins] = [client.get(p).status_code for p in ("/skyshare/?refresh=0", "/skyshare/api/fleet")]
+print(json.dumps(seen))
+"""
+
+
+def test_airflows_own_app_mounts_it_behind_the_login(tmp_path: Path) -> None:
+    """Airflow's API server app (create_app, the plugin from its entry point), in a process of
+    its own: 401 without a login; with `simple_auth_manager_all_admins` (the e2e and demo
+    Airflow) its middleware signs every request in as admin, the plugin's routes included,
+    so pages fetched without a token (tests/e2e/test_scenario_airflow.py) still render.
+    """
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}  # only these:
+    env.update({"AIRFLOW_HOME": str(tmp_path),
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path}/airflow.db",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(tmp_path / "passwords.json"),
+                "AIRFLOW__API_AUTH__JWT_SECRET": SECRET, "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__SKYSHARE__FLEET_FILE": str(ROOT / "dags" / "fleet.yaml")})
+    out = subprocess.run([sys.executable, "-c", REAL_APP], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"False": [401, 401], "True": [200, 200]}
+
+
 def test_the_plugin_loads_without_airflows_security_module() -> None:
     """Workers import the plugin (macros); the auth dependencies are imported per request."""
-    import subprocess
-    import sys
 
     code = ("import sys, airflow_provider_skyshare.plugins.ui; "
             "sys.exit('airflow.api_fastapi.core_api.security' in sys.modules)")
