@@ -968,12 +968,30 @@ def _claim_answer(state: Follow, event: ClaimAnswer, now: float) -> Step:
                                          f"({event.detail[:160]})"), *actions]
     assert found is not None
     if found.verdict:
-        return _finish(state, Status.ABANDONED, f"the claim on attempt {number} is a tombstone: "
-                                                f"the task ended ({found.verdict}) under "
-                                                f"{found.holder}; creating nothing")
+        return _ended_elsewhere(state, found, number)
     if found.successor is not None:
         return _follow_successor(state, found)
     return _claim_taken(state, found, now)
+
+
+def _ended_elsewhere(state: Follow, found: claims.Found, number: int) -> Step:
+    """The claim is a tombstone: another follower gave the task its verdict. Create nothing.
+    That verdict is the task's, and this copy reports it: Airflow may still wait for one
+    (the finisher's end event was lost with its triggerer: seen in the soak); a stale copy's
+    report is ignored. A task killed elsewhere has nothing to report (abandoned)."""
+    try:
+        status = Status(found.verdict)
+    except ValueError:  # claims.KILLED, or a verdict of a later version
+        status = Status.ABANDONED
+    if status is Status.ERROR:
+        status = Status.ABANDONED  # the finisher's bug is in its own log, not this task's
+    history = found.history if found.history.attempts else state.timeline
+    succ = found.successor
+    if succ is not None and (history.last is None or succ.number > history.last.number):
+        history = history.add(succ)
+    return _finish(replace(state, timeline=history), status,
+                   f"the claim on attempt {number} is a tombstone: the task ended "
+                   f"({found.verdict}) under {found.holder}; creating nothing")
 
 
 def _claim_taken(state: Follow, found: claims.Found, now: float) -> Step:

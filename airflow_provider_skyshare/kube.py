@@ -131,8 +131,8 @@ async def list_pods(cluster: Cluster, namespace: str | None, **query: Any) -> di
 
 
 async def get_pod(cluster: Cluster, namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return await request(cluster, "GET", pods_path(namespace, name))
+    try:  # patient: a 403 here fails the task (a follower's recheck, a read-back)
+        return await request_patient(cluster, "GET", pods_path(namespace, name))
     except KubeError as exc:
         if exc.status == 404:
             return None
@@ -160,7 +160,8 @@ async def delete_pod(cluster: Cluster, namespace: str, name: str, grace: int | N
     body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid}} if uid \
         else None
     try:
-        await request(cluster, "DELETE", pods_path(namespace, name), query=query, body=body)
+        await request_patient(cluster, "DELETE", pods_path(namespace, name), query=query,
+                              body=body)
         return True
     except KubeError as exc:
         if exc.status == 404:

@@ -91,3 +91,22 @@ def test_the_sandbox_imports_only_what_it_declares() -> None:
 
 def test_the_dev_environment_installs_the_sandbox_extra() -> None:
     assert "sandbox" in (ROOT / "dev").read_text().split('-e ".[')[1].split("]")[0].split(",")
+
+
+@pytest.mark.parametrize("package", ["apache-airflow", "apache-airflow-providers-cncf-kubernetes"])
+def test_the_supported_floor_is_what_the_tests_run_on(package: str) -> None:
+    """A floor below the installed version would promise versions no test has seen (the
+    provider uses Airflow 3.3's teams, team triggerers, CLI groups and TaskSkippedEvent)."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    floors = [s.version for r in map(Requirement, pyproject()["project"]["dependencies"])
+              if r.name == package for s in r.specifier if s.operator == ">="]
+    installed = Version(importlib.metadata.version(package))
+    assert floors, f"{package} has no floor in pyproject.toml"
+    floor = Version(floors[0])
+    assert (floor.major, floor.minor) == (installed.major, installed.minor) and floor <= installed, (
+        f"pyproject.toml says {package}>={floor}, the tests run on {installed}: raise the floor "
+        "to what CI installs, or test the floor too")
