@@ -405,13 +405,22 @@ def _clean(admin, provider_pods, provider_leases) -> int:
 
 
 def _settled(admin, provider_pods) -> dict[str, list[str]]:
-    """Provider pods left once deletions have had a minute to finish (Kueue's finalizer)."""
-    deadline = time.time() + 60
-    left = provider_pods(admin)
-    while left and time.time() < deadline:
+    """Provider pods left once deletions have had a minute to finish (Kueue's finalizer).
+    An apiserver the last fault restarted may still be coming up: asked again meanwhile
+    (a soak once ended in a traceback here, its report lost)."""
+    import urllib3
+
+    deadline = time.time() + 90
+    while True:
+        try:
+            left = provider_pods(admin)
+        except urllib3.exceptions.HTTPError:
+            if time.time() > deadline:
+                raise
+            left = {"?": ["an apiserver does not answer yet"]}
+        if not left or time.time() > deadline:
+            return left
         time.sleep(1)
-        left = provider_pods(admin)
-    return left
 
 
 if __name__ == "__main__":
