@@ -79,6 +79,7 @@ class Tally:
     tombstones: int = 0  # claim Leases marked with the task's verdict, left at the end
     triggerer_kills: int = 0  # --airflow: kill -9 of a real triggerer
     triggerer_freezes: int = 0  # --airflow: SIGSTOP of a real triggerer, SIGCONT later
+    down_at_drain: list[str] = field(default_factory=list)  # apiservers restore could not start
 
 
 def sandbox_up() -> str:
@@ -170,8 +171,14 @@ async def run_task(fleet_file: str, n: int, rng: random.Random, kill_rate: float
     return out
 
 
-async def inject(rng: random.Random, until: float, tally: Tally) -> None:
-    """Random faults until ``until``: owner pods that reclaim, apiserver restarts."""
+async def inject(rng: random.Random, until: float, tally: Tally,
+                 outages: set[asyncio.Future[None]]) -> None:
+    """Random faults until ``until``: owner pods that reclaim, apiserver restarts.
+
+    An outage runs whole in a thread (stop, wait, start) and is shielded: cancelling the
+    faults at the end never leaves an apiserver down. ``restore`` awaits what is in
+    ``outages`` before the drain (a stop cut by the cancel once left rise down through it).
+    """
     from airflow_provider_skyshare.sandbox.api import Sandbox
 
     box = Sandbox(os.environ["KUBECONFIG"], list(CLUSTERS))
@@ -182,13 +189,52 @@ async def inject(rng: random.Random, until: float, tally: Tally) -> None:
             await asyncio.to_thread(_owner_pod, box, cluster, f"soak-owner-{uuid.uuid4().hex[:6]}")
             tally.injected_preemptions += 1
         else:
-            log.info("fault: %s apiserver down", cluster)
-            await asyncio.to_thread(box.stop_component, cluster, "apiserver")
-            try:
-                await asyncio.sleep(rng.uniform(5, 15))
-            finally:  # also when the soak ends or is interrupted meanwhile
-                await asyncio.to_thread(box.start_component, cluster, "apiserver")
+            outage = asyncio.ensure_future(
+                asyncio.to_thread(_outage, box, cluster, rng.uniform(5, 15)))
+            outages.add(outage)
+            await asyncio.shield(outage)
+            outages.discard(outage)
             tally.apiserver_restarts += 1
+
+
+def _outage(box, cluster: str, seconds: float) -> None:
+    log.info("fault: %s apiserver down for %.0f s", cluster, seconds)
+    box.stop_component(cluster, "apiserver")
+    time.sleep(seconds)
+    box.start_component(cluster, "apiserver")
+
+
+def report_faults(results: list[Any]) -> None:
+    """A fault injector that died of an error says so (gather would hide it)."""
+    for result in results:
+        if isinstance(result, Exception):
+            log.error("fault injection failed", exc_info=result)
+
+
+async def restore(outages: set[asyncio.Future[None]]) -> list[str]:
+    """After the faults are cancelled: every apiserver answers again before the drain.
+
+    Waits for the outages still under way, then starts any apiserver that is not healthy
+    (a no-op for the healthy). Returns the clusters still down, each logged with its error.
+    """
+    from airflow_provider_skyshare.sandbox.api import Sandbox
+    from airflow_provider_skyshare.sandbox.cluster import SandboxError
+
+    for outage in list(outages):
+        try:
+            await outage
+        except SandboxError as exc:
+            log.error("fault: an apiserver restart failed: %s", exc)
+    box, down = Sandbox(os.environ["KUBECONFIG"], list(CLUSTERS)), []
+    for cluster in CLUSTERS:
+        try:
+            await asyncio.to_thread(box.start_component, cluster, "apiserver")
+        except SandboxError as exc:
+            log.error("fault: %s apiserver still down before the drain: %s", cluster, exc)
+            down.append(cluster)
+    log.info("faults over: every apiserver answers" if not down else
+             "faults over: apiservers down: %s", ", ".join(down))
+    return down
 
 
 def _owner_pod(box, cluster: str, name: str) -> None:
@@ -213,7 +259,8 @@ def _owner_pod(box, cluster: str, name: str) -> None:
 async def drive(fleet_file: str, args: argparse.Namespace, tally: Tally) -> list[Outcome]:
     rng = random.Random(args.seed)
     until = time.time() + args.minutes * 60
-    faults = asyncio.create_task(inject(random.Random(args.seed + 1), until, tally))
+    outages: set[asyncio.Future[None]] = set()
+    faults = asyncio.create_task(inject(random.Random(args.seed + 1), until, tally, outages))
     running: set[asyncio.Task[Outcome]] = set()
     done: list[Outcome] = []
     n = 0
@@ -226,7 +273,8 @@ async def drive(fleet_file: str, args: argparse.Namespace, tally: Tally) -> list
                                                return_when=asyncio.FIRST_COMPLETED)
         done += [_result(t) for t in finished]
     faults.cancel()
-    await asyncio.gather(faults, return_exceptions=True)
+    report_faults(await asyncio.gather(faults, return_exceptions=True))
+    tally.down_at_drain = await restore(outages)
     finished, pending = await asyncio.wait(running, timeout=600) if running else (set(), set())
     done += [_result(t) for t in finished]
     for t in pending:  # hung: reported as lost (no verdict), never dropped
@@ -283,6 +331,7 @@ def analyse(outcomes: list[Outcome], pods, leaked_pods: dict, leaked_leases: dic
         "apiserver_restarts": tally.apiserver_restarts,
         "injected_preemptions": tally.injected_preemptions, "tombstones": tally.tombstones,
         "triggerer_kills": tally.triggerer_kills, "triggerer_freezes": tally.triggerer_freezes,
+        "apiservers_down_at_drain": len(tally.down_at_drain),
         "pods_created": len(pods.created()), "watch_reconnects": pods.reconnects,
         "watch_gap_seconds": round(pods.gap_seconds, 1), "cleaned_before": cleaned,
         "outcomes": [asdict(o) for o in outcomes],
@@ -309,7 +358,7 @@ def _count(values) -> dict[str, int]:
 
 def markdown(r: dict[str, Any]) -> str:
     zero = ("duplicates", "attempts_created_twice", "leaked_pods", "leaked_leases",
-            "lost_timelines")
+            "lost_timelines", "apiservers_down_at_drain")
     extra = [k for k in ("handed_over", "stepped_down", "read_tombstone") if k in r]
     rows = [f"| {k.replace('_', ' ')} | {r[k]} | {'0' if k in zero else '-'} |" for k in (
         "tasks_started", "tasks_finished", *zero, "moves", "preempted", "follower_kills",
@@ -371,7 +420,7 @@ def main() -> int:
     (RESULTS / "soak.md").write_text(markdown(report))
     print(markdown(report))
     bad = [k for k in ("duplicates", "attempts_created_twice", "leaked_pods", "leaked_leases",
-                       "lost_timelines") if report[k]]
+                       "lost_timelines", "apiservers_down_at_drain") if report[k]]
     return 1 if bad or not report["tasks_finished"] else 0
 
 

@@ -40,6 +40,8 @@ from scripts.soak import (
     inject,
     log,
     markdown,
+    report_faults,
+    restore,
     sandbox_up,
 )
 
@@ -151,7 +153,8 @@ async def _freeze(af, name: str, frozen: float, tally: Tally) -> None:
 async def drive(af, args: argparse.Namespace, tally: Tally) -> list[Outcome]:
     rng = random.Random(args.seed)
     until = time.time() + args.minutes * 60
-    faults = [asyncio.create_task(inject(random.Random(args.seed + 1), until, tally)),
+    outages: set[asyncio.Future[None]] = set()
+    faults = [asyncio.create_task(inject(random.Random(args.seed + 1), until, tally, outages)),
               asyncio.create_task(triggerer_faults(af, random.Random(args.seed + 2), until,
                                                    tally))]
     runs: dict[tuple[str, str], Outcome] = {}
@@ -168,7 +171,8 @@ async def drive(af, args: argparse.Namespace, tally: Tally) -> list[Outcome]:
     finally:
         for fault in faults:
             fault.cancel()
-        await asyncio.gather(*faults, return_exceptions=True)
+        report_faults(await asyncio.gather(*faults, return_exceptions=True))
+        tally.down_at_drain = await restore(outages)
     deadline = time.time() + 600
     while time.time() < deadline:  # the work still running ends on its own
         states = await asyncio.to_thread(task_states, af)
@@ -251,5 +255,5 @@ def main(args: argparse.Namespace) -> int:
     print(text)
     print(f"(Airflow logs were in {HOME}; the report in {RESULTS.relative_to(ROOT)})")
     bad = [k for k in ("duplicates", "attempts_created_twice", "leaked_pods", "leaked_leases",
-                       "lost_timelines") if report[k]]
+                       "lost_timelines", "apiservers_down_at_drain") if report[k]]
     return 1 if bad or not report["tasks_finished"] else 0
