@@ -232,8 +232,7 @@ async def restore(outages: set[asyncio.Future[None]]) -> list[str]:
         except SandboxError as exc:
             log.error("fault: %s apiserver still down before the drain: %s", cluster, exc)
             down.append(cluster)
-    log.info("faults over: every apiserver answers" if not down else
-             "faults over: apiservers down: %s", ", ".join(down))
+    log.info("faults over: apiservers down: %s", ", ".join(down) or "none")
     return down
 
 
