@@ -45,8 +45,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / \
     "skyshare-soak"
-os.environ.setdefault("SKYSHARE_SANDBOX_HOME", str(STATE / "sandbox"))
-os.environ.setdefault("SKYSHARE_SANDBOX_PORT_BASE", "21000")
 CLUSTERS = ("rise", "bair", "lab")
 RESULTS = ROOT / "benchmarks" / "results"
 FLEET = {
@@ -83,9 +81,13 @@ class Tally:
 
 
 def sandbox_up() -> str:
+    """The soak's own sandbox (set here, not on import: a test that imports this module
+    once moved the whole suite's sandbox onto the soak's state and ports)."""
     from airflow_provider_skyshare.sandbox import cluster
     from airflow_provider_skyshare.sandbox.api import Sandbox
 
+    os.environ.setdefault("SKYSHARE_SANDBOX_HOME", str(STATE / "sandbox"))
+    os.environ.setdefault("SKYSHARE_SANDBOX_PORT_BASE", "21000")
     STATE.mkdir(parents=True, exist_ok=True)
     fleet = STATE / "fleet.yaml"
     fleet.write_text(json.dumps(FLEET, indent=2))  # YAML is a superset of JSON

@@ -71,6 +71,12 @@ def test_an_outage_cancelled_mid_stop_is_restarted_before_the_drain(box: FakeBox
     assert [verb for verb, name in box.calls if name == stopped][-1] == "start"
 
 
+def test_importing_the_soak_leaves_the_sandbox_settings_alone() -> None:
+    import os
+
+    assert os.environ.get("SKYSHARE_SANDBOX_HOME", "") != str(soak.STATE / "sandbox")
+
+
 def test_an_apiserver_that_does_not_come_back_is_reported_not_hidden(
         box: FakeBox, caplog: pytest.LogCaptureFixture) -> None:
     box.fail_start = True
