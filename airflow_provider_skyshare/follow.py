@@ -804,9 +804,9 @@ def _gang_changed(state: Follow, now: float) -> Step:
     speaker = gang.view(names, state.members)
     if speaker is None or state.pod_gone:  # pod_gone: its Events are being read (Inquire)
         return state, []  # a member not seen yet: its first event is on its way
-    if speaker.gone:
+    if speaker.unseen_end:
         return _watching_gone(replace(state, pod=speaker.pod, pod_gone=True), speaker.name, now)
-    return _watching_seen(state, PodSeen(speaker.pod or {}), now)
+    return _watching_seen(state, PodSeen(speaker.pod or {}, deleted=speaker.gone), now)
 
 
 def _gone_outcome(state: Follow) -> Outcome:

@@ -127,11 +127,13 @@ def owned_by(obj: dict[str, Any], owner: Mapping[str, Any]) -> dict[str, Any]:
 # -- what the members' states say about the gang ----------------------------------------------
 @dataclass(frozen=True)
 class Member:
-    """A member as last seen; ``gone``: deleted, or not found."""
+    """A member as last seen; ``gone``: deleted, or not found (``unseen_end``: its deletion
+    was not seen either, so how it ended is not known)."""
 
     name: str
     pod: dict[str, Any] | None = None
     gone: bool = False
+    unseen_end: bool = False
 
     @property
     def outcome(self) -> outcomes.Outcome:
@@ -145,7 +147,7 @@ def seen(known: tuple[Member, ...], pod: dict[str, Any], deleted: bool) -> tuple
 
 def gone(known: tuple[Member, ...], name: str) -> tuple[Member, ...]:
     old = next((m for m in known if m.name == name), Member(name))
-    return _put(known, replace(old, gone=True))
+    return _put(known, replace(old, gone=True, unseen_end=True))
 
 
 def _put(known: tuple[Member, ...], member: Member) -> tuple[Member, ...]:
