@@ -43,13 +43,14 @@ def gang_clusters(sandbox, kube_env) -> tuple[str, str]:
     return "den", "lab"
 
 
-def gang(task_id: str, *, org: str = "rise", duration: str = "20s", **settings: Any) -> Driven:
+def gang(task_id: str, *, duration: str = "20s", **settings: Any) -> Driven:
+    """romil's (rise's) 2-node job, two pods of 2 T4 each."""
     op = MultiClusterGpuOperator(task_id=task_id, image="busybox", gpus="T4:2", nodes=2,
-                                 org=org, fleet_file=str(FLEET),
+                                 org="rise", user="romil", fleet_file=str(FLEET),
                                  annotations={DURATION: duration})
     identity = TaskIdentity("gangs", task_id, f"run-{uuid.uuid4().hex[:8]}")
-    job = Job(load(FLEET), Request("T4", 2, org, None, nodes=2), op.build_template(), identity,
-              Settings(**settings))
+    job = Job(load(FLEET), Request("T4", 2, "rise", "romil", nodes=2), op.build_template(),
+              identity, Settings(**settings))
     return Driven(Supervisor.for_job(job, log=logging.getLogger(f"gang.{task_id}")))
 
 
