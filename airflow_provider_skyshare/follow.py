@@ -975,15 +975,19 @@ def _taken(state: Follow, outcome: Outcome, now: float) -> Step:
 
 
 def _gang_taken(state: Follow, last: Attempt) -> tuple[Follow, list[Action]]:
-    """One member taken takes the gang: every other member is deleted now (a gang with a
-    member missing would wait at its rendezvous forever), and the wait for termination
-    waits for the member still stopping, if any."""
-    gone = _attempt_orphans(state, last)
-    stopper = gang.stopping(_names(state, last.pod), state.members)
+    """One member taken takes the gang: every member nobody is deleting yet is deleted now
+    (a gang with a member missing would wait at its rendezvous forever; those Kueue is
+    preempting keep their grace period), and the wait for termination waits for the
+    member still stopping, if any."""
+    names = _names(state, last.pod)
+    gone = tuple(Orphan(last.cluster, last.namespace, name)
+                 for name in gang.staying(names, state.members))
+    stopper = gang.stopping(names, state.members)
     state = replace(_with_orphans(state, gone), pod=stopper.pod if stopper else state.pod,
                     pod_gone=stopper is None)
     return state, [Note(Level.WARNING, f"attempt {last.number}: the gang goes whole; deleting "
-                                       f"its {len(gone)} pods"), *(Delete(o) for o in gone)]
+                                       f"{len(gone)} of its {len(names)} pods"),
+                   *(Delete(o) for o in gone)]
 
 
 # -- waiting for a taken pod to stop (wait_for_termination) --------------------------------

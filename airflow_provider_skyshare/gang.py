@@ -186,6 +186,17 @@ def stopping(names: tuple[str, ...], known: tuple[Member, ...]) -> Member | None
     return None
 
 
+def staying(names: tuple[str, ...], known: tuple[Member, ...]) -> tuple[str, ...]:
+    """The members nobody is deleting yet (not gone, no deletionTimestamp; never seen
+    counts: it may exist): those a gang taken must delete itself. One being deleted (Kueue
+    preempting the group) keeps its grace period to write a checkpoint."""
+    def leaving(name: str) -> bool:
+        member = next((m for m in known if m.name == name), None)
+        meta = ((member.pod or {}).get("metadata") or {}) if member else {}
+        return member is not None and (member.gone or bool(meta.get("deletionTimestamp")))
+    return tuple(n for n in names if not leaving(n))
+
+
 # -- placement: does the whole gang fit on one cluster? --------------------------------------
 def slots(nodes: Iterable[NodeGpus], need: int, *, borrowed: bool = False) -> int:
     """How many members (``need`` GPUs each) the nodes can take now; with ``borrowed``, also

@@ -175,6 +175,16 @@ def test_a_gang_has_stopped_when_no_member_seen_is_still_running(pod_fixture):
     assert gang.stopping(NAMES, known(pod_fixture, ("lead", "", False))) is None  # never seen
 
 
+def test_a_gang_taken_deletes_only_the_members_nobody_is_deleting(pod_fixture):
+    events = pod_fixture("kueue_preempted")["events"]
+    marked = next(e["object"] for e in events if e["object"]["metadata"].get("deletionTimestamp"))
+    members = (*known(pod_fixture, ("lead", "running", False)),
+               Member("lead-r1", as_member(marked, "lead-r1")))
+    assert gang.staying(NAMES, members) == ("lead",)  # r1: Kueue deletes it, with its grace
+    assert gang.staying(NAMES, gang.gone(members, "lead")) == ()
+    assert gang.staying(NAMES, ()) == NAMES  # never seen: they may exist
+
+
 # -- does the whole gang fit? ----------------------------------------------------------------
 def test_slots_count_members_per_node_and_room_counts_all_gpus():
     nodes = [NodeGpus("a", "T4", 4, 0, 0), NodeGpus("b", "T4", 4, 3, 2),
