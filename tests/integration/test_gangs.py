@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_skyshare import pods
+from airflow_provider_skyshare.finish import FinishPolicy, finish
 from airflow_provider_skyshare.fleet import OWNER
 from airflow_provider_skyshare.fleetfile import load
 from airflow_provider_skyshare.follow import Job, Settings
@@ -68,13 +69,30 @@ def one_pod(admin, cluster: str, org: str, task_id: str, duration: str = "600s")
     return body["metadata"]["name"]
 
 
+async def verdict(sup: Driven, follow: asyncio.Task[dict]) -> dict:
+    """The follower's verdict, then the end of the task as the trigger makes it (finish:
+    tombstones, then every member deleted)."""
+    event = await follow
+    state = sup.sup.state
+    assert state.verdict is not None
+    await finish(state, state.verdict, FinishPolicy(), logging.getLogger("gang.finish"))
+    return event
+
+
 def running_pod(admin, cluster: str, org: str, name: str) -> bool:
     pod = admin[cluster].read_namespaced_pod(name, f"skyshare-{org}")
     return pod.status.phase == "Running"
 
 
 def delete(admin, cluster: str, org: str, name: str) -> None:
-    admin[cluster].delete_namespaced_pod(name, f"skyshare-{org}", grace_period_seconds=0)
+    """Delete one of the test's own pods (gone already: fine)."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        admin[cluster].delete_namespaced_pod(name, f"skyshare-{org}", grace_period_seconds=0)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
 
 
 def members_running(admin, cluster: str, sup: Driven) -> bool:
@@ -122,7 +140,7 @@ async def _waits_whole(admin, sup: Driven, blocker: tuple[str, str, str],
                             "the gang's Workload pending on den")
     freed = time.time()
     await asyncio.to_thread(delete, admin, *blocker)
-    return await follow, freed
+    return await verdict(sup, follow), freed
 
 
 def _workload_pending(admin, cluster: str, sup: Driven) -> bool:
@@ -184,4 +202,4 @@ async def _moves_whole(admin, sup: Driven, den: str, lab: str, den_blocker: str,
     owner.append(await asyncio.to_thread(one_pod, admin, lab, "bair", "lab-owner", "3s"))
     await asyncio.to_thread(wait_for, lambda: members_running(admin, den, sup), 60,
                             "the gang running again on den")
-    return await follow
+    return await verdict(sup, follow)
