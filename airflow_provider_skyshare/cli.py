@@ -129,7 +129,7 @@ def _victim(h: Holder) -> dict[str, Any]:
 def cmd_explain(args: argparse.Namespace) -> int:
     fleet = _fleet(args.fleet)
     product, count = parse_gpus(args.gpus)
-    request = Request(product, count, args.org, args.user)
+    request = Request(product, count, args.org, args.user, nodes=args.nodes)
     snapshot = asyncio.run(_run(capacity.probe(fleet)))
     decision = choose(request, fleet, snapshot, now=time.time())
     hit = views.victims(decision, snapshot)
@@ -324,6 +324,8 @@ COMMANDS = (
         FLEET, Option(("--gpus",), {"required": True, "help": "PRODUCT:COUNT, e.g. T4:2"}),
         Option(("--org",), {"required": True, "help": "the org that asks"}),
         Option(("--user",), {"help": "who asks (checked against the org's members)"}),
+        Option(("--nodes",), {"type": int, "default": 1,
+                              "help": "pods (nodes) of a multi-node job, each with --gpus"}),
         OUTPUT, JSON)),
     Command("manifests", "namespaces, credentials, queues and tier policy the fleet implies on "
             "a cluster (YAML for kubectl apply)", cmd_manifests, (

@@ -13,7 +13,7 @@ import asyncio
 from dataclasses import replace
 from typing import Any, Protocol
 
-from airflow_provider_skyshare import capacity, claims, evidence, kube, watch
+from airflow_provider_skyshare import capacity, claims, evidence, gang, kube, watch
 from airflow_provider_skyshare.fleet import Fleet
 from airflow_provider_skyshare.follow import (
     Claim,
@@ -71,6 +71,15 @@ class ClusterApi(Protocol):
                       since: float) -> Outcome | None:
         """How a pod that is gone ended, from its Events since ``since`` (None: they do not
         say, or no answer)."""
+
+    # a gang (nodes > 1): its pods as one
+    async def create_gang(self, cluster: str, leader: dict[str, Any],
+                          rest: tuple[dict[str, Any], ...]) -> Event: ...
+
+    async def get_gang(self, cluster: str, namespace: str, names: tuple[str, ...]) -> Event: ...
+
+    async def watch_gang(self, cluster: str, namespace: str,
+                         names: tuple[str, ...]) -> PodFeed: ...
 
 
 class MissingPermission(RuntimeError):
@@ -134,6 +143,49 @@ class HubFeed:
         self.hub.unsubscribe(self.pod, self.queue)
 
 
+class GangFeed:
+    """The members' subscriptions to the shared watch of their cluster and namespace, as one
+    feed: one pump per member into one queue, in arrival order. A member's PodGone names it
+    (follow keeps the members apart); a broken watch fails the reader, as for one pod."""
+
+    def __init__(self, feeds: list[HubFeed]) -> None:
+        self.feeds = feeds
+        self.merged: asyncio.Queue[Event | WatchBroken] = asyncio.Queue()
+        for feed in feeds:  # what each member's feed has already (cache or get), rank order
+            for event in feed.first:
+                self.merged.put_nowait(_named(event, feed.pod))
+            feed.first.clear()
+        self.pumps = [asyncio.ensure_future(self._pump(feed)) for feed in feeds]
+
+    async def _pump(self, feed: HubFeed) -> None:
+        try:
+            while True:
+                event = await feed.next(None)
+                if event is not None:
+                    self.merged.put_nowait(_named(event, feed.pod))
+        except WatchBroken as exc:
+            self.merged.put_nowait(exc)
+
+    async def next(self, timeout: float | None) -> Event | None:
+        try:
+            item = await asyncio.wait_for(self.merged.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+        if isinstance(item, WatchBroken):
+            raise item
+        return item
+
+    def close(self) -> None:
+        for pump in self.pumps:
+            pump.cancel()
+        for feed in self.feeds:
+            feed.close()
+
+
+def _named(event: Event, pod: str) -> Event:
+    return PodGone(pod) if isinstance(event, PodGone) else event
+
+
 class KubeClusterApi:
     """The real clusters of a fleet, for one task (its key guards every delete)."""
 
@@ -169,6 +221,64 @@ class KubeClusterApi:
         feed.first.append(PodSeen(cached) if cached is not None
                           else await self.get(cluster, namespace, pod))
         return feed
+
+    async def watch_gang(self, cluster: str, namespace: str,
+                         names: tuple[str, ...]) -> PodFeed:
+        return GangFeed([await self.watch(cluster, namespace, name)  # type: ignore[misc]
+                         for name in names])
+
+    async def get_gang(self, cluster: str, namespace: str, names: tuple[str, ...]) -> Event:
+        """A gang read back: its leader when every member is there (the create made the
+        whole gang), PodGone when one is not, Unreachable when one get had no answer."""
+        found = [await self.get(cluster, namespace, name) for name in names]
+        silent = next((f for f in found if isinstance(f, Unreachable)), None)
+        if silent is not None:
+            return silent
+        return found[0] if all(isinstance(f, PodSeen) for f in found) else PodGone()
+
+    async def create_gang(self, cluster: str, leader: dict[str, Any],
+                          rest: tuple[dict[str, Any], ...]) -> Event:
+        """The leader as one pod is created (its answer is the attempt's), then the Service,
+        owned by the leader's pod so that it goes with it, then the other members. One that
+        fails fails the gang (follow deletes what was made); 409 of this task's is kept."""
+        first = await self.create(cluster, leader)
+        made = first.existing if isinstance(first, CreateConflict) else None
+        if isinstance(first, CreateFailed) or (isinstance(first, CreateConflict) and (
+                made is None or _key_of(made) != self.task_key)):
+            return first
+        if made is None:
+            made = await self.get(cluster, leader["metadata"]["namespace"],
+                                  leader["metadata"]["name"])
+            made = made.pod if isinstance(made, PodSeen) else None
+        if made is None:
+            return CreateFailed(cluster, CreateAnswer.NONE, "the gang's leader vanished")
+        for body in rest:
+            body = gang.owned_by(body, made) if body.get("kind") == "Service" else body
+            failed = await self._create_member(cluster, body)
+            if failed is not None:
+                return failed
+        return first
+
+    async def _create_member(self, cluster: str, body: dict[str, Any]) -> CreateFailed | None:
+        target, meta = self.fleet.clusters[cluster], body["metadata"]
+        path = (kube.pods_path(meta["namespace"]) if body.get("kind") != "Service"
+                else f"/api/v1/namespaces/{meta['namespace']}/services")
+        try:
+            await kube.request(target, "POST", path, body=body,
+                               query={"timeout": f"{kube.CREATE_SERVER_SECONDS}s"},
+                               timeout=kube.CREATE_SECONDS)
+            return None
+        except kube.KubeError as exc:
+            if exc.status == 409 and await self._ours(target, f"{path}/{meta['name']}"):
+                return None
+            return CreateFailed(cluster, _answer(exc), f"{body.get('kind')} {meta['name']}: "
+                                                       f"{_said(exc)}")
+
+    async def _ours(self, target: Any, path: str) -> bool:
+        try:
+            return _key_of(await kube.request(target, "GET", path)) == self.task_key
+        except kube.KubeError:
+            return False
 
     async def get(self, cluster: str, namespace: str, pod: str) -> Event:
         try:
@@ -297,6 +407,10 @@ class _Claims:
         # our own write whose answer was lost reads back as ours; a tombstone never does
         ours = claim.holder == mine and not claim.verdict
         return ClaimAnswer(ClaimResult.WON if ours else ClaimResult.TAKEN, claim)
+
+
+def _key_of(obj: dict[str, Any]) -> str:
+    return ((obj.get("metadata") or {}).get("labels") or {}).get(L_TASK_KEY, "")
 
 
 def _in(lease: dict[str, Any], namespace: str) -> dict[str, Any]:

@@ -83,3 +83,39 @@ def team_dag(folder: str, dag_id: str, task_id: str, owner: str, duration: str) 
             max_preemptions=3,
         )
     return dag
+
+
+GANG_FLEET = "fleet-gangs.yaml"
+
+
+def gang_fleet(folder: str) -> str:
+    """The platform's fleet with 2-node clusters (dags/fleet-gangs.yaml) as Airflow is
+    configured with it; where Airflow configures none (development), the one next to the
+    bundle."""
+    from airflow_provider_skyshare.operators.gpu import configured_fleet_files
+
+    configured = [f for f in configured_fleet_files() if os.path.basename(f) == GANG_FLEET]
+    return configured[0] if configured else os.path.join(folder, os.pardir, GANG_FLEET)
+
+
+def gang_dag(folder: str, dag_id: str = "rise_gang") -> DAG:
+    """A 2-node training job (a gang: two pods of 2 T4 each, admitted together as one Kueue
+    pod group on one cluster, moved whole) on the fleet where rise owns den, two nodes."""
+    with DAG(dag_id=dag_id, start_date=datetime(2026, 1, 1), schedule=None, catchup=False,
+             description="As a rise user: a 2-node torchrun job, placed and moved as one",
+             default_args={"owner": "romil"},
+             params={"duration": Param("10s", type="string")},
+             tags=["skyshare", "example", "gang"]) as dag:
+        MultiClusterGpuOperator(
+            task_id="romil-ddp",
+            gpus="T4:2",  # per node
+            nodes=2,
+            fleet_file=gang_fleet(folder),
+            image="nvcr.io/nvidia/pytorch:24.05-py3",
+            # torchrun reads --nnodes, --node_rank, --master_addr, --master_port and
+            # --nproc_per_node from the PET_* variables each member gets
+            cmds=["torchrun", "train.py"],
+            annotations={"sandbox.skyshare.dev/duration": "{{ params.duration }}"},
+            max_preemptions=3,
+        )
+    return dag

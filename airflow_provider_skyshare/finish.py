@@ -63,16 +63,24 @@ def current_pod(state: Follow) -> Orphan | None:
     return Orphan(last.cluster, last.namespace, last.pod) if last else None
 
 
+def current_pods(state: Follow) -> list[Orphan]:
+    """The current attempt's pods: its one pod, or every member of its gang."""
+    last = state.timeline.last
+    if last is None:
+        return []
+    names = last.members or (last.pod,)
+    return [Orphan(last.cluster, last.namespace, name) for name in names]
+
+
 def to_delete(state: Follow, verdict: Verdict, policy: FinishPolicy) -> list[Orphan]:
     """The current pod unless the policy keeps it, and every orphan. A pod that did not run
     to its own end (queue timeout, limit, unreachable) is always deleted: kept, it would
     still run or wait for GPUs with nobody following it."""
-    pod = current_pod(state)
     keep = verdict.status.pod_finished and (
         policy.on_finish_action is FinishAction.KEEP_POD
         or (policy.on_finish_action is FinishAction.DELETE_SUCCEEDED_POD
             and verdict.status is not Status.SUCCESS))
-    mine = [] if pod is None or keep else [pod]
+    mine = [] if keep else current_pods(state)
     return mine + [o for o in state.orphans if o not in mine]
 
 

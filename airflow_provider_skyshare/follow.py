@@ -17,7 +17,7 @@ import enum
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from airflow_provider_skyshare import claims, outcomes, placement, pods
+from airflow_provider_skyshare import claims, gang, outcomes, placement, pods
 from airflow_provider_skyshare.claims import Held
 from airflow_provider_skyshare.fleet import Fleet, parse
 from airflow_provider_skyshare.names import L_TASK_KEY, TERMINAL_PHASES, Kind, Reason
@@ -191,6 +191,8 @@ class PodSeen:
 class PodGone:
     """The pod is not in a fresh list (a relist after 410 Gone, or a get found nothing)."""
 
+    pod: str = ""  # which gang member ("": the attempt's pod)
+
 
 @dataclass(frozen=True)
 class Unreachable:
@@ -267,6 +269,9 @@ class Probe:
 class Create:
     cluster: str
     pod: dict[str, Any]
+    # a gang: created after ``pod`` (its leader), on the same cluster: the Service, then the
+    # other members. The answer is the leader's, or a failure if any of these failed.
+    extra: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -276,6 +281,7 @@ class Watch:
     cluster: str
     namespace: str
     pod: str
+    members: tuple[str, ...] = ()  # a gang: every member's pod (the leader's first)
 
 
 @dataclass(frozen=True)
@@ -296,6 +302,7 @@ class ReadBack:
     namespace: str
     pod: str
     message: str
+    members: tuple[str, ...] = ()  # a gang: found only if every member is
 
 
 @dataclass(frozen=True)
@@ -400,13 +407,14 @@ class Follow:
     seen_claim: tuple[str, float] | None = None
     unrecorded: Claim | None = None  # a record not yet answered: retried on every tick
     drain_until: float | None = None  # draining: place anyway after this
+    members: tuple[gang.Member, ...] = ()  # a gang's pods as last seen (watching, draining)
 
     # JSON: trigger kwargs and events carry it (keys kept from the first format)
     def to_dict(self) -> dict[str, Any]:
         job = self.job
         return {
             "fleet": job.fleet.to_dict(), "fleet_source": job.fleet.source,
-            "request": asdict(job.request), "template": job.template,
+            "request": _request_dict(job.request), "template": job.template,
             "identity": job.identity.to_dict(), "settings": job.settings.to_dict(),
             "timeline": self.timeline.to_list(), "orphans": [asdict(o) for o in self.orphans],
         }
@@ -424,6 +432,11 @@ class Follow:
 
 
 Step = tuple[Follow, list[Action]]
+
+
+def _request_dict(request: Request) -> dict[str, Any]:
+    """A one-pod request is written as before gangs existed."""
+    return {k: v for k, v in asdict(request).items() if k != "nodes" or v != 1}
 
 
 def step(state: Follow, event: Event, now: float) -> Step:
@@ -444,7 +457,7 @@ def _start(state: Follow, _: Start, now: float) -> Step:
     last = state.timeline.last
     if last is None:
         return _begin_placing(state, now, moved_at=None)
-    return replace(state, phase=Phase.WATCHING), [Watch(last.cluster, last.namespace, last.pod)]
+    return replace(state, phase=Phase.WATCHING, members=()), [_watch(state, last)]
 
 
 def _begin_placing(state: Follow, now: float, moved_at: float | None) -> Step:
@@ -452,7 +465,7 @@ def _begin_placing(state: Follow, now: float, moved_at: float | None) -> Step:
                     retry_delay=FIRST_RETRY_DELAY, refused=(), candidates=(), pod=None,
                     pod_gone=False, down_since=None, rebalance_to=None, wake_at=None,
                     held=None, claimed_at=None, claim_wait=False, seen_claim=None,
-                    drain_until=None, housekeeping_at=None)
+                    drain_until=None, housekeeping_at=None, members=())
     return state, [*_pending_record(state), _first_step(state, now)]
 
 
@@ -533,7 +546,32 @@ def _create_action(state: Follow, cand: Candidate) -> Create:
                       preemptions=timeline.preemptions, history_json=timeline.to_json(),
                       orphans=[asdict(o) for o in state.orphans  # never the pod itself
                                if (o.cluster, o.pod) != (cand.cluster.name, pod)])
-    return Create(cand.cluster.name, body)
+    if job.request.nodes == 1:
+        return Create(cand.cluster.name, body)
+    group = gang.members(body, job.request.nodes, job.request.gpu_count,
+                         pods.main_index(body["spec"]))
+    return Create(cand.cluster.name, group[0], (gang.service(group[0]), *group[1:]))
+
+
+# -- a gang (request.nodes > 1): one attempt, N pods -----------------------------------------
+def _names(state: Follow, leader: str) -> tuple[str, ...]:
+    """The pods of the attempt whose pod (leader) is ``leader``: one, or a gang's."""
+    return gang.member_names(leader, state.job.request.nodes)
+
+
+def _watch(state: Follow, attempt: Attempt) -> Watch:
+    members = _names(state, attempt.pod) if state.job.request.nodes > 1 else ()
+    return Watch(attempt.cluster, attempt.namespace, attempt.pod, members)
+
+
+def _attempt_orphans(state: Follow, attempt: Attempt) -> tuple[Orphan, ...]:
+    """Every pod of the attempt, as orphans: a gang goes whole."""
+    return tuple(Orphan(attempt.cluster, attempt.namespace, name)
+                 for name in _names(state, attempt.pod))
+
+
+def _with_orphans(state: Follow, more: tuple[Orphan, ...]) -> Follow:
+    return replace(state, orphans=(*state.orphans, *(o for o in more if o not in state.orphans)))
 
 
 def _refused_map(state: Follow) -> dict[str, str]:
@@ -545,21 +583,23 @@ def _created(state: Follow, event: Created, now: float) -> Step:
         return state, []
     cand = state.candidates[0]
     number = state.timeline.next_number
+    leader = state.job.identity.pod_name(number)
     attempt = Attempt(number=number, cluster=cand.cluster.name, tier=cand.tier.name,
-                      pod=state.job.identity.pod_name(number), namespace=cand.cluster.namespace,
-                      placed_at=now, why=cand.reason)
+                      pod=leader, namespace=cand.cluster.namespace, placed_at=now,
+                      why=cand.reason,
+                      members=_names(state, leader) if state.job.request.nodes > 1 else ())
     orphans = tuple(o for o in state.orphans
                     if (o.cluster, o.pod) != (attempt.cluster, attempt.pod))  # ours: keep it
     new = replace(state, phase=Phase.WATCHING, timeline=state.timeline.add(attempt),
                   orphans=orphans, candidates=(), refused=(), placing_since=None, pod=None,
-                  pod_gone=False)
+                  pod_gone=False, members=())
     actions: list[Action] = [
         Note(Level.INFO, f"attempt {number}: pod {attempt.pod} created on {attempt.cluster} as "
                          f"{attempt.tier} ({cand.reason})")]
     if state.held is not None:
         new = replace(new, unrecorded=_record(new, now))
         actions.append(new.unrecorded)  # type: ignore[arg-type]
-    actions.append(Watch(attempt.cluster, attempt.namespace, attempt.pod))
+    actions.append(_watch(new, attempt))
     if state.moved_at is not None:
         latency = now - state.moved_at
         new = replace(new, latencies=(*state.latencies, latency), moved_at=None)
@@ -600,7 +640,8 @@ def _create_failed(state: Follow, event: CreateFailed, now: float) -> Step:
         Note(Level.WARNING, f"cluster {event.cluster}: {event.answer.value} to the create "
                             f"({event.message[:160]}); reading {pod} back before trying "
                             "another cluster"),
-        ReadBack(event.cluster, state.candidates[0].cluster.namespace, pod, event.message[:160])]
+        ReadBack(event.cluster, state.candidates[0].cluster.namespace, pod, event.message[:160],
+                 _names(state, pod) if state.job.request.nodes > 1 else ())]
 
 
 def _read_back(state: Follow, event: ReadBackAnswer, now: float) -> Step:
@@ -629,11 +670,14 @@ def _refused(state: Follow, cluster: str, why: Refusal, message: str, now: float
     if state.phase is not Phase.PLACING or not state.candidates:
         return state, []
     orphans = state.orphans
-    if why.transient:  # no clear answer: the pod may exist there, or appear there a moment later
+    # no clear answer: the pod may exist there, or appear there a moment later; a gang's
+    # refusal may come after its leader and some members were made
+    if why.transient or state.job.request.nodes > 1:
         cand = state.candidates[0]
         pod = state.job.identity.pod_name(state.timeline.next_number)
-        orphan = Orphan(cluster, cand.cluster.namespace, pod)
-        orphans = orphans if orphan in orphans else (*orphans, orphan)
+        made = tuple(Orphan(cluster, cand.cluster.namespace, name)
+                     for name in _names(state, pod))
+        orphans = (*orphans, *(o for o in made if o not in orphans))
     rest = state.candidates[1:]
     state = replace(state, orphans=orphans, candidates=rest,
                     refused=(*state.refused, (cluster, why, message)))
@@ -689,10 +733,17 @@ def _tick(state: Follow, _: Tick, now: float) -> Step:
 
 # -- watching ------------------------------------------------------------------------------
 def _pod_seen(state: Follow, event: PodSeen, now: float) -> Step:
+    if state.job.request.nodes > 1 and state.phase in (Phase.WATCHING, Phase.DRAINING):
+        members = gang.seen(state.members, event.pod, event.deleted)
+        return _gang_changed(replace(state, members=members), now)
     if state.phase is Phase.DRAINING:
         return _draining_seen(state, event, now)
     if state.phase is not Phase.WATCHING:
         return state, []
+    return _watching_seen(state, event, now)
+
+
+def _watching_seen(state: Follow, event: PodSeen, now: float) -> Step:
     last = state.timeline.last
     assert last is not None  # WATCHING always has an attempt
     outcome = outcomes.classify(event.pod, "DELETED" if event.deleted else "MODIFIED")
@@ -716,18 +767,46 @@ def _pod_seen(state: Follow, event: PodSeen, now: float) -> Step:
     return state, actions
 
 
-def _pod_gone(state: Follow, _: PodGone, now: float) -> Step:
+def _pod_gone(state: Follow, event: PodGone, now: float) -> Step:
+    last = state.timeline.last
+    if state.job.request.nodes > 1 and state.phase in (Phase.WATCHING, Phase.DRAINING):
+        assert last is not None
+        members = gang.gone(state.members, event.pod or last.pod)
+        return _gang_changed(replace(state, members=members), now)
     if state.phase is Phase.DRAINING:
         return _drained(state, now, "it is gone", Level.INFO)
     if state.phase is not Phase.WATCHING:
         return state, []
-    state = replace(state, pod_gone=True)
+    assert last is not None
+    return _watching_gone(replace(state, pod_gone=True), last.pod, now)
+
+
+def _watching_gone(state: Follow, pod: str, now: float) -> Step:
+    """The pod (a gang: the member ``pod``) is gone; ``state.pod`` is how it was last seen."""
     outcome = _gone_outcome(state)
     last = state.timeline.last
     assert last is not None
     if outcome.reason in (Reason.NOT_FOUND, Reason.DELETED):  # its end was not seen: ask
-        return state, [Inquire(last.cluster, last.namespace, last.pod, last.placed_at)]
+        return state, [Inquire(last.cluster, last.namespace, pod, last.placed_at)]
     return _attempt_over(state, outcome, now)
+
+
+def _gang_changed(state: Follow, now: float) -> Step:
+    """A member's news, as the gang's: watching, the member that speaks for the gang
+    (gang.view) is followed as the one pod is; draining, the gang has stopped when every
+    member has."""
+    names = _names(state, state.timeline.last.pod)  # type: ignore[union-attr]
+    if state.phase is Phase.DRAINING:
+        stopper = gang.stopping(names, state.members)
+        if stopper is None:
+            return _drained(state, now, "every member stopped", Level.INFO)
+        return _draining_seen(state, PodSeen(stopper.pod or {}), now)
+    speaker = gang.view(names, state.members)
+    if speaker is None or state.pod_gone:  # pod_gone: its Events are being read (Inquire)
+        return state, []  # a member not seen yet: its first event is on its way
+    if speaker.unseen_end:
+        return _watching_gone(replace(state, pod=speaker.pod, pod_gone=True), speaker.name, now)
+    return _watching_seen(state, PodSeen(speaker.pod or {}, deleted=speaker.gone), now)
 
 
 def _gone_outcome(state: Follow) -> Outcome:
@@ -772,8 +851,7 @@ def _cluster_lost(state: Follow, now: float) -> Step:
     outcome = Outcome(Kind.LOST, Reason.CLUSTER_UNREACHABLE.value,
                       f"cluster {last.cluster} unreachable for more than {grace:g}s",
                       by=last.cluster)
-    state = replace(state, orphans=(*state.orphans, Orphan(last.cluster, last.namespace,
-                                                           last.pod)))
+    state = _with_orphans(state, _attempt_orphans(state, last))
     return _attempt_over(state, outcome, now)
 
 
@@ -860,12 +938,12 @@ def _record_end(state: Follow, outcome: Outcome, now: float) -> Timeline:
 def _rebalance(state: Follow, outcome: Outcome, now: float) -> Step:
     last = state.timeline.last
     assert last is not None
-    orphan = Orphan(last.cluster, last.namespace, last.pod)
-    state = replace(state, timeline=state.timeline.update_last(outcome=Kind.MOVED.value),
-                    orphans=(*state.orphans, orphan))
+    gone = _attempt_orphans(state, last)
+    state = _with_orphans(replace(state, timeline=state.timeline.update_last(
+        outcome=Kind.MOVED.value)), gone)
     new, actions = _begin_placing(state, now, moved_at=None)
     return new, [Note(Level.INFO, f"attempt {last.number}: {outcome.message}; moving it"),
-                 Delete(orphan), *actions]
+                 *(Delete(o) for o in gone), *actions]
 
 
 def _taken(state: Follow, outcome: Outcome, now: float) -> Step:
@@ -873,7 +951,11 @@ def _taken(state: Follow, outcome: Outcome, now: float) -> Step:
     last = state.timeline.last
     assert last is not None
     settings = state.job.settings
-    note = Note(Level.WARNING, f"attempt {last.number} on {last.cluster}: {outcome.describe()}")
+    note: list[Action] = [Note(Level.WARNING, f"attempt {last.number} on {last.cluster}: "
+                                              f"{outcome.describe()}")]
+    if state.job.request.nodes > 1:
+        state, more = _gang_taken(state, last)
+        note += more
     if (outcome.reason == Reason.CLUSTER_UNREACHABLE
             and settings.on_unreachable is OnUnreachable.FAIL):
         new, actions = _finish(state, Status.UNREACHABLE, outcome.message, outcome)
@@ -889,7 +971,23 @@ def _taken(state: Follow, outcome: Outcome, now: float) -> Step:
             new, actions = _drain(state, now)
         else:
             new, actions = _begin_placing(state, now, moved_at=now)
-    return new, [note, *actions]
+    return new, [*note, *actions]
+
+
+def _gang_taken(state: Follow, last: Attempt) -> tuple[Follow, list[Action]]:
+    """One member taken takes the gang: every member nobody is deleting yet is deleted now
+    (a gang with a member missing would wait at its rendezvous forever; those Kueue is
+    preempting keep their grace period), and the wait for termination waits for the
+    member still stopping, if any."""
+    names = _names(state, last.pod)
+    gone = tuple(Orphan(last.cluster, last.namespace, name)
+                 for name in gang.staying(names, state.members))
+    stopper = gang.stopping(names, state.members)
+    state = replace(_with_orphans(state, gone), pod=stopper.pod if stopper else state.pod,
+                    pod_gone=stopper is None)
+    return state, [Note(Level.WARNING, f"attempt {last.number}: the gang goes whole; deleting "
+                                       f"{len(gone)} of its {len(names)} pods"),
+                   *(Delete(o) for o in gone)]
 
 
 # -- waiting for a taken pod to stop (wait_for_termination) --------------------------------
@@ -1021,10 +1119,10 @@ def _follow_successor(state: Follow, found: claims.Found) -> Step:
     new = replace(state, phase=Phase.WATCHING, timeline=history.add(succ), orphans=orphans,
                   candidates=(), refused=(), placing_since=None, pod=None, pod_gone=False,
                   held=None, claimed_at=None, claim_wait=False, seen_claim=None,
-                  moved_at=None, to_name=None)
+                  moved_at=None, to_name=None, members=())
     return new, [Note(Level.INFO, f"attempt {succ.number} was created on {succ.cluster} by "
                                   f"another follower ({found.holder}): following it instead"),
-                 Watch(succ.cluster, succ.namespace, succ.pod)]
+                 _watch(new, succ)]
 
 
 def _recorded(state: Follow, event: ClaimAnswer) -> Step:
@@ -1051,7 +1149,7 @@ def _entombed_meanwhile(state: Follow, found: claims.Found) -> Step:
     new, actions = _finish(state, Status.ABANDONED, f"the claim naming attempt {last.number} "
                                                     f"is a tombstone: the task ended "
                                                     f"({found.verdict}) under {found.holder}")
-    return new, [Delete(Orphan(last.cluster, last.namespace, last.pod)), *actions]
+    return new, [*(Delete(o) for o in _attempt_orphans(state, last)), *actions]
 
 
 def _finish(state: Follow, status: Status, message: str, outcome: Outcome | None = None) -> Step:

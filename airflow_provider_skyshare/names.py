@@ -33,11 +33,19 @@ A_SUCCESSOR = f"{PREFIX}/successor"
 # the sweep that deletes old tombstones can select them.
 L_VERDICT = f"{PREFIX}/verdict"
 BASE_CONTAINER = "base"
+# A gang (nodes=N): its members' rank (0: the leader, whose pod name is the attempt's).
+L_RANK = f"{PREFIX}/rank"
 
 GPU_RESOURCE = "nvidia.com/gpu"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 KUEUE_GATE = "kueue.x-k8s.io/admission"
+# Kueue's plain pod groups: the pods of one group are admitted together, all or nothing.
+POD_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
+POD_GROUP_COUNT = "kueue.x-k8s.io/pod-group-total-count"
+# "false": Kueue finishes the group's Workload once its pods end, instead of waiting for a
+# replacement member (a gang is never repaired in place: it moves whole).
+POD_GROUP_RETRIABLE = "kueue.x-k8s.io/retriable-in-group"
 
 # The cluster side of ownership (tenancy.py): each org's namespace says its tier there, and
 # one ValidatingAdmissionPolicy holds every pod in such a namespace to that tier.

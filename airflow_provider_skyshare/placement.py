@@ -20,6 +20,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from airflow_provider_skyshare import gang
 from airflow_provider_skyshare.fleet import BORROWER, OWNER, Cluster, Fleet, FleetError, Tier
 from airflow_provider_skyshare.names import Kind, Reason
 from airflow_provider_skyshare.snapshot import ClusterCapacity, Snapshot
@@ -38,6 +39,7 @@ class Request:
     gpu_count: int
     org: str
     user: str | None = None
+    nodes: int = 1  # a gang: this many pods of gpu_count GPUs each, on one cluster (gang.py)
 
 
 def parse_gpus(gpus: str) -> tuple[str, int]:
@@ -57,9 +59,15 @@ def check_count(count: int) -> None:
         raise PlacementError(f"GPU count must be a whole number >= 1, got {count!r}")
 
 
+def check_nodes(nodes: int) -> None:
+    if not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 1:
+        raise PlacementError(f"nodes must be a whole number >= 1, got {nodes!r}")
+
+
 def validate(request: Request, fleet: Fleet) -> None:
     """Checks that need only the fleet (done at DAG parse time when the fleet is known)."""
     check_count(request.gpu_count)
+    check_nodes(request.nodes)
     try:
         fleet.org(request.org)  # who the org is, is identity.org_of's: never the request's
     except FleetError as exc:
@@ -138,7 +146,8 @@ class Decision:
 
     def _what(self) -> str:
         r = self.request
-        return f"{r.gpu_product}:{r.gpu_count} for org {r.org}"
+        gang = f"a gang of {r.nodes} x " if r.nodes > 1 else ""
+        return f"{gang}{r.gpu_product}:{r.gpu_count} for org {r.org}"
 
 
 _VANISHED = (Reason.DELETED.value, Reason.NOT_FOUND.value)
@@ -219,11 +228,14 @@ def _rank(
             continue
         if cap.reachable:
             cells[cluster.name] = (tier.name, f"{cap.free(label)}/{cap.total(label)}")
-        reason = _skip_reason(cluster, owner, cap, label, need, excluded, cooling, pinned)
+        reason = (_skip_reason(cluster, owner, cap, label, need, excluded, cooling, pinned)
+                  or _gang_skip(request, cap, label))
         if reason:
             skipped[cluster.name] = reason
             continue
-        candidates.append(_candidate(cluster, tier, owner, cap, label, need, request.gpu_count))
+        candidates.append(_gang_candidate(cluster, tier, owner, cap, label, request)
+                          if request.nodes > 1 else
+                          _candidate(cluster, tier, owner, cap, label, need, request.gpu_count))
     if not candidates:
         _never_fits(request, fleet, snapshot)
     candidates.sort(key=lambda c: c.rank)
@@ -234,10 +246,16 @@ def _never_fits(request: Request, fleet: Fleet, snapshot: Snapshot) -> None:
     """Every cluster answered and no node of the product is large enough: waiting is futile."""
     if any(not snapshot.get(c).reachable for c in fleet.clusters):
         return
-    sizes = [n.allocatable for c in fleet.clusters.values()
-             if (label := c.gpu_products.get(request.gpu_product)) is not None
-             for n in snapshot.get(c.name).nodes_of(label)]
+    products = [(c, label) for c in fleet.clusters.values()
+                if (label := c.gpu_products.get(request.gpu_product)) is not None]
+    sizes = [n.allocatable for c, label in products for n in snapshot.get(c.name).nodes_of(label)]
     largest, need = max(sizes, default=0), request.gpu_count
+    rooms = [gang.room(snapshot.get(c.name).nodes_of(label), need) for c, label in products]
+    if largest >= need and request.nodes > max(rooms, default=0):
+        raise PlacementError(
+            f"a gang of {request.nodes} x {request.gpu_product}:{need} needs {request.nodes} "
+            f"such nodes on one cluster, but no cluster of the fleet has more than "
+            f"{max(rooms, default=0)}. Fix: ask for at most {max(rooms, default=0)} nodes")
     if largest and largest < need:
         raise PlacementError(
             f"{request.gpu_product}:{need} needs {need} GPUs on one node, but the largest "
@@ -319,3 +337,39 @@ def _candidate(
         else f"full; queues as {tier.name} (no queue ahead)"
     )
     return Candidate(cluster, tier, Mode.QUEUE, reason, (group, pending, cost, cluster.name))
+
+
+# -- a gang (nodes > 1): the whole gang on one cluster, or not there ------------------------
+def _gang_skip(request: Request, cap: ClusterCapacity, label: str) -> str:
+    """A cluster that could never hold every member at once (counting all its GPUs)."""
+    if request.nodes <= 1:
+        return ""
+    room = gang.room(cap.nodes_of(label), request.gpu_count)
+    if room >= request.nodes:
+        return ""
+    return (f"cannot take the whole gang: room for {room} of {request.nodes} members "
+            f"({label} nodes with {request.gpu_count} GPUs each)")
+
+
+def _gang_candidate(cluster: Cluster, tier: Tier, owner: bool, cap: ClusterCapacity, label: str,
+                    request: Request) -> Candidate:
+    """As _candidate, counting members: the gang runs now only if every member fits now
+    (Kueue admits all of it or none)."""
+    nodes, need, size = cap.nodes_of(label), request.gpu_count, request.nodes
+    cost = cluster.cost_per_gpu_hour if cluster.cost_per_gpu_hour is not None else float("inf")
+    now, pending = gang.slots(nodes, need), cap.pending(label)
+    unclaimed = cap.free(label) - pending
+    if now >= size and unclaimed >= need * size:
+        reason = (f"{'owns' if owner else 'borrows'} it; all {size} gang members fit now "
+                  f"({cap.free(label)} {label} free)")
+        return Candidate(cluster, tier, Mode.NOW, reason,
+                         (0 if owner else 2, -unclaimed, cost, cluster.name))
+    if owner and gang.slots(nodes, need, borrowed=True) >= size:
+        reason = (f"owns it; {now} of {size} gang members fit now, the rest on GPUs lent to "
+                  "other orgs (Kueue preempts them)")
+        return Candidate(cluster, tier, Mode.RECLAIM, reason,
+                         (1, need * size - max(0, unclaimed), cost, cluster.name))
+    reason = (f"cannot take the whole gang now ({now} of {size} members fit); queues as "
+              f"{tier.name}, all members admitted together, behind {pending} pending GPU(s)")
+    return Candidate(cluster, tier, Mode.QUEUE, reason,
+                     (3 if owner else 4, pending, cost, cluster.name))

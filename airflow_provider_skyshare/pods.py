@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from airflow_provider_skyshare import gang
 from airflow_provider_skyshare.fleet import Cluster, Tier
 from airflow_provider_skyshare.names import (
     A_HISTORY,
@@ -47,6 +48,7 @@ __all__ = [  # the names are defined in names; re-exported for existing imports
 ]
 _NOT_LABEL = re.compile(r"[^A-Za-z0-9_.-]+")
 _NOT_NAME = re.compile(r"[^a-z0-9-]+")
+_ATTEMPT_IN_NAME = re.compile(r"-a(\d+)(?:-r\d+)?$")
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,7 @@ def _fill_main_container(spec: dict[str, Any], attempt: int, cluster: Cluster, t
     containers = spec.get("containers") or []
     if not containers:
         raise ValueError("the pod template has no container")
-    main = next((c for c in containers if c.get("name") == BASE_CONTAINER), containers[0])
+    main = containers[main_index(spec)]
     resources = _mapping(main, "resources")
     for part in ("limits", "requests"):
         resources[part] = {**(resources.get(part) or {}), GPU_RESOURCE: str(request.gpu_count)}
@@ -170,6 +172,12 @@ def _fill_main_container(spec: dict[str, Any], attempt: int, cluster: Cluster, t
         {"name": "SKYSHARE_TIER", "value": tier.name},
     ]
     main["env"] = env
+
+
+def main_index(spec: dict[str, Any]) -> int:
+    """The container that gets the GPUs: the base container, or the first one."""
+    containers = spec.get("containers") or []
+    return next((i for i, c in enumerate(containers) if c.get("name") == BASE_CONTAINER), 0)
 
 
 def orphans_of(pod: dict[str, Any]) -> list[dict[str, str]]:
@@ -192,10 +200,10 @@ def attempt_of(pod: dict[str, Any]) -> int:
 
 
 def attempt_in_name(name: str) -> int:
-    """The attempt number of a pod named by TaskIdentity.pod_name ('...-t1-a3' -> 3); 0 for
-    any other name."""
-    _, sep, number = name.rpartition("-a")
-    return int(number) if sep and number.isdigit() else 0
+    """The attempt number of a pod named by TaskIdentity.pod_name ('...-t1-a3' -> 3), or of
+    a gang member named after it ('...-t1-a3-r1' -> 3); 0 for any other name."""
+    found = _ATTEMPT_IN_NAME.search(name)
+    return int(found.group(1)) if found else 0
 
 
 def timeline_from_pod(cluster: str, pod: dict[str, Any], *, now: float,
@@ -206,7 +214,9 @@ def timeline_from_pod(cluster: str, pod: dict[str, Any], *, now: float,
     meta = pod["metadata"]
     placed = epoch(meta.get("creationTimestamp")) or now
     history = Timeline.from_json((meta.get("annotations") or {}).get(A_HISTORY))
+    size = gang.size_of(pod)
     return history.add(Attempt(
         number=attempt_of(pod), cluster=cluster, tier=(meta.get("labels") or {}).get(L_TIER, ""),
         pod=meta["name"], namespace=meta["namespace"], placed_at=placed, why=why,
+        members=gang.member_names(meta["name"], size) if size > 1 else (),
     ))

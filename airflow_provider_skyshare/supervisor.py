@@ -125,17 +125,14 @@ class Supervisor:
         elif isinstance(action, Probe):
             result = Probed(await self.api.probe(action.shared), action.shared)
         elif isinstance(action, Create):
-            result = await self.api.create(action.cluster, action.pod)
+            result = await self._create(action)
         elif isinstance(action, Watch):
             self._close_feed()
-            self._feed = await self.api.watch(action.cluster, action.namespace, action.pod)
+            self._feed = await self._watch(action)
         elif isinstance(action, Recheck):
             result = await self.api.get(action.cluster, action.namespace, action.pod)
         elif isinstance(action, ReadBack):
-            found = await self.api.get(action.cluster, action.namespace, action.pod)
-            if not isinstance(found, PodSeen | PodGone | Unreachable):
-                raise TypeError(f"a get answered {found!r}")
-            result = ReadBackAnswer(action.cluster, found, action.message)
+            result = await self._read_back(action)
         elif isinstance(action, Claim):
             result = await self.api.claim(action)
         elif isinstance(action, Inquire):
@@ -153,6 +150,25 @@ class Supervisor:
             raise TypeError(f"unknown action {action!r}")
         if result is not None:
             self._pending.append(result)
+
+    # a gang (nodes > 1) is created, read back and watched as its members
+    async def _create(self, action: Create) -> Event:
+        if action.extra:
+            return await self.api.create_gang(action.cluster, action.pod, action.extra)
+        return await self.api.create(action.cluster, action.pod)
+
+    async def _watch(self, action: Watch) -> PodFeed:
+        if action.members:
+            return await self.api.watch_gang(action.cluster, action.namespace, action.members)
+        return await self.api.watch(action.cluster, action.namespace, action.pod)
+
+    async def _read_back(self, action: ReadBack) -> ReadBackAnswer:
+        found = await (self.api.get_gang(action.cluster, action.namespace, action.members)
+                       if action.members else
+                       self.api.get(action.cluster, action.namespace, action.pod))
+        if not isinstance(found, PodSeen | PodGone | Unreachable):
+            raise TypeError(f"a get answered {found!r}")
+        return ReadBackAnswer(action.cluster, found, action.message)
 
     def _close_feed(self) -> None:
         if self._feed is not None:

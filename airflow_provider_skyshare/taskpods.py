@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from airflow_provider_skyshare import claims, clients, kube, outcomes, pods, watch
+from airflow_provider_skyshare import claims, clients, gang, kube, outcomes, pods, watch
 from airflow_provider_skyshare.fleet import Cluster, Fleet
 from airflow_provider_skyshare.names import L_TASK_KEY, L_TRY, L_VERDICT, MANAGED_SELECTOR, Kind
 from airflow_provider_skyshare.pods import TaskIdentity
@@ -59,7 +59,9 @@ async def find_newest(fleet: Fleet, identity: TaskIdentity,
         return [(name, p) for p in listing.get("items") or []]
 
     found = await _everywhere(fleet, one)
-    return max(found, key=lambda item: pods.attempt_of(item[1])) if found else None
+    # a gang's attempt is its leader's pod (rank 0)
+    return max(found, key=lambda item: (pods.attempt_of(item[1]), -gang.rank_of(item[1]))) \
+        if found else None
 
 
 async def reap_earlier_tries(fleet: Fleet, identity: TaskIdentity,
@@ -331,7 +333,8 @@ async def live_timeline(fleet: Fleet, identity: TaskIdentity, *, now: float) -> 
     found = await _everywhere(fleet, one)
     if not found:
         return None
-    cluster, pod = max(found, key=lambda item: (_try_of(item[1]), pods.attempt_of(item[1])))
+    cluster, pod = max(found, key=lambda item: (_try_of(item[1]), pods.attempt_of(item[1]),
+                                                -gang.rank_of(item[1])))
     outcome = outcomes.classify(pod)
     ongoing = outcome.kind in (Kind.PENDING, Kind.RUNNING)
     return pods.timeline_from_pod(cluster, pod, now=now, why="").update_last(

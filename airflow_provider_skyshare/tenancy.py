@@ -116,6 +116,8 @@ def org_namespace(cluster: Cluster, namespace: str, orgs: list[str]) -> list[dic
              {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
              # how a pod ended when no follower saw it (evidence.py)
              {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list"]},
+             # a gang's headless Service, so its members find each other (gang.py)
+             {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "get", "delete"]},
              # the claim on a task's next attempt (claims.py)
              {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
               "verbs": ["create", "get", "list", "update", "delete"]},

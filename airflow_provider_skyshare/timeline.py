@@ -42,6 +42,8 @@ class Attempt:
     message: str = ""
     preempted_by: str = ""
     exit_code: int | None = None
+    # a gang (nodes=N): every member's pod, the leader (``pod``) first; () for one pod
+    members: tuple[str, ...] = ()
 
     @property
     def finished(self) -> bool:
@@ -78,14 +80,17 @@ class Timeline:
         return Timeline((*self.attempts[:-1], replace(self.attempts[-1], **changes)))
 
     def to_list(self) -> list[dict[str, Any]]:
-        return [asdict(a) for a in self.attempts]
+        # a single pod's attempt is written as before gangs existed
+        return [{k: v for k, v in asdict(a).items() if k != "members" or v}
+                for a in self.attempts]
 
     @classmethod
     def from_list(cls, items: list[dict[str, Any]] | None) -> Timeline:
         # Ignore keys this version does not know: a newer provider may have written the
         # history annotation of a pod we adopt.
         known = {f.name for f in fields(Attempt)}
-        return cls(tuple(Attempt(**{k: v for k, v in a.items() if k in known})
+        return cls(tuple(Attempt(**{k: tuple(v) if k == "members" else v
+                                    for k, v in a.items() if k in known})
                          for a in items or []))
 
     def to_json(self) -> str:
@@ -100,13 +105,20 @@ class Timeline:
 
     def rows(self) -> list[list[str]]:
         return [
-            [str(a.number), a.cluster, a.tier, a.pod, _ts(a.placed_at), _ts(a.started_at),
+            [str(a.number), a.cluster, a.tier, _pods(a), _ts(a.placed_at), _ts(a.started_at),
              _ts(a.ended_at), a.outcome or "running", a.preempted_by or a.reason]
             for a in self.attempts
         ]
 
 
 HEADERS = ["#", "cluster", "tier", "pod", "queued", "start", "end", "outcome", "preempted by / reason"]
+
+
+def _pods(attempt: Attempt) -> str:
+    """The pod, or a gang's members (the leader first)."""
+    if not attempt.members:
+        return attempt.pod
+    return f"{len(attempt.members)} pods: {', '.join(attempt.members)}"
 
 
 def _ts(value: float | None) -> str:

@@ -28,7 +28,13 @@ from airflow_provider_skyshare.fleet import Fleet, FleetError, parse
 from airflow_provider_skyshare.follow import Follow, Job, OnUnreachable, Settings, Status
 from airflow_provider_skyshare.identity import IdentityError, Origin, org_of
 from airflow_provider_skyshare.links import SkyshareTimelineLink
-from airflow_provider_skyshare.placement import PlacementError, Request, check_count, parse_gpus
+from airflow_provider_skyshare.placement import (
+    PlacementError,
+    Request,
+    check_count,
+    check_nodes,
+    parse_gpus,
+)
 from airflow_provider_skyshare.placement import validate as validate_request
 from airflow_provider_skyshare.pods import BASE_CONTAINER, TaskIdentity
 from airflow_provider_skyshare.supervisor import Supervisor
@@ -187,6 +193,10 @@ class MultiClusterGpuOperator(BaseOperator):
     :param user: who asks; default: the task's owner (checked against ``orgs[].members``).
     :param fleet_file: one of the fleet files ``[skyshare] fleet_file`` lists (default: the
         first); a DAG cannot point the provider at a fleet of its own.
+    :param nodes: how many pods (nodes) the job runs on, each with ``gpus``: more than 1 makes
+        a gang, N pods admitted together as one Kueue pod group on one cluster, with the
+        variables torchrun reads (MASTER_ADDR, NNODES, NODE_RANK, ...), and moved whole when
+        any member is preempted or lost (docs/operator.md, "Multi-node jobs").
     :param max_preemptions: moves (preempted or lost) allowed before the task fails.
     :param queue_timeout: seconds an attempt may wait queued before the task fails.
     :param unreachable_grace: seconds the running attempt's cluster may be unreachable
@@ -246,6 +256,7 @@ class MultiClusterGpuOperator(BaseOperator):
         get_logs: bool = True,
         on_finish_action: str = "delete_pod",
         deferrable: bool | None = None,
+        nodes: int = 1,
         max_preemptions: int = 5,
         queue_timeout: float | None = None,
         unreachable_grace: float = 30.0,
@@ -302,6 +313,7 @@ class MultiClusterGpuOperator(BaseOperator):
         self.get_logs = get_logs
         self.on_finish_action = on_finish_action
         self.deferrable = default_deferrable() if deferrable is None else deferrable
+        self.nodes = nodes
         self.max_preemptions = max_preemptions
         self.queue_timeout = queue_timeout
         self.unreachable_grace = unreachable_grace
@@ -344,6 +356,7 @@ class MultiClusterGpuOperator(BaseOperator):
                 parse_gpus(self.gpus)
             if self.gpu_count is not None:
                 check_count(self.gpu_count)
+            check_nodes(self.nodes)
         except PlacementError as exc:
             raise ValueError(f"{where}: {exc}") from None
         if not isinstance(self.max_preemptions, int) or self.max_preemptions < 0:
@@ -415,7 +428,7 @@ class MultiClusterGpuOperator(BaseOperator):
         else:
             product, count = str(self.gpu_product), int(self.gpu_count or 0)
         return Request(gpu_product=product, gpu_count=count, org=org,
-                       user=self.user or self.owner)
+                       user=self.user or self.owner, nodes=self.nodes)
 
     def _fleet(self) -> Fleet:
         return fleetfile.cached(fleet_path(self.fleet_file))

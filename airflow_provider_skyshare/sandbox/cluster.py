@@ -37,7 +37,7 @@ COMPONENTS = ("apiserver", "scheduler", "controllers", "kwok", "kueue")
 LEGACY_COMPONENTS = ("gc",)  # older sandboxes' names for what runs now: stopped by `up`
 FIELD_MANAGER = "skyshare-sandbox"
 CONTROLLERS = ("garbage-collector-controller", "node-lifecycle-controller",
-               "taint-eviction-controller")
+               "taint-eviction-controller", "endpointslice-controller")
 # Node loss, sandbox timings (a real cluster: lease 40 s, grace 50 s, tolerations 300 s).
 NODE_LEASE_SECONDS = 5  # KWOK renews each node's Lease every 1.25 s (seen: 2-4 s, 2 cores)
 NODE_MONITOR_GRACE_SECONDS = 12  # no renewal for this long: the node turns NotReady (Unknown)
@@ -318,9 +318,11 @@ def _start_scheduler(state: State, name: str) -> None:
 
 
 def _start_controllers(state: State, name: str) -> None:
-    """kube-controller-manager with three controllers. The garbage collector: Kueue's
+    """kube-controller-manager with four controllers. The garbage collector: Kueue's
     Workloads are owned by their pods, and without it a finished Workload outlives its pod and
-    holds the next pod of the same name. Node lifecycle and taint eviction: a node whose
+    holds the next pod of the same name (and a gang's Service is owned by its leader). The
+    EndpointSlice controller: a gang's headless Service lists its members, as on a real
+    cluster (whose DNS serves <pod>.<service> from it). Node lifecycle and taint eviction: a node whose
     heartbeat (its Lease) stops turns NotReady, is tainted, and its pods are evicted, as on a
     real cluster. Timings are short so that a lost node shows within seconds."""
     ports = paths.cluster_ports(state.index(name))

@@ -18,6 +18,7 @@ import yaml
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 DURATION = "sandbox.skyshare.dev/duration"
 EXIT_CODE = "sandbox.skyshare.dev/exit-code"
+POD_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"  # Kueue's own (the sandbox imports no provider)
 GPU = "nvidia.com/gpu"
 KUEUE_API = "kueue.x-k8s.io/v1beta2"
 PRIORITIES = {"high-priority": 1000, "low-priority": 100}
@@ -218,6 +219,18 @@ def kwok_config() -> str:
                    "durationFrom": {"expressionFrom": f'.metadata.annotations["{DURATION}"]'}},
             next_={"statusTemplate": now + _pod_done(
                 "Failed", f"{{{{ index $root.metadata.annotations \"{EXIT_CODE}\" }}}}", "Error")}),
+        # What a kubelet does with a deleted pod once its grace period is over: stop its
+        # containers, and the pod ends Failed. Only for Kueue pod-group members (gangs):
+        # Kueue keeps its finalizer on them until the whole group has ended, which without
+        # this would never come on KWOK. (Kueue drops a single pod's finalizer at once.)
+        _stage("pod-group-member-stopped", "Pod", [
+            {"key": ".metadata.deletionTimestamp", "operator": "Exists"},
+            {"key": ".metadata.finalizers", "operator": "Exists"},
+            {"key": ".status.phase", "operator": "In", "values": ["Pending", "Running"]},
+            {"key": f'.metadata.labels["{POD_GROUP_LABEL}"]', "operator": "Exists"}],
+            delay={"durationMilliseconds": 0,
+                   "durationFrom": {"expressionFrom": ".metadata.deletionTimestamp"}},
+            next_={"statusTemplate": now + _pod_done("Failed", "143", "Error")}),
         _stage("pod-delete", "Pod", [
             {"key": ".metadata.deletionTimestamp", "operator": "Exists"},
             {"key": ".metadata.finalizers", "operator": "DoesNotExist"}],

@@ -160,3 +160,24 @@ def test_seed_scenario_followed_in_worker_slots(airflow_server, admin_pods, no_l
     triggers = [p for dag in ("rise_user_sync", "bair_user_sync")
                 for p in (af.home / "logs" / f"dag_id={dag}").rglob("*.trigger.*.log")]
     assert triggers == []  # no triggerer took part
+
+
+def test_a_gang_example_dag_through_real_airflow(sandbox, airflow_server, no_leaks):
+    """dags/rise/rise_gang.py: a 2-node job on den (rise's, two nodes) succeeds, and the
+    timeline (the CLI's, from Airflow's XCom once the pods are gone) shows both members."""
+    from scripts.scenario import wait_for
+
+    for name in ("den", "lab"):
+        sandbox.ensure_cluster(name, nodes=2, gpus=2, fleet=str(ROOT / "dags" / "fleet-gangs.yaml"))
+    af = airflow_server
+    run = af.trigger("rise_gang", {"duration": "5s"})
+    wait_for(lambda: af.run_state("rise_gang", run) in ("success", "failed"), 300,
+             "rise_gang finished")
+    assert af.run_state("rise_gang", run) == "success"
+    timeline = af.xcom("rise_gang", run, "romil-ddp")
+    assert [(a["cluster"], a["tier"], a["outcome"], len(a["members"])) for a in timeline] == [
+        ("den", "owner", "Succeeded", 2)], timeline
+    leader = timeline[0]["pod"]
+    assert timeline[0]["members"] == [leader, f"{leader}-r1"]
+    shown = skyshare(af, "timeline", "rise_gang", run, "romil-ddp")
+    assert f"2 pods: {leader}, {leader}-r1" in shown, shown

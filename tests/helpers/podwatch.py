@@ -30,6 +30,8 @@ class Seen:
     uid: str
     phase: str
     terminating: bool
+    gated: bool = False  # scheduling gates (Kueue's: not admitted yet)
+    node: str = ""  # bound to it by the scheduler
 
 
 @dataclass
@@ -140,7 +142,8 @@ class PodRecorder:
 
     def _record(self, cluster: str, kind: str, pod) -> None:
         self.events.append(Seen(time.time(), cluster, kind, pod.metadata.name, pod.metadata.uid,
-                                pod.status.phase or "", pod.metadata.deletion_timestamp is not None))
+                                pod.status.phase or "", pod.metadata.deletion_timestamp is not None,
+                                bool(pod.spec.scheduling_gates), pod.spec.node_name or ""))
 
     # -- what the events say ------------------------------------------------------------------
     def intervals(self, *, present: bool = False) -> dict[str, tuple[str, float, float | None]]:
@@ -169,6 +172,16 @@ class PodRecorder:
         for uid, span in self.intervals(present=present).items():
             groups.setdefault(key(span[0]), {})[uid] = span
         return {k: _most_at_once(spans) for k, spans in groups.items()}
+
+    def admitted(self) -> dict[str, float]:
+        """cluster/name -> when the pod was first seen without scheduling gates (Kueue
+        admitted it) or bound to a node, whichever came first."""
+        self._check()
+        out: dict[str, float] = {}
+        for e in sorted(self.events, key=lambda e: e.at):
+            if (not e.gated or e.node) and e.kind != "DELETED":
+                out.setdefault(f"{e.cluster}/{e.name}", e.at)
+        return out
 
     def created(self) -> list[str]:
         return [name for name, _, _ in self.intervals().values()]

@@ -150,3 +150,10 @@ def test_explain_json_when_no_cluster_answers(fleet_file: str, capsys: pytest.Ca
     assert document["summary"].startswith("no cluster can take T4:2")
     assert {r["verdict"] for r in document["rows"]} == {"skipped"}
     assert document["preempts"] == []
+
+
+def test_explain_a_gang(fleet_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["explain", "--fleet", fleet_file, "--gpus", "T4:2", "--org", "rise",
+                     "--nodes", "2", "-o", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["summary"].startswith("no cluster can take a gang of 2 x T4:2")

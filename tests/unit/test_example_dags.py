@@ -16,7 +16,7 @@ BUNDLES = sorted(d for d in DAGS.iterdir() if d.is_dir() and any(d.glob("*.py"))
 def test_each_bundle_parses_and_says_no_org(bundle, monkeypatch) -> None:
     from airflow.dag_processing.dagbag import DagBag
 
-    fleets = ",".join(str(DAGS / n) for n in ("fleet.yaml", "fleet-teams.yaml"))
+    fleets = ",".join(str(DAGS / n) for n in ("fleet.yaml", "fleet-teams.yaml", "fleet-gangs.yaml"))
     monkeypatch.setenv("AIRFLOW__SKYSHARE__FLEET_FILE", fleets)
     bag = DagBag(dag_folder=str(bundle), bundle_name=bundle.name)
     assert not bag.import_errors, bag.import_errors

@@ -568,3 +568,67 @@ def test_skip_reason_precedence(extra: dict[str, Any], bair_nodes: Any, history:
                       exclude=exclude)
     assert order(decision) == [("rise", OWNER, "queue")]
     assert skipped(decision) == {"bair": reason}
+
+
+# -- a gang (nodes > 1): every member on one cluster, or that cluster is not chosen now ----------
+GANG = Request("T4", 2, "rise", "romil", nodes=2)
+
+
+def test_a_gang_runs_now_only_where_every_member_fits_now() -> None:
+    # rise (owned) has one of its two nodes busy with its own work: only half the gang fits
+    d = choose(GANG, fleet(), snap(rise=[(2, 2, 0), (2, 0, 0)], bair=[(2, 0, 0), (2, 0, 0)]))
+    chosen = d.chosen
+    assert chosen is not None and chosen.cluster.name == "bair" and chosen.mode.value == "now"
+    assert "all 2 gang members fit now" in chosen.reason
+    rise = next(c for c in d.candidates if c.cluster.name == "rise")
+    assert rise.mode.value == "queue" and "1 of 2 members fit" in rise.reason
+    assert "a gang of 2 x T4:2" in d.summary()
+
+
+def test_free_gpus_split_across_nodes_do_not_hold_a_member() -> None:
+    # 2 GPUs free on rise, one on each node: no member (2 GPUs on one node) fits there
+    d = choose(GANG, fleet(), snap(rise=[(2, 1, 0), (2, 1, 0)], bair=[(2, 2, 0), (2, 2, 0)]))
+    assert {c.mode.value for c in d.candidates} == {"queue"}
+
+
+def test_a_cluster_too_small_for_the_gang_is_skipped_and_says_why() -> None:
+    d = choose(GANG, fleet(), snap(rise=[(2, 0, 0)], bair=[(2, 0, 0), (2, 0, 0)]))
+    assert [c.cluster.name for c in d.candidates] == ["bair"]
+    row = next(r for r in d.rows if r.cluster == "rise")
+    assert row.verdict == "skipped"
+    assert row.reason == ("cannot take the whole gang: room for 1 of 2 members (Tesla-T4 "
+                          "nodes with 2 GPUs each)")
+
+
+def test_an_owner_reclaims_lent_gpus_for_the_whole_gang() -> None:
+    # rise: one node free, the other lent to bair; bair's cluster is full
+    d = choose(GANG, fleet(), snap(rise=[(2, 0, 0), (2, 2, 2)], bair=[(2, 2, 0), (2, 2, 0)]))
+    chosen = d.chosen
+    assert chosen is not None and (chosen.cluster.name, chosen.mode.value) == ("rise", "reclaim")
+    assert "1 of 2 gang members fit now" in chosen.reason
+    # a borrower never reclaims: bair's gang on rise queues
+    bair = replace(GANG, org="bair", user="abbeel")
+    d = choose(bair, fleet(), snap(rise=[(2, 0, 0), (2, 2, 0)], bair=[(2, 2, 0), (2, 2, 0)]))
+    assert {c.mode.value for c in d.candidates} == {"queue"}
+
+
+def test_a_gang_larger_than_any_cluster_is_refused_with_the_fix() -> None:
+    big = replace(GANG, nodes=3)
+    with pytest.raises(PlacementError, match=r"a gang of 3 x T4:2 needs 3 such nodes on one "
+                                             r"cluster.*Fix: ask for at most 2 nodes"):
+        choose(big, fleet(), snap(rise=[(2, 0, 0), (2, 0, 0)], bair=[(2, 0, 0)]))
+    # while a cluster does not answer, it may be the one that fits: no refusal
+    d = choose(big, fleet(), snap(rise=[(2, 0, 0), (2, 0, 0)], bair=DOWN))
+    assert d.candidates == ()
+
+
+@pytest.mark.parametrize("nodes", [0, -1, True, 1.5])
+def test_nodes_must_be_a_whole_number_of_at_least_one(nodes: Any) -> None:
+    with pytest.raises(PlacementError, match="nodes must be a whole number >= 1"):
+        validate(replace(GANG, nodes=nodes), fleet())
+
+
+def test_one_node_is_placed_as_before_gangs() -> None:
+    one = replace(GANG, nodes=1)
+    s = snap(rise=[(2, 2, 0), (2, 0, 0)], bair=[(2, 0, 0)])
+    assert choose(one, fleet(), s).chosen.cluster.name == "rise"  # type: ignore[union-attr]

@@ -53,7 +53,10 @@ def test_an_orgs_role_is_its_namespaces_pods_and_bound_to_its_own_account() -> N
     assert {r["metadata"]["namespace"] for r in roles} == {"skyshare-rise", "skyshare-bair",
                                                            "skyshare-mit"}
     assert all({res for rule in r["rules"] for res in rule["resources"]}
-               == {"pods", "pods/log", "events", "leases"} for r in roles)
+               == {"pods", "pods/log", "events", "leases", "services"} for r in roles)
+    # services: a gang's headless Service (gang.py); never listed, watched or changed
+    assert all(set(rule["verbs"]) == {"create", "get", "delete"} for r in roles
+               for rule in r["rules"] if rule["resources"] == ["services"])
     # events and leases: read and claim only, never anything cluster-wide or other kinds
     assert all(set(rule["verbs"]) <= {"get", "list"} for r in roles for rule in r["rules"]
                if rule["resources"] == ["events"])
