@@ -200,6 +200,10 @@ class LiveLogs:
             task.add_done_callback(self._ended)
             self._tasks[target] = task
 
+    @property
+    def streaming(self) -> frozenset[Target]:
+        return frozenset(t for t, task in self._tasks.items() if not task.done())
+
     async def stop(self) -> None:
         """Cancel every stream and let them close their connections (bounded)."""
         tasks = list(self._tasks.values())
