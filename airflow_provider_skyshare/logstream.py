@@ -141,11 +141,10 @@ class Resume:
         """Show this line? Lines without a timestamp are shown and move nothing."""
         if at is None:
             return True, self
-        if self.replaying and self.last is not None:
-            if at < self.last:
-                return False, self
-            if at == self.last and self.skip:
-                return False, replace(self, skip=self.skip - 1)
+        if self.last is not None and at < self.last:  # replayed, or out of order: shown
+            return not self.replaying, self  # then, but never moves the resume point back
+        if self.replaying and at == self.last and self.skip:
+            return False, replace(self, skip=self.skip - 1)
         at_last = self.at_last + 1 if at == self.last else 1
         return True, Resume(last=at, at_last=at_last)
 

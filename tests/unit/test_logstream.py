@@ -173,8 +173,9 @@ def test_lines_with_the_same_timestamp_are_dropped_only_as_often_as_shown():
 
 def test_the_first_connection_drops_nothing_even_out_of_order():
     base = T0 * NANOS
-    assert fresh(lines((base + 9, "late"), (base + 1, "early")), Resume())[0] == [
-        "late", "early"]
+    shown, resume = fresh(lines((base + 9, "late"), (base + 1, "early")), Resume())
+    assert shown == ["late", "early"]
+    assert resume == Resume(base + 9, 1)  # the resume point never moves back
 
 
 @pytest.mark.parametrize("seed", range(20))
