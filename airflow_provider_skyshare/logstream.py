@@ -201,6 +201,7 @@ class LiveLogs:
 
     @property
     def streaming(self) -> frozenset[Target]:
+        """The container logs streaming now."""
         return frozenset(t for t, task in self._tasks.items() if not task.done())
 
     async def stop(self) -> None:
