@@ -111,7 +111,9 @@ def instant(text: str) -> int | None:
 
 
 def split(line: str) -> tuple[int | None, str]:
-    """A ``timestamps=true`` log line: its instant and its text (None: no timestamp)."""
+    """A ``timestamps=true`` log line: its instant and its text. None: no timestamp, so not
+    the container's: the server's own word, written into a stream it could not go on with
+    (KWOK: ``failed to create fsnotify watcher: too many open files``)."""
     stamp, sep, text = line.rstrip("\r\n").partition(" ")
     at = instant(stamp) if sep else None
     return (at, text) if at is not None else (None, line.rstrip("\r\n"))
@@ -138,9 +140,9 @@ class Resume:
         return replace(self, replaying=self.last is not None, skip=self.at_last)
 
     def admit(self, at: int | None) -> tuple[bool, Resume]:
-        """Show this line? Lines without a timestamp are shown and move nothing."""
+        """Show this line? Not one without a timestamp (not the container's)."""
         if at is None:
-            return True, self
+            return False, self
         if self.last is not None and at < self.last:  # replayed, or out of order: shown
             return not self.replaying, self  # then, but never moves the resume point back
         if self.replaying and at == self.last and self.skip:
@@ -223,26 +225,33 @@ class LiveLogs:
             self.log.error("live log stream failed", exc_info=task.exception())
 
     async def _stream(self, target: Target) -> None:
+        """Open, show, open again after a pause (doubling while nothing new comes): a
+        finished container's stream ends at once, a failing one keeps failing."""
         cluster = self.fleet.clusters[target.cluster]
-        delay, failing = FIRST_RETRY_SECONDS, False
+        delay, said = FIRST_RETRY_SECONDS, ""
         while True:
-            resume = self._shown.get(target, Resume()).reconnected()
-            self._shown[target] = resume
+            self._shown[target] = self._shown.get(target, Resume()).reconnected()
+            before, trouble = self._shown[target], ""
             try:
                 async for line in self.read(cluster, target.namespace, target.pod,
-                                            target.container, resume.since_time()):
-                    self._show(target, line)
-                    delay, failing = FIRST_RETRY_SECONDS, False
+                                            target.container, before.since_time()):
+                    trouble = self._show(target, line) or trouble
             except (kube.KubeError, clients.ClusterConfigError) as exc:
-                if not failing:
-                    self.log.warning("live log of %s (%s) on %s: %s; trying again until the "
-                                     "attempt ends", target.pod, target.container,
-                                     target.cluster, exc)
-                failing = True
+                trouble = str(exc)
+            if self._shown[target].last != before.last:
+                delay = FIRST_RETRY_SECONDS
+            if trouble and trouble != said:  # the same trouble again is not news
+                self.log.warning("live log of %s (%s) on %s: %s; trying again until the "
+                                 "attempt ends", target.pod, target.container, target.cluster,
+                                 trouble)
+                said = trouble
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_RETRY_SECONDS)
 
-    def _show(self, target: Target, line: str) -> None:
-        texts, self._shown[target] = fresh([line], self._shown[target])
-        for text in texts:
+    def _show(self, target: Target, line: str) -> str:
+        """Log the line if it is new; return it if it is not the container's (an error)."""
+        at, text = split(line)
+        show, self._shown[target] = self._shown[target].admit(at)
+        if show:
             self.log.info("%s", target.mark(text))
+        return text if at is None and text.strip() else ""

@@ -44,6 +44,13 @@ def test_the_running_attempts_log_streams_marked_and_a_move_streams_the_next(
         await blocker.start()  # rise full: the task borrows bair
         assert (await task.start()).cluster == "bair"
         following = asyncio.create_task(task.sup.follow())
+        try:
+            await moved_and_restarted()
+        finally:  # its streams end with it, before the clients close
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
+
+    async def moved_and_restarted() -> None:
         await asyncio.to_thread(wait_for, lambda: running(admin, "bair", task), 60, "attempt 1")
         await asyncio.to_thread(sandbox.write_log, "bair", f"epoch 1 {token}")
         await asyncio.to_thread(shown, f"[attempt 1 on bair] epoch 1 {token}", "attempt 1's line")
@@ -64,8 +71,6 @@ def test_the_running_attempts_log_streams_marked_and_a_move_streams_the_next(
         await asyncio.to_thread(sandbox.write_log, "rise", f"after restart {token}")
         await asyncio.to_thread(shown, f"[attempt 2 on rise] after restart {token}",
                                 "the stream resumed after the apiserver restart")
-        following.cancel()
-        await asyncio.gather(following, return_exceptions=True)
 
     try:
         asyncio.run(closing(scenario()))

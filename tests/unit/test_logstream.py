@@ -304,3 +304,32 @@ def test_a_bug_in_a_stream_is_logged_and_never_reaches_the_follow_loop(seed_flee
 
     asyncio.run(scenario())
     assert "ValueError: a bug" in caplog.text
+
+
+def test_a_server_that_cannot_follow_is_polled_and_its_word_is_said_once(seed_fleet, caplog):
+    """KWOK out of inotify instances writes what it has, then its error, and ends the
+    stream: each reopening shows what is new, the error is no log line and is said once."""
+    caplog.set_level(logging.INFO, logger="live")
+    base, log = T0 * NANOS, [(T0 * NANOS, "first")]
+    opened: list[str | None] = []
+
+    async def cannot_follow(cluster, namespace, pod, container, since_time):
+        opened.append(since_time)
+        since = instant(since_time) if since_time else 0
+        for ns, text in [(n, t) for n, t in log if n >= since]:
+            yield f"{stamp(ns)} {text}\n"
+        yield "failed to create fsnotify watcher: too many open files"
+
+    async def scenario() -> None:
+        live = LiveLogs(seed_fleet, ("base",), logging.getLogger("live"), read=cannot_follow)
+        live.sync(following(seed_fleet, Phase.WATCHING, attempt(1, "bair")))
+        await until(lambda: len(opened) >= 2, "a second opening")
+        log.append((base + 1, "second"))
+        await until(lambda: "[attempt 1 on bair] second" in caplog.text, "the new line")
+        await live.stop()
+
+    asyncio.run(scenario())
+    marked = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert marked == ["[attempt 1 on bair] first", "[attempt 1 on bair] second"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "too many open files" in warnings[0], warnings
