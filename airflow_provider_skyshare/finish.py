@@ -14,10 +14,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_skyshare import clients, kube, pods, taskpods
+from airflow_provider_skyshare import clients, kube, logstream, pods, taskpods
 from airflow_provider_skyshare.claims import follower_id
 from airflow_provider_skyshare.fleet import Fleet
 from airflow_provider_skyshare.follow import Follow, Orphan, Status, Verdict
+from airflow_provider_skyshare.logstream import ContainerLogs, Resume, Target
 from airflow_provider_skyshare.names import BASE_CONTAINER
 from airflow_provider_skyshare.outcomes import Outcome
 
@@ -35,17 +36,26 @@ class FinishPolicy:
     on_finish_action: FinishAction = FinishAction.DELETE_POD
     get_logs: bool = True
     skip_on_exit_code: tuple[int, ...] = ()  # KubernetesPodOperator's: these end as skipped
+    container_logs: ContainerLogs = (BASE_CONTAINER,)  # KPO's: whose logs get_logs shows
 
     def to_dict(self) -> dict[str, Any]:
+        logs = self.container_logs
         return {"on_finish_action": self.on_finish_action.value, "get_logs": self.get_logs,
-                "skip_on_exit_code": list(self.skip_on_exit_code)}
+                "skip_on_exit_code": list(self.skip_on_exit_code),
+                "container_logs": logs if isinstance(logs, bool) else list(logs)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> FinishPolicy:
         data = data or {}
         return cls(FinishAction(data.get("on_finish_action", FinishAction.DELETE_POD.value)),
                    bool(data.get("get_logs", True)),
-                   tuple(int(c) for c in data.get("skip_on_exit_code") or ()))
+                   tuple(int(c) for c in data.get("skip_on_exit_code") or ()),
+                   logstream.container_logs(data.get("container_logs")))
+
+    @property
+    def live_logs(self) -> ContainerLogs:
+        """The containers whose logs stream while an attempt runs (none without get_logs)."""
+        return self.container_logs if self.get_logs else ()
 
 
 def skip_reason(verdict: Verdict, policy: FinishPolicy) -> str | None:
@@ -90,16 +100,16 @@ def failure_message(state: Follow, verdict: Verdict) -> str:
 
 
 async def finish(state: Follow, verdict: Verdict, policy: FinishPolicy,
-                 log: logging.Logger) -> None:
-    """Log the outcome (and the pod's log), mark the claims with the verdict, then delete
-    what must go (in that order: a follower that sees the pod deleted claims after it, and
-    must find the verdict there)."""
+                 log: logging.Logger, shown: dict[str, Resume] | None = None) -> None:
+    """Log the outcome (and the rest of the pod's log: ``shown`` says how far the live
+    stream got), mark the claims with the verdict, then delete what must go (in that order:
+    a follower that sees the pod deleted claims after it, and must find the verdict there)."""
     fleet = state.job.fleet
     log.info("skyshare: %s after %d attempt(s):\n%s", verdict.status.value,
              len(state.timeline.attempts), state.timeline.table())
-    pod = current_pod(state)
-    if pod is not None and policy.get_logs and verdict.status.pod_finished:
-        await _print_log(fleet, pod, log)
+    if policy.get_logs and verdict.status.pod_finished:
+        for target in logstream.current(state, policy.container_logs):
+            await _print_log(fleet, target, (shown or {}).get(target.container), log)
     doomed = to_delete(state, verdict, policy)
 
     async def here(cluster: str) -> dict[str, int]:
@@ -114,17 +124,22 @@ async def finish(state: Follow, verdict: Verdict, policy: FinishPolicy,
     await taskpods.entomb_then_delete(fleet, state.job.identity, log, tomb, here, delete)
 
 
-async def _print_log(fleet: Fleet, pod: Orphan, log: logging.Logger) -> None:
-    cluster = fleet.clusters.get(pod.cluster)
+async def _print_log(fleet: Fleet, target: Target, shown: Resume | None,
+                     log: logging.Logger) -> None:
+    """The container's log after what the live stream showed (all of it when none did)."""
+    cluster = fleet.clusters.get(target.cluster)
     if cluster is None:
         return
+    resume = (shown or Resume()).reconnected()
     try:
-        text = await kube.read_log(cluster, pod.namespace, pod.pod, BASE_CONTAINER)
+        text = await kube.read_log(cluster, target.namespace, target.pod, target.container,
+                                   timestamps=True, since_time=resume.since_time())
     except (kube.KubeError, clients.ClusterConfigError) as exc:
-        log.warning("log of %s on %s unavailable: %s", pod.pod, pod.cluster, exc)
+        log.warning("log of %s (%s) on %s unavailable: %s", target.pod, target.container,
+                    target.cluster, exc)
         return
-    for line in text.splitlines():
-        log.info("[%s] %s", pod.pod, line)
+    for line in logstream.fresh(text.splitlines(), resume)[0]:
+        log.info("%s", target.mark(line))
 
 
 async def _delete(fleet: Fleet, pod: Orphan, log: logging.Logger) -> bool:
@@ -141,12 +156,14 @@ async def _delete(fleet: Fleet, pod: Orphan, log: logging.Logger) -> bool:
         return False
 
 
-def event_payload(state: Follow, verdict: Verdict) -> dict[str, Any]:
+def event_payload(state: Follow, verdict: Verdict,
+                  shown: dict[str, Resume] | None = None) -> dict[str, Any]:
     """The verdict as a trigger event (the path of dag.test() and deferrable=False): the whole
-    state travels with it, since dag.test() drops the trigger's kwargs."""
+    state travels with it, since dag.test() drops the trigger's kwargs; and how far the live
+    log was shown, so that the worker prints only the rest."""
     pod = current_pod(state) if verdict.status is not Status.ABANDONED else None
     return {
-        **state.to_dict(),
+        **state.to_dict(), "logs_shown": logstream.shown_to_dict(shown or {}),
         "status": verdict.status.value, "message": verdict.message,
         "outcome": verdict.outcome.to_dict() if verdict.outcome else None,
         "cluster": pod.cluster if pod else None, "namespace": pod.namespace if pod else None,

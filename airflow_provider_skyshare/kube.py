@@ -169,12 +169,69 @@ async def delete_pod(cluster: Cluster, namespace: str, name: str, grace: int | N
         raise
 
 
+def _log_query(container: str, timestamps: bool, since_time: str | None,
+               follow: bool = False) -> list[tuple[str, str]]:
+    query = [("container", container)]
+    if timestamps:
+        query.append(("timestamps", "true"))
+    if since_time:
+        query.append(("sinceTime", since_time))
+    if follow:
+        query.append(("follow", "true"))
+    return query
+
+
 async def read_log(cluster: Cluster, namespace: str, name: str, container: str,
-                   timeout: float = 30.0) -> str:
+                   timeout: float = 30.0, *, timestamps: bool = False,
+                   since_time: str | None = None) -> str:
     """A container's log as text (not JSON, unlike every other call here)."""
     data = await _call(cluster, "GET", pods_path(namespace, name) + "/log",
-                       [("container", container)], None, timeout, {"Accept": "*/*"})
+                       _log_query(container, timestamps, since_time), None, timeout,
+                       {"Accept": "*/*"})
     return data.decode(errors="replace")
+
+
+async def stream_log(cluster: Cluster, namespace: str, name: str, container: str, *,
+                     since_time: str | None = None, timeout: float = 300.0,
+                     ) -> AsyncIterator[str]:
+    """Follow a container's log (with timestamps), line by line, until the server ends it
+    (the container stopped) or ``timeout`` has passed."""
+    api = await clients.async_api(cluster)
+    try:
+        resp = await api.rest_client.request(
+            "GET", api.configuration.host + pods_path(namespace, name) + "/log",
+            query_params=_log_query(container, True, since_time, follow=True),
+            headers=await _authorized(api, {"Accept": "*/*"}), _preload_content=False,
+            _request_timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=10))
+    except TRANSPORT_ERRORS as exc:
+        raise _unreachable(cluster, exc) from None
+    try:
+        if resp.status != 200:
+            raise await _stream_refused(cluster, resp)
+        rest = b""
+        while chunk := await _log_chunk(cluster, resp):
+            *lines, rest = (rest + chunk).split(b"\n")
+            if len(rest) > MAX_LOG_LINE:  # a line without end: shown in pieces
+                lines, rest = [*lines, rest], b""
+            for line in lines:
+                yield line.decode(errors="replace")
+        if rest:
+            yield rest.decode(errors="replace")
+    finally:
+        resp.release()
+
+
+MAX_LOG_LINE = 1 << 20
+
+
+async def _log_chunk(cluster: Cluster, resp: Any) -> bytes:
+    """The stream's next bytes; b"" at its end, or once its time is up (opened again)."""
+    try:
+        return await resp.content.readany()
+    except asyncio.TimeoutError:
+        return b""
+    except TRANSPORT_ERRORS as exc:
+        raise _unreachable(cluster, exc) from None
 
 
 async def list_nodes(cluster: Cluster, timeout: float) -> dict[str, Any]:
@@ -203,18 +260,23 @@ async def watch_pods(
         raise _unreachable(cluster, exc) from None
     try:
         if resp.status != 200:
-            body = await resp.read()
-            try:
-                decoded = json.loads(body)
-            except ValueError:
-                decoded = {}
-            raise KubeError(cluster.name, resp.status, decoded.get("reason", ""),
-                            decoded.get("message", body.decode(errors="replace")[:300]))
+            raise await _stream_refused(cluster, resp)
         while (line := await _next_line(cluster, resp)) is not None:
             if line.strip():
                 yield json.loads(line)
     finally:
         resp.release()
+
+
+async def _stream_refused(cluster: Cluster, resp: Any) -> KubeError:
+    """The error of a stream the server did not open, with its own message."""
+    body = await resp.read()
+    try:
+        decoded = json.loads(body)
+    except ValueError:
+        decoded = {}
+    return KubeError(cluster.name, resp.status, decoded.get("reason", ""),
+                     decoded.get("message", body.decode(errors="replace")[:300]))
 
 
 async def _next_line(cluster: Cluster, resp: Any) -> bytes | None:

@@ -49,6 +49,7 @@ from airflow_provider_skyshare.follow import (
     Watch,
     step,
 )
+from airflow_provider_skyshare.logstream import ContainerLogs, LiveLogs, Resume
 
 SWEEP_WAIT_SECONDS = 5.0  # a worker waits this long for the tombstone sweep, then defers
 
@@ -67,7 +68,7 @@ async def _within(task: asyncio.Task[int], seconds: float, log: logging.Logger) 
 class Supervisor:
     def __init__(self, state: Follow, api: ClusterApi | None = None,
                  log: logging.Logger | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, live_logs: ContainerLogs = ()) -> None:
         # who this follower is, on the claims it writes (never serialised: a copy is another)
         self.state = state if state.me else replace(state, me=follower_id())
         self.api: ClusterApi = api or KubeClusterApi(state.job.fleet, state.job.identity.key)
@@ -75,10 +76,18 @@ class Supervisor:
         self.clock = clock
         self._feed: PodFeed | None = None
         self._pending: deque[Event] = deque()
+        # the current attempt's containers whose logs stream into ``log`` while it runs
+        self.live = LiveLogs(state.job.fleet, live_logs, self.log) if live_logs else None
 
     @classmethod
-    def for_job(cls, job: Job, log: logging.Logger | None = None) -> Supervisor:
-        return cls(Follow(job), log=log)
+    def for_job(cls, job: Job, log: logging.Logger | None = None,
+                live_logs: ContainerLogs = ()) -> Supervisor:
+        return cls(Follow(job), log=log, live_logs=live_logs)
+
+    def logs_shown(self, state: Follow) -> dict[str, Resume]:
+        """How far each container log of the newest attempt was streamed (finish prints
+        the rest)."""
+        return self.live.shown(state) if self.live is not None else {}
 
     @property
     def job(self) -> Job:
@@ -98,9 +107,13 @@ class Supervisor:
                     await self._execute(action)
                 if self.state.phase not in (Phase.WATCHING, Phase.DRAINING):
                     self._close_feed()
+                if self.live is not None:
+                    self.live.sync(self.state)  # a move ends one stream, starts the next
         finally:
             self._close_feed()
             self._pending.clear()
+            if self.live is not None:
+                await self.live.stop()
         return self.state
 
     def _reached(self, until: Phase) -> bool:

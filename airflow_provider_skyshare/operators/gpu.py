@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Container, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Container, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator, conf
 
-from airflow_provider_skyshare import clients, fleetfile, kube
+from airflow_provider_skyshare import clients, fleetfile, kube, logstream
 from airflow_provider_skyshare.clients import ClusterConfigError
 from airflow_provider_skyshare.finish import (
     FinishAction,
@@ -254,6 +254,7 @@ class MultiClusterGpuOperator(BaseOperator):
         container_security_context: Any = None,
         termination_grace_period: int | None = None,
         get_logs: bool = True,
+        container_logs: Iterable[str] | str | Literal[True] | None = None,
         on_finish_action: str = "delete_pod",
         deferrable: bool | None = None,
         nodes: int = 1,
@@ -311,6 +312,7 @@ class MultiClusterGpuOperator(BaseOperator):
         self.container_security_context = container_security_context
         self.termination_grace_period = termination_grace_period
         self.get_logs = get_logs
+        self.container_logs = container_logs
         self.on_finish_action = on_finish_action
         self.deferrable = default_deferrable() if deferrable is None else deferrable
         self.nodes = nodes
@@ -565,11 +567,12 @@ class MultiClusterGpuOperator(BaseOperator):
                             on_unreachable=OnUnreachable(self.on_unreachable),
                             wait_for_termination=self.wait_for_termination)
         job = Job(fleet, request, self.build_template(), identity, settings)
-        return Supervisor.for_job(job, log=self.log)
+        return Supervisor.for_job(job, log=self.log, live_logs=self._finish_policy().live_logs)
 
     def _finish_policy(self) -> FinishPolicy:
         return FinishPolicy(FinishAction(self.on_finish_action), bool(self.get_logs),
-                            tuple(self.skip_on_exit_code or ()))
+                            tuple(self.skip_on_exit_code or ()),
+                            logstream.container_logs(self.container_logs))
 
     # -- execute -> defer (the trigger ends the task) or follow here ---------------------------
     def execute(self, context: Context) -> Any:
@@ -592,7 +595,8 @@ class MultiClusterGpuOperator(BaseOperator):
                                                           follow=not self.deferrable))))
         self._state = state.to_dict()
         if state.verdict is not None:  # done here: nothing could take it, or followed here
-            return self.execute_complete(context, event_payload(state, state.verdict))
+            return self.execute_complete(context, event_payload(state, state.verdict,
+                                                                sup.logs_shown(state)))
         self.defer(trigger=MultiClusterPodTrigger(state=self._state,
                                                   finish=self._finish_policy().to_dict()),
                    method_name="execute_complete")
@@ -604,7 +608,8 @@ class MultiClusterGpuOperator(BaseOperator):
         self._state = event
         state, verdict = from_event(event)
         policy = self._finish_policy()
-        asyncio.run(_in_loop(finish(state, verdict, policy, self.log)))
+        shown = logstream.shown_from_dict(event.get("logs_shown"))  # streamed already
+        asyncio.run(_in_loop(finish(state, verdict, policy, self.log, shown)))
         skipped = skip_reason(verdict, policy)
         if verdict.status is Status.SUCCESS and not skipped:
             return state.timeline.to_list()

@@ -54,3 +54,8 @@ class Sandbox:
     def node_up(self, name: str, node: str | None = None, timeout: float = 60) -> str:
         """The node heartbeats again; returns once it is Ready and untainted."""
         return cluster.node_up(cluster.State.load(), name, node, timeout)
+
+    def write_log(self, name: str, *texts: str) -> None:
+        """Lines every container on cluster ``name`` "writes" now: its pods' logs (read with
+        follow=true) show them at once."""
+        cluster.write_log(cluster.State.load(), name, *texts)

@@ -14,6 +14,8 @@
   node-down CLUSTER [NODE]   NODE (default CLUSTER-gpu-0) stops heartbeating: NotReady after
                              12 s, tainted, its pods evicted 10 s later (fault tests, demos)
   node-up CLUSTER [NODE]     it heartbeats again; returns once it is Ready and untainted
+  log CLUSTER TEXT...        every container on CLUSTER writes these lines now (each pod's
+                             log is the cluster's file: live logs, demos)
 SPEC: NAME[:nodes=N,gpus=G,product=Tesla-T4]
 """
 
@@ -45,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         c = sub.add_parser(name)
         c.add_argument("cluster")
         c.add_argument("node", nargs="?")
+    log = sub.add_parser("log")
+    log.add_argument("cluster")
+    log.add_argument("text", nargs="+")
     args = p.parse_args(argv)
     try:
         if args.cmd == "build":
@@ -67,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             print("sandbox stopped and its state removed")
             return 0
         state = cluster.State.load()
+        if args.cmd == "log":
+            path = cluster.write_log(state, args.cluster, *args.text)
+            print(f"{args.cluster}: {len(args.text)} line(s) appended to {path}")
+            return 0
         if args.cmd == "node-down":
             node = cluster.node_down(state, args.cluster, args.node)
             print(f"{args.cluster} {node}: heartbeat stopped (NotReady after "

@@ -299,6 +299,13 @@ def _start_apiserver(state: State, name: str) -> None:
         "--profiling=false", "--allow-privileged=true",
         f"--cert-dir={_cdir(name) / 'apiserver-certs'}",
         "--event-ttl=10m",
+        # Container logs: the API server reads them from each node's kubelet (KWOK's server,
+        # its port in the node's daemonEndpoints) at the node's InternalIP (its Hostname is
+        # the node's name, which resolves nowhere), verifying its serving certificate.
+        "--kubelet-preferred-address-types=InternalIP",
+        f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+        f"--kubelet-client-certificate={pki / 'admin.crt'}",
+        f"--kubelet-client-key={pki / 'admin.key'}",
     ])
 
 
@@ -346,17 +353,52 @@ def _start_kwok(state: State, name: str) -> None:
     ports = paths.cluster_ports(state.index(name))
     kc = _admin_kubeconfig(name, ports["apiserver"])
     cfg = _cdir(name) / "kwok.yaml"
-    cfg.write_text(manifests.kwok_config())
+    cfg.write_text(manifests.kwok_config(ports["kwok"], _ensure_logs_file(name)))
+    pki = paths.state_dir() / "pki"
     state.pids[f"{name}/kwok"] = _spawn(f"{name}/kwok", [
         str(paths.bin_dir() / "kwok"), f"--kubeconfig={kc}", f"--config={cfg}",
         "--manage-all-nodes=false",
         f"--manage-nodes-with-annotation-selector={manifests.KWOK_NODE_ANNOTATION}=fake",
         f"--server-address=127.0.0.1:{ports['kwok']}",
+        # the kubelet's serving certificate, as the API server verifies it (logs)
+        f"--tls-cert-file={pki / 'serving.crt'}", f"--tls-private-key-file={pki / 'serving.key'}",
         "--node-ip=127.0.0.1", "--cidr=10.244.0.0/16",
         # The node heartbeat: renewed every quarter of this, well inside the grace period
         # (also across a KWOK restart, which waits for its predecessor's leases to expire).
         f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}",
     ])
+
+
+# -- container logs ---------------------------------------------------------------------
+def logs_file(name: str) -> Path:
+    """The container log of every pod on the cluster (KWOK serves it: ``container_logs``)."""
+    return _cdir(name) / "logs" / "container.log"
+
+
+def _ensure_logs_file(name: str) -> Path:
+    path = logs_file(name)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(cri_line(f"sandbox {name}: every container on this cluster logs this "
+                                 "file (skyshare-sandbox log appends to it)"))
+    return path
+
+
+def cri_line(text: str, at_ns: int | None = None) -> str:
+    """One line as a container runtime writes it: RFC 3339 (nanoseconds), stream, tag."""
+    seconds, frac = divmod(time.time_ns() if at_ns is None else at_ns, 1_000_000_000)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{stamp}.{frac:09d}Z stdout F {text}\n"
+
+
+def write_log(state: State, name: str, *texts: str) -> Path:
+    """Append lines to the cluster's container log, now: what a running container writes."""
+    if name not in state.clusters:
+        raise SandboxError(f"no cluster {name!r} in the sandbox ({', '.join(state.clusters)})")
+    path = _ensure_logs_file(name)
+    with path.open("a") as fh:
+        fh.write("".join(cri_line(t) for t in texts))
+    return path
 
 
 def _ensure_kueue_certs() -> None:
@@ -480,11 +522,13 @@ def apply(api, obj: dict[str, Any], dry_run: bool = False) -> None:
                  auth_settings=["BearerToken"])
 
 
-def apply_node_status(api, obj: dict[str, Any]) -> None:
-    """Nodes are created by hand here: give them their capacity (status subresource)."""
+def apply_node_status(api, obj: dict[str, Any], kubelet_port: int) -> None:
+    """Nodes are created by hand here: give them their capacity and their kubelet's port
+    (KWOK's server: container logs are read there) (status subresource)."""
     body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": obj["metadata"]["name"]},
             "status": {"capacity": obj["status"]["capacity"],
-                       "allocatable": obj["status"]["allocatable"]}}
+                       "allocatable": obj["status"]["allocatable"],
+                       "daemonEndpoints": manifests.daemon_endpoints(kubelet_port)}}
     api.call_api(object_path(obj) + "/status", "PATCH",
                  query_params=[("fieldManager", FIELD_MANAGER), ("force", "true")], body=body,
                  header_params={"Content-Type": "application/apply-patch+yaml"},
@@ -537,12 +581,13 @@ def bootstrap_base(state: State, name: str) -> None:
     _apply_all(api, name, manifests.namespaces() + manifests.priority_classes()
                + manifests.crds(paths.kueue_manifests()))
     nodes = [manifests.node(name, i, spec["gpus"], spec["product"]) for i in range(spec["nodes"])]
+    ports = paths.cluster_ports(state.index(name))
     for node in [manifests.control_plane_node(name), *nodes]:
         _apply_all(api, name, [{k: v for k, v in node.items() if k != "status"}])
         _retrying(name, f"status of node {node['metadata']['name']}",
-                  lambda n=node: apply_node_status(api, n))
+                  lambda n=node: apply_node_status(api, n, ports["kwok"]))
     pki = paths.state_dir() / "pki"
-    port = paths.cluster_ports(state.index(name))["webhook"]
+    port = ports["webhook"]
     _apply_all(api, name, manifests.webhooks(paths.kueue_manifests(), port, _b64(pki / "ca.crt")))
     _wait_crds(api)
 

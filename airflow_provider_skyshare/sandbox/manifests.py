@@ -179,14 +179,16 @@ _TAS_GATES = (
 KUEUE_FEATURE_GATES = ",".join(f"{g}=false" for g in _TAS_GATES)
 
 
-def kwok_config() -> str:
-    """KWOK v0.8 run standalone has no default stages: node init, pod lifecycle, completion."""
+def kwok_config(kubelet_port: int, logs_file: Path) -> str:
+    """KWOK v0.8 run standalone has no default stages: node init, pod lifecycle, completion.
+    Its server is each node's kubelet (``kubelet_port``): the API server reads container logs
+    there, and KWOK serves every container's from ``logs_file`` (``container_logs``)."""
     now = "{{ $now := Now }}"
     stages = [
         _stage("node-initialize", "Node", [
             {"key": '.status.conditions.[] | select( .type == "Ready" ) | .status',
              "operator": "NotIn", "values": ["True"]}],
-            next_={"statusTemplate": _NODE_STATUS}),
+            next_={"statusTemplate": _NODE_STATUS + _daemon_endpoints(kubelet_port)}),
         _stage("pod-ready", "Pod", [
             {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
             {"key": ".status.phase", "operator": "In", "values": ["Pending"]},
@@ -236,7 +238,26 @@ def kwok_config() -> str:
             {"key": ".metadata.finalizers", "operator": "DoesNotExist"}],
             next_={"delete": True}),
     ]
-    return yaml.safe_dump_all(stages, sort_keys=False)
+    return yaml.safe_dump_all([*stages, container_logs(logs_file)], sort_keys=False)
+
+
+def container_logs(logs_file: Path) -> dict[str, Any]:
+    """Every container of every pod on the cluster logs ``logs_file`` (CRI format). KWOK
+    v0.8 picks a file per pod only from a ``Logs`` object named after the pod, known before
+    the log is read; one file per cluster needs none. Following is the request's
+    (``follow=true``, via fsnotify): the Log's own ``follow`` field is not read by v0.8."""
+    return {"kind": "ClusterLogs", "apiVersion": "kwok.x-k8s.io/v1alpha1",
+            "metadata": {"name": "container-logs"},
+            "spec": {"logs": [{"logsFile": str(logs_file), "follow": True}]}}
+
+
+def _daemon_endpoints(port: int) -> str:
+    """Where the API server reaches the node's kubelet (here KWOK) for logs."""
+    return f"daemonEndpoints:\n  kubeletEndpoint:\n    Port: {port}\n"
+
+
+def daemon_endpoints(port: int) -> dict[str, Any]:
+    return {"kubeletEndpoint": {"Port": port}}
 
 
 def _stage(name: str, kind: str, exprs: list[dict[str, Any]], next_: dict[str, Any],

@@ -62,15 +62,17 @@ class MultiClusterPodTrigger(BaseTrigger):
                 {"state": self.state, "finish": self.finish})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        sup = self._supervisor = Supervisor(Follow.from_dict(self.state), log=self.log)
+        policy = FinishPolicy.from_dict(self.finish)
+        sup = self._supervisor = Supervisor(Follow.from_dict(self.state), log=self.log,
+                                            live_logs=policy.live_logs)
         state, verdict = await self._verdict(sup)
+        shown = sup.logs_shown(state)  # the live log got this far: finish prints the rest
         if self.trigger_id is None or verdict.status is Status.ABANDONED:
             # dag.test() (no trigger row) resumes the task with this event; an abandoned
             # task is no longer deferred, so Airflow ignores it.
-            yield TriggerEvent(event_payload(state, verdict))
+            yield TriggerEvent(event_payload(state, verdict, shown))
             return
-        policy = FinishPolicy.from_dict(self.finish)
-        await finish(state, verdict, policy, self.log)
+        await finish(state, verdict, policy, self.log, shown)
         skipped = skip_reason(verdict, policy)
         success = verdict.status is Status.SUCCESS and not skipped
         await self._store_timeline(state, "return_value" if success else TIMELINE_XCOM)

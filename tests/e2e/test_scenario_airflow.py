@@ -88,6 +88,12 @@ def check_ui(af, shots: Path) -> None:
     assert {r["cluster"]: r["lent"] for r in api}["bair"] == {"rise": 2}
 
 
+def trigger_logs(af, dag: str, run: str, task: str) -> str:
+    """What the task's triggers wrote into its log (Airflow 3 routes them there)."""
+    folder = af.home / "logs" / f"dag_id={dag}" / f"run_id={run}" / f"task_id={task}"
+    return "\n".join(p.read_text(errors="replace") for p in folder.rglob("*.trigger.*.log"))
+
+
 def test_seed_scenario_through_real_airflow(airflow_server, admin_pods, no_leaks, tmp_path):
     seen: dict[str, object] = {}
 
@@ -134,6 +140,10 @@ def test_seed_scenario_through_real_airflow(airflow_server, admin_pods, no_leaks
     timeline = skyshare(airflow_server, "timeline", "rise_user", result.runs["rise_user"],
                         "romil-train")
     assert "Preempted" in timeline and "Succeeded" in timeline
+    # live logs: each attempt's container log in the task's log, marked with where it ran
+    # (the sandbox's clusters serve one container log file each, via KWOK)
+    logs = trigger_logs(airflow_server, "rise_user", result.runs["rise_user"], "romil-train")
+    assert "[attempt 1 on bair] " in logs and "[attempt 2 on rise] " in logs, logs[-3000:]
     print(f"scenario wall time {result.wall_seconds:.1f}s; abbeel submitted -> romil-train "
           f"running again {result.recovery_seconds:.1f}s")
     print(result.table())

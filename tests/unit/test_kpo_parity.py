@@ -352,7 +352,8 @@ def test_the_trigger_ends_the_task_skipped(monkeypatch, code, event) -> None:
 
     monkeypatch.setattr(trigger_module, "finish", no_finish)
     monkeypatch.setattr(trigger_module, "failure_message", lambda *_a: "failed")
-    monkeypatch.setattr(trigger_module, "Supervisor", lambda *_a, **_k: None)
+    monkeypatch.setattr(trigger_module, "Supervisor",
+                        lambda *_a, **_k: SimpleNamespace(logs_shown=lambda _s: {}))
     monkeypatch.setattr(trigger_module.Follow, "from_dict", staticmethod(lambda _d: None))
     trigger = trigger_module.MultiClusterPodTrigger(
         state={}, finish=FinishPolicy(skip_on_exit_code=(100,)).to_dict())

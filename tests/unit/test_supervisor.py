@@ -32,6 +32,7 @@ from airflow_provider_skyshare.follow import (
     Settings,
     Status,
 )
+from airflow_provider_skyshare.logstream import LiveLogs, targets
 from airflow_provider_skyshare.names import Kind
 from airflow_provider_skyshare.outcomes import Outcome
 from airflow_provider_skyshare.placement import Request
@@ -147,6 +148,39 @@ def test_preempted_on_a_borrowed_cluster_moves_home_and_succeeds(seed_fleet, cap
     assert first.preempted_by.startswith("bair/abbeel/run via kueue (")
     assert all(feed.closed for feed in api.feeds)
     assert "replacement created" in caplog.text  # one readable line per decision
+
+
+class RecordedLiveLogs(LiveLogs):
+    """What the supervisor asks to stream after each step (the streams themselves are
+    tests/unit/test_logstream.py's)."""
+
+    def __init__(self, fleet) -> None:
+        super().__init__(fleet, ("base",), logging.getLogger("test"))
+        self.asked: list[frozenset] = []
+        self.stopped = 0
+
+    def sync(self, state: Follow) -> None:
+        wanted = targets(state, self.wanted)
+        if not self.asked or self.asked[-1] != wanted:
+            self.asked.append(wanted)
+
+    async def stop(self) -> None:
+        self.stopped += 1
+
+
+def test_the_live_log_follows_the_move_and_stops_with_the_verdict(seed_fleet, cap, snap,
+                                                                   pod_fixture):
+    api = ReplayApi([snap(cap("rise", (2, 2)), cap("bair", (2, 0))),
+                     snap(cap("rise", (2, 0)), cap("bair", (2, 2)))], {
+        "bair": [recorded(pod_fixture, "kueue_preempted")],
+        "rise": [recorded(pod_fixture, "succeeded")]})
+    sup = supervisor(seed_fleet, api, wait_for_termination=False)
+    sup.live = live = RecordedLiveLogs(sup.job.fleet)
+    state = drive(sup.run())
+    assert state.verdict.status is Status.SUCCESS
+    streamed = [{(t.attempt, t.cluster) for t in asked} for asked in live.asked]
+    assert streamed == [set(), {(1, "bair")}, set(), {(2, "rise")}, set()]
+    assert live.stopped == 1
 
 
 class GonePreemptorApi(ReplayApi):
