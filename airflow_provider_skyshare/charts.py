@@ -123,8 +123,8 @@ def preemptor(preempted_by: str) -> str:
     who, via, _how = preempted_by.partition(" via ")
     if not via:
         return preempted_by
-    parts = who.split("/")
-    return "/".join(parts[:2]) if len(parts) == 3 and not who.startswith("pod ") else who
+    task_and_run = who.count("/") >= 2 and not who.startswith("pod ")  # dag/task/run
+    return who.rsplit("/", 1)[0] if task_and_run else who
 
 
 def tick_step(span: float, most: int = 8) -> int:
