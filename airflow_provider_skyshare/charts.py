@@ -379,8 +379,8 @@ def _fleet_row(row: dict[str, Any], i: int, per_gpu: float) -> str:
     head = (f'<text x="8" y="{y + 10}" font-weight="600">{esc(what, 26)}</text>'
             f'<text x="8" y="{y + 26}" fill="#555">{esc(owner, 28)}</text>')
     if not row["reachable"]:
-        return (f'<g class="cluster" data-cluster="{cluster}" data-reachable="no">{head}'
-                f"<title>{esc(f'{what}: {error}')}</title>"
+        return (f'<g class="cluster" data-cluster="{cluster}" data-reachable="no">'
+                f"<title>{esc(f'{what}: {error}')}</title>{head}"
                 f'<rect x="{F_LABELS}" y="{y}" width="{F_BARS}" height="{F_BAR}" fill="none" '
                 f'stroke="#B00020" stroke-dasharray="5 3"/><text x="{F_LABELS + 8}" y="{y + 16}" '
                 f'fill="#B00020">{esc(error, 64)}</text></g>')

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage
          "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--hide-scrollbars")
 TIMEOUT = 60.0
+SVG = "http://www.w3.org/2000/svg"
 
 
 def executable() -> str:
@@ -65,9 +67,21 @@ def check_png(path: Path, width: int, min_height: int) -> None:
     assert pixels.std() > 0.02, f"{path} is blank"
 
 
+def chart(dom: str, cls: str) -> ET.Element:
+    """The inline SVG of class `cls` in a page as the browser serialised it, parsed as XML."""
+    at = dom.index(f'class="{cls}"')
+    start, end = dom.rindex("<svg", 0, at), dom.index("</svg>", at) + len("</svg>")
+    return ET.fromstring(dom[start:end])
+
+
+def parts(svg: ET.Element, cls: str) -> list[ET.Element]:
+    """The chart's groups of class `cls` (lane, attempt, preemption, cluster, segment...)."""
+    return [g for g in svg.iter(f"{{{SVG}}}g") if g.get("class") == cls]
+
+
 @dataclass(frozen=True)
 class Loaded:
-    url: str
+    url: str  # where the tab is after any redirect
     status: int  # the document's HTTP status, as the browser got it
     dom: str
 
@@ -171,14 +185,16 @@ class Browser:
         return result["result"].get("value")
 
     def open(self, url: str) -> Loaded:
-        """Load `url` in the tab and wait for its load event: its status and DOM."""
+        """Load `url` in the tab and wait for its load event: where it ended up, its status
+        and its DOM."""
         self._events = [e for e in self._events if e.get("method") != "Page.loadEventFired"]
         nav = self.send("Page.navigate", {"url": url})
         if nav.get("errorText"):
             raise DevToolsError(f"{url}: {nav['errorText']}")
         self.wait_for("Page.loadEventFired")
         status = self.evaluate("performance.getEntriesByType('navigation')[0].responseStatus")
-        return Loaded(url, int(status), self.evaluate("document.documentElement.outerHTML"))
+        return Loaded(self.evaluate("location.href"), int(status),
+                      self.evaluate("document.documentElement.outerHTML"))
 
     def login(self, username: str, password: str) -> int:
         """Log in as SimpleAuthManager's login page does, from a page of the same Airflow:
