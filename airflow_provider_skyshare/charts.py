@@ -22,6 +22,8 @@ from typing import Any
 from airflow_provider_skyshare.names import Kind
 from airflow_provider_skyshare.timeline import Attempt, Timeline
 
+# ARIA's graphics roles (a chart, and its marks: each named by its <title>), with fallbacks
+SYMBOL = "graphics-symbol img"
 FONT = "font-family=\"system-ui,sans-serif\" font-size=\"12\""
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -76,7 +78,7 @@ def _fill(pid: str, style: Style) -> str:
 
 def _svg(width: int, height: int, title: str, desc: str, defs: Iterable[str],
          body: Iterable[str], cls: str) -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="{cls}" role="img" '
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="{cls}" role="graphics-document document" '
             f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
             f'aria-labelledby="{cls}-title {cls}-desc" {FONT}>'
             f'<title id="{cls}-title">{esc(title)}</title><desc id="{cls}-desc">{esc(desc)}</desc>'
@@ -219,7 +221,7 @@ def _bar(a: Attempt, lane: int, scale: TimeScale, until: float) -> str:
         'stroke="#333" stroke-width=".6"/>'
     queued = rect.format("queued", x0, y + BAR_HEIGHT / 4, xs - x0, BAR_HEIGHT / 2, fill)
     ran = rect.format("ran", xs, y, x1 - xs, BAR_HEIGHT, fill)
-    return (f'<g class="attempt" data-number="{a.number}" data-cluster="{esc(a.cluster)}" '
+    return (f'<g class="attempt" role="{SYMBOL}" data-number="{a.number}" data-cluster="{esc(a.cluster)}" '
             f'data-outcome="{esc(name)}" data-x="{x0:.1f}" data-width="{x1 - x0:.1f}">'
             f"<title>{esc(_attempt_title(a, kind, end))}</title>"
             f'{queued if xs > x0 else ""}{ran if x1 > xs else ""}'
@@ -236,7 +238,7 @@ def _preemption(a: Attempt, lane: int, scale: TimeScale, until: float) -> str:
     who = preemptor(a.preempted_by)
     text = f"preempted by {who}" if who else "preempted"
     title = f"attempt {a.number} preempted by {a.preempted_by or '?'}"
-    return (f'<g class="preemption" data-number="{a.number}" data-by="{esc(who)}">'
+    return (f'<g class="preemption" role="{SYMBOL}" data-number="{a.number}" data-by="{esc(who)}">'
             f"<title>{esc(title)}</title>"
             f'<line x1="{x:.1f}" y1="{top + 4}" x2="{x:.1f}" y2="{top + LANE - 4}" '
             f'stroke="#B00020" stroke-width="2.5"/>'
@@ -347,7 +349,7 @@ def _segment(s: Segment, x: float, y: float, w: float, what: str) -> str:
     text = s.label if s.use is Use.LENT else f"{s.gpus} {s.use.value}"
     fits = 7 * len(text) + 8 <= w
     dark = s.use in (Use.OWNER,)
-    return (f'<g class="segment" data-use="{s.use.name.lower()}" data-gpus="{s.gpus}" '
+    return (f'<g class="segment" role="{SYMBOL}" data-use="{s.use.name.lower()}" data-gpus="{s.gpus}" '
             f'data-width="{w:.1f}"><title>{esc(f"{what}: {s.label}")}</title>'
             f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{F_BAR}" '
             f'fill="{_fill("fl-" + s.use.name.lower(), style)}" stroke="#333" stroke-width=".6"/>'
@@ -366,7 +368,7 @@ def _queued(row: dict[str, Any], y: float, per_gpu: float, what: str) -> str:
     who = ", ".join(f"{k} {v}" for k, v in sorted(row["queued"].items()))
     w = min(n * per_gpu, F_QUEUE)
     fill = _fill("fl-queued", USE_STYLES[Use.QUEUED])
-    return (f'<g class="queued" data-gpus="{n}"><title>{esc(f"{what}: {n} queued ({who})")}'
+    return (f'<g class="queued" role="{SYMBOL}" data-gpus="{n}"><title>{esc(f"{what}: {n} queued ({who})")}'
             f'</title><rect x="{x}" y="{y}" width="{w:.1f}" height="{F_BAR}" fill="{fill}" '
             f'stroke="#333" stroke-width=".6"/><text x="{x}" y="{y + F_BAR + 14}">'
             f"{esc(f'{n} queued: {who}', 40)}</text></g>")
@@ -379,7 +381,7 @@ def _fleet_row(row: dict[str, Any], i: int, per_gpu: float) -> str:
     head = (f'<text x="8" y="{y + 10}" font-weight="600">{esc(what, 26)}</text>'
             f'<text x="8" y="{y + 26}" fill="#555">{esc(owner, 28)}</text>')
     if not row["reachable"]:
-        return (f'<g class="cluster" data-cluster="{cluster}" data-reachable="no">'
+        return (f'<g class="cluster" role="{SYMBOL}" data-cluster="{cluster}" data-reachable="no">'
                 f"<title>{esc(f'{what}: {error}')}</title>{head}"
                 f'<rect x="{F_LABELS}" y="{y}" width="{F_BARS}" height="{F_BAR}" fill="none" '
                 f'stroke="#B00020" stroke-dasharray="5 3"/><text x="{F_LABELS + 8}" y="{y + 16}" '

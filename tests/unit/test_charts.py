@@ -300,3 +300,19 @@ def test_the_fleet_legend_names_every_use(seed_rows: list[dict[str, Any]]) -> No
 
 def test_no_rows_no_chart() -> None:
     assert fleet_svg([]) == ""
+
+
+def test_every_mark_is_named_by_its_title_for_screen_readers(seed_rows: list[dict[str, Any]]) -> None:
+    """Each bar and mark is a graphics symbol whose first child is its <title> (its accessible
+    name); the chart itself is named by its own title and description."""
+    for svg in (timeline_svg(recorded("moved-three-clusters")), fleet_svg(seed_rows)):
+        root = parse(svg)
+        assert root.get("role", "").startswith("graphics-document")
+        assert root.get("aria-labelledby", "").split() == [
+            root.find("s:title", NS).get("id"), root.find("s:desc", NS).get("id")]
+        marks = [g for g in root.iter(f"{{{NS['s']}}}g")
+                 if g.get("role", "").startswith("graphics-symbol")]
+        assert {g.get("class") for g in marks} >= ({"attempt", "preemption"}
+                                                   if "timeline" in root.get("class") else
+                                                   {"segment", "queued"})
+        assert all(g[0].tag == f"{{{NS['s']}}}title" and g[0].text for g in marks)
