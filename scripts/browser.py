@@ -209,8 +209,9 @@ class Browser:
             await_promise=True)
 
     def screenshot(self, path: Path) -> Path:
-        """The whole page as a PNG, the window's width wide."""
-        height = self.evaluate("document.documentElement.scrollHeight")
+        """The whole page as a PNG, the window's width wide, down to the end of its body."""
+        height = self.evaluate("Math.ceil(document.body.getBoundingClientRect().bottom"
+                               " + parseFloat(getComputedStyle(document.body).marginBottom))")
         shot = self.send("Page.captureScreenshot", {
             "format": "png", "captureBeyondViewport": True,
             "clip": {"x": 0, "y": 0, "width": self.width, "height": max(height, 1), "scale": 1}})

@@ -100,7 +100,8 @@ def _table(headers: list[str], rows: list[list[str]], classes: list[str] | None 
 
 def _page(title: str, body: str, refresh: int | None = 3) -> HTMLResponse:
     meta = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
-    return HTMLResponse(f"<!doctype html><html><head><title>{html.escape(title)}</title>{meta}"
+    return HTMLResponse(f'<!doctype html><html><head><meta charset="utf-8">'
+                        f"<title>{html.escape(title)}</title>{meta}"
                         f"<style>{STYLE}</style></head><body>{body}</body></html>")
 
 
