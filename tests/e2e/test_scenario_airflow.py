@@ -43,6 +43,7 @@ def keep(shot: Path) -> None:
     """With SKYSHARE_UI_SHOTS set to a directory (docs/img), keep a copy of the screenshot
     there: how the docs' pictures are made, from this run (docs/operations.md)."""
     if os.environ.get(SHOTS):
+        Path(os.environ[SHOTS]).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(os.environ[SHOTS]) / shot.name)
 
 
