@@ -15,6 +15,7 @@ import os
 import select
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
@@ -86,6 +87,18 @@ class Loaded:
     dom: str
 
 
+# Puts the two pipe ends on fds 3 and 4 and runs chromium: a shell cannot (dash takes one
+# digit fds only, and pytest's are often above 9); moved above 9 first, so that neither
+# end is overwritten by the other's dup2.
+_AS_FD_3_AND_4 = """
+import fcntl, os, sys
+ours = [fcntl.fcntl(int(fd), fcntl.F_DUPFD, 10) for fd in sys.argv[1:3]]
+os.dup2(ours[0], 3)
+os.dup2(ours[1], 4)
+os.execv(sys.argv[3], sys.argv[3:])
+"""
+
+
 class DevToolsError(RuntimeError):
     """Chromium answered a DevTools command with an error, or not in time."""
 
@@ -108,8 +121,8 @@ class Browser:
         profile = tempfile.mkdtemp(prefix="chromium-", dir=self.tmp)
         self._log = open(Path(profile) / "chromium.log", "wb")  # closed in __exit__
         self.proc = subprocess.Popen(
-            ["sh", "-c", f'exec "$0" "$@" 3<&{commands} 4>&{answers}', executable(), *FLAGS,
-             f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
+            [sys.executable, "-c", _AS_FD_3_AND_4, str(commands), str(answers), executable(),
+             *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
             pass_fds=(commands, answers), stdout=self._log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True)
         os.close(commands)
