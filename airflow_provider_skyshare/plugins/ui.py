@@ -23,7 +23,7 @@ from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse
 
-from airflow_provider_skyshare import capacity, metadb, taskpods, views
+from airflow_provider_skyshare import capacity, charts, metadb, taskpods, views
 from airflow_provider_skyshare.fleet import Fleet
 from airflow_provider_skyshare.fleetfile import configured, load
 from airflow_provider_skyshare.links import PREFIX, SkyshareTimelineLink
@@ -75,6 +75,7 @@ body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}
 table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{border:1px solid #ccc;padding:.3rem .6rem}
 th{background:#f0f4f0;text-align:left}.bad{color:#b00}.lent{color:#a60;font-weight:600}
 h1{font-size:1.4rem}h2{font-size:1.1rem}.muted{color:#777;font-size:.85rem}
+svg{display:block;max-width:100%;height:auto;margin:.5rem 0 1rem}
 """
 
 
@@ -99,7 +100,8 @@ def _table(headers: list[str], rows: list[list[str]], classes: list[str] | None 
 
 def _page(title: str, body: str, refresh: int | None = 3) -> HTMLResponse:
     meta = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
-    return HTMLResponse(f"<!doctype html><html><head><title>{html.escape(title)}</title>{meta}"
+    return HTMLResponse(f'<!doctype html><html><head><meta charset="utf-8">'
+                        f"<title>{html.escape(title)}</title>{meta}"
                         f"<style>{STYLE}</style></head><body>{body}</body></html>")
 
 
@@ -111,14 +113,16 @@ async def api_fleet() -> list[dict[str, Any]]:
 
 @app.get("/", response_class=HTMLResponse, dependencies=[Depends(can_read_fleet)])
 async def fleet_page(refresh: int = Query(3, ge=0, le=3600)) -> HTMLResponse:
-    """The live fleet table; `?refresh=0` stops the reload (for printing or a screenshot)."""
+    """The live fleet, as bars and as a table; `?refresh=0` stops the reload (for printing
+    or a screenshot)."""
     try:
         fleet = _fleet()
     except Exception as exc:  # noqa: BLE001 - show the configuration problem on the page
         return _page("skyshare", f"<h1>Skyshare fleet</h1><p class=bad>{html.escape(str(exc))}</p>",
                      refresh)
     rows, classes = [], []
-    for r in views.fleet_rows(fleet, await capacity.probe(fleet)):
+    fleet_rows = views.fleet_rows(fleet, await capacity.probe(fleet))
+    for r in fleet_rows:
         lent = ", ".join(f"{n} to {org}" for org, n in sorted(r["lent"].items())) or "-"
         queued = ", ".join(f"{n} {k}" for k, n in sorted(r["queued"].items())) or "-"
         if r["reachable"]:
@@ -133,18 +137,21 @@ async def fleet_page(refresh: int = Query(3, ge=0, le=3600)) -> HTMLResponse:
                    rows, classes)
     stamp = time.strftime("%H:%M:%S", time.gmtime())
     every = f"refreshes every {refresh} s" if refresh else "no refresh"
-    return _page("skyshare fleet", f"<h1>Skyshare fleet</h1>{table}"
+    return _page("skyshare fleet", f"<h1>Skyshare fleet</h1>{charts.fleet_svg(fleet_rows)}{table}"
                  f"<p class=muted>fleet file {html.escape(fleet.source)}; live at {stamp} UTC; "
                  f"{every}</p>", refresh)
+
+
+STORED, LIVE = "finished (XCom)", "live (pods on the clusters)"
 
 
 async def _timeline(dag_id: str, run_id: str, task_id: str, map_index: int) -> tuple[str, Timeline]:
     stored = metadb.stored_timeline(dag_id, run_id, task_id, map_index)
     if stored:
-        return "finished (XCom)", Timeline.from_list(stored)
+        return STORED, Timeline.from_list(stored)
     live = await taskpods.live_timeline(_fleet(), TaskIdentity(dag_id, task_id, run_id, map_index),
                                         now=time.time())
-    return ("live (pods on the clusters)", live) if live else ("not found", Timeline())
+    return (LIVE, live) if live else ("not found", Timeline())
 
 
 @app.get("/api/timeline", dependencies=[Depends(can_read_task)])
@@ -156,13 +163,18 @@ async def api_timeline(dag_id: str, run_id: str, task_id: str,
 
 @app.get("/timeline", response_class=HTMLResponse, dependencies=[Depends(can_read_task)])
 async def timeline_page(dag_id: str, run_id: str, task_id: str,
-                        map_index: int = Query(-1)) -> HTMLResponse:
+                        map_index: int = Query(-1),
+                        refresh: int = Query(3, ge=0, le=3600)) -> HTMLResponse:
+    """The task's attempts as a chart (one lane per cluster) and, under it, as a table.
+    Until the task has finished it reloads every `refresh` seconds (0: never)."""
     source, timeline = await _timeline(dag_id, run_id, task_id, map_index)
+    chart = charts.timeline_svg(timeline, now=time.time())
     table = _table(HEADERS, timeline.rows())
     title = f"{dag_id} / {task_id} / {run_id}"
     return _page(f"skyshare timeline {title}",
-                 f"<h1>Timeline of {html.escape(title)}</h1><p class=muted>{source}</p>{table}"
-                 f'<p><a href="{PREFIX}/">fleet</a></p>')
+                 f"<h1>Timeline of {html.escape(title)}</h1><p class=muted>{source}</p>"
+                 f"{chart}{table}"
+                 f'<p><a href="{PREFIX}/">fleet</a></p>', None if source == STORED else refresh)
 
 
 class SkysharePlugin(AirflowPlugin):

@@ -7,15 +7,17 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 
+from scripts.browser import Browser, chart, check_png, dump_dom, parts
 from scripts.scenario import run_scenario, run_team_queues
 
 ROOT = Path(__file__).resolve().parents[2]
+SHOTS = "SKYSHARE_UI_SHOTS"
 
 pytestmark = pytest.mark.e2e
 
@@ -37,38 +39,18 @@ def lent(af) -> dict[str, dict[str, int]]:
             for r in json.loads(skyshare(af, "fleet", "--json"))["clusters"]}
 
 
-def chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess:
-    """Headless Debian chromium with the flags this closed network needs.
-
-    Without the background-networking flags chromium spends its start on refused connections;
-    a fresh profile per call keeps one run from locking or warming the next.
-    """
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert exe, "Debian's chromium is needed for the UI test (./dev test installs it)"
-    profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp)
-    return subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu",
-                           "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-                           "--disable-background-networking", "--disable-component-update",
-                           "--disable-sync", f"--user-data-dir={profile}",
-                           "--hide-scrollbars", *args], capture_output=True, text=True,
-                          timeout=120)
-
-
-def dump_dom(page: str, tmp: Path, want: tuple[str, ...]) -> str:
-    """The rendered page, which must show every string in `want`.
-
-    The page is rendered on the server; `?refresh=0` drops its reload so chromium dumps the
-    document it loaded rather than racing a reload (which once gave an empty dump in CI).
-    """
-    out = chromium("--dump-dom", page, tmp=tmp)
-    assert all(w in out.stdout for w in want), (
-        f"{page} does not show {want}: exit {out.returncode}\n"
-        f"dom: {out.stdout[:1500]}\nstderr: {out.stderr[-1500:]}")
-    return out.stdout
+def keep(shot: Path) -> None:
+    """With SKYSHARE_UI_SHOTS set to a directory (docs/img), keep a copy of the screenshot
+    there: how the docs' pictures are made, from this run (docs/operations.md)."""
+    if os.environ.get(SHOTS):
+        Path(os.environ[SHOTS]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(os.environ[SHOTS]) / shot.name)
 
 
 def check_ui(af, shots: Path) -> None:
-    """No token needed here: this Airflow runs with simple_auth_manager_all_admins, whose
+    """The fleet page while bair lends its 2 T4 to rise, before abbeel takes them back.
+
+    No token needed here: this Airflow runs with simple_auth_manager_all_admins, whose
     middleware signs every request in as admin, the plugin's routes included. The login itself
     is tested in test_ui_auth_airflow.py (and tests/unit/test_ui_auth.py)."""
     page = f"{af.url}/skyshare/?refresh=0"
@@ -76,14 +58,18 @@ def check_ui(af, shots: Path) -> None:
     assert "http-equiv" not in dom
     with urllib.request.urlopen(f"{af.url}/skyshare/", timeout=30) as resp:
         assert '<meta http-equiv="refresh" content="3">' in resp.read().decode()
-    shot = shots / "skyshare-fleet.png"
-    out = chromium("--window-size=1100,500", f"--screenshot={shot}", page, tmp=shots)
-    assert shot.exists(), out.stderr[-1500:]
-    from matplotlib.image import imread
-
-    pixels = imread(shot)
-    assert pixels.shape[0] == 500 and pixels.shape[1] == 1100
-    assert pixels.std() > 0.02, "the screenshot is blank"
+    with Browser(shots, width=1100) as browser:
+        fleet = browser.open(page)
+        assert fleet.status == 200
+        svg = chart(fleet.dom, "skyshare-fleet")
+        bars = {c.get("data-cluster"): [(s.get("data-use"), s.get("data-gpus"))
+                                        for s in parts(c, "segment")]
+                for c in parts(svg, "cluster")}
+        assert bars == {"rise": [("owner", "2")], "bair": [("lent", "2")]}, bars
+        assert fleet.dom.index("skyshare-fleet") < fleet.dom.index("<table>")  # chart, table
+        shot = browser.screenshot(shots / "fleet.png")
+    check_png(shot, 1100, 300)
+    keep(shot)
     api = af.get("/skyshare/api/fleet")
     assert {r["cluster"]: r["lent"] for r in api}["bair"] == {"rise": 2}
 
@@ -92,6 +78,25 @@ def trigger_logs(af, dag: str, run: str, task: str) -> str:
     """What the task's triggers wrote into its log (Airflow 3 routes them there)."""
     folder = af.home / "logs" / f"dag_id={dag}" / f"run_id={run}" / f"task_id={task}"
     return "\n".join(p.read_text(errors="replace") for p in folder.rglob("*.trigger.*.log"))
+
+
+def check_timeline_page(af, run_id: str, shots: Path) -> None:
+    """romil-train's timeline page: preempted on bair by abbeel, moved to rise, succeeded."""
+    query = urlencode({"dag_id": "rise_user", "run_id": run_id, "task_id": "romil-train",
+                       "refresh": 0})
+    with Browser(shots, width=1100) as browser:
+        page = browser.open(f"{af.url}/skyshare/timeline?{query}")
+        assert page.status == 200 and "finished (XCom)" in page.dom
+        svg = chart(page.dom, "skyshare-timeline")
+        assert [g.get("data-cluster") for g in parts(svg, "lane")] == ["bair", "rise"]
+        assert [(a.get("data-cluster"), a.get("data-outcome")) for a in parts(svg, "attempt")] \
+            == [("bair", "Preempted"), ("rise", "Succeeded")]
+        (mark,) = parts(svg, "preemption")
+        assert mark.get("data-by") == "bair_user/abbeel", mark.attrib
+        assert page.dom.index("skyshare-timeline") < page.dom.index("<table>")
+        shot = browser.screenshot(shots / "timeline.png")
+    check_png(shot, 1100, 300)
+    keep(shot)
 
 
 def test_seed_scenario_through_real_airflow(airflow_server, admin_pods, no_leaks, tmp_path):
@@ -144,6 +149,7 @@ def test_seed_scenario_through_real_airflow(airflow_server, admin_pods, no_leaks
     # (the sandbox's clusters serve one container log file each, via KWOK)
     logs = trigger_logs(airflow_server, "rise_user", result.runs["rise_user"], "romil-train")
     assert "[attempt 1 on bair] " in logs and "[attempt 2 on rise] " in logs, logs[-3000:]
+    check_timeline_page(airflow_server, result.runs["rise_user"], tmp_path)
     print(f"scenario wall time {result.wall_seconds:.1f}s; abbeel submitted -> romil-train "
           f"running again {result.recovery_seconds:.1f}s")
     print(result.table())

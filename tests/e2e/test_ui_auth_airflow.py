@@ -1,4 +1,5 @@
-"""The UI plugin behind Airflow's login, over HTTP, on a real API server (issue 16).
+"""The UI plugin behind Airflow's login, over HTTP and in headless Chromium, on a real API
+server (issue 16).
 
 The e2e Airflow runs with `simple_auth_manager_all_admins` (a local demo: Airflow's
 middleware signs every request in as an admin, the plugin's routes included), so it cannot
@@ -22,6 +23,7 @@ from urllib.parse import urlencode
 
 import pytest
 
+from scripts.browser import Browser, check_png
 from scripts.scenario import wait_for
 from scripts.services import free_port
 
@@ -123,3 +125,29 @@ def test_a_timeline_only_for_the_dags_team(login_api):
     rise = login_api.login("rise_viewer")
     assert login_api.status(TIMELINE, token=rise) == 200
     assert "Timeline of rise_user / romil / no-such-run" in login_api.body(TIMELINE, rise)
+
+
+def test_in_a_browser_the_login_decides_what_each_page_shows(login_api, tmp_path):
+    """Headless Chromium as a person uses it: not logged in, Airflow answers the plugin's pages
+    401 (its JSON error, no redirect to the login page); logged in as the login page does it
+    (the `_token` cookie), bair's viewer is refused rise's timeline (403) but sees the fleet,
+    and rise's viewer sees the timeline."""
+    fleet = f"{login_api.url}/skyshare/?refresh=0"
+    timeline = f"{login_api.url}{TIMELINE}&refresh=0"
+    with Browser(tmp_path, width=1100) as browser:
+        for page in (fleet, timeline):
+            anonymous = browser.open(page)
+            assert (anonymous.status, anonymous.url) == (401, page)
+            assert "Not authenticated" in anonymous.dom and "<svg" not in anonymous.dom
+        assert browser.login("bair_viewer", login_api.passwords["bair_viewer"]) == 201
+        refused = browser.open(timeline)
+        assert refused.status == 403 and "Timeline of" not in refused.dom, refused.dom[:500]
+        assert browser.open(fleet).status == 200
+        assert browser.login("rise_viewer", login_api.passwords["rise_viewer"]) == 201
+        shown = browser.open(timeline)
+        assert shown.status == 200, shown.dom[:500]
+        assert "Timeline of rise_user / romil / no-such-run" in shown.dom
+        seen = browser.open(fleet)
+        assert seen.status == 200 and 'class="skyshare-fleet"' in seen.dom
+        shot = browser.screenshot(tmp_path / "fleet-as-rise-viewer.png")
+    check_png(shot, 1100, 200)

@@ -160,9 +160,32 @@ def test_own_teams_dag_renders_the_timeline(client: TestClient, airflow_auth: An
     page = get(client, "/timeline", RISE_RUN, bearer=rise)
     assert page.status_code == 200, page.text
     assert "Timeline of rise_dag / train / r1" in page.text and "finished (XCom)" in page.text
+    # the chart, then the table; a finished timeline does not reload
+    assert page.text.index('<svg xmlns="http://www.w3.org/2000/svg" class="skyshare-timeline"') \
+        < page.text.index("<table>")
+    assert 'data-outcome="Succeeded"' in page.text and "http-equiv" not in page.text
     api = get(client, "/api/timeline", RISE_RUN, bearer=rise)
     assert api.status_code == 200
     assert api.json()["attempts"][0]["pod"] == "p-1"
+
+
+def test_a_live_timeline_reloads_until_told_not_to(client: TestClient, airflow_auth: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not in XCom yet: read from the pods, drawn to now, and the page reloads."""
+    running = Timeline.from_list([{**ATTEMPT, "ended_at": None, "outcome": ""}])
+
+    async def live_timeline(*_: Any, **__: Any) -> Timeline:
+        return running
+
+    monkeypatch.setattr(metadb, "stored_timeline", lambda *a, **k: [])
+    monkeypatch.setattr(taskpods, "live_timeline", live_timeline)
+    rise = token(airflow_auth, "rise_viewer")
+    page = get(client, "/timeline", RISE_RUN, bearer=rise)
+    assert page.status_code == 200, page.text
+    assert 'data-outcome="Running"' in page.text
+    assert '<meta http-equiv="refresh" content="3">' in page.text
+    still = get(client, "/timeline", {**RISE_RUN, "refresh": "0"}, bearer=rise)
+    assert "http-equiv" not in still.text and 'data-outcome="Running"' in still.text
 
 
 def test_the_uis_cookie_is_enough(client: TestClient, airflow_auth: Any) -> None:
@@ -186,6 +209,7 @@ def test_fleet_for_any_viewer(client: TestClient, airflow_auth: Any, user: str) 
     bearer = token(airflow_auth, user)
     page = get(client, "/", bearer=bearer)
     assert page.status_code == 200 and "Skyshare fleet" in page.text and "no refresh" in page.text
+    assert page.text.index('class="skyshare-fleet"') < page.text.index("<table>")
     api = get(client, "/api/fleet", {}, bearer=bearer)
     assert api.status_code == 200 and {r["cluster"] for r in api.json()} >= {"rise", "bair"}
 
