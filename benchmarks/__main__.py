@@ -4,6 +4,8 @@
   (b) triggerer load at N followed pods          vs KubernetesPodTrigger
   (c) placement latency at 1/2/5/10 clusters     vs sequential probing
   (d) the romil/abbeel scenario wall time through real Airflow
+  (h) database bytes per deferred task (trigger row, XCom) vs KubernetesPodTrigger
+  (i) first placement: task start in the worker -> pod created, at 1/10/20 clusters vs KPO
 
 Writes benchmarks/results/<name>.json, results.md and PNG plots. Not part of the tests.
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import RESULTS, sandbox_up, save
+from benchmarks.common import RESULTS, bench_dir, sandbox_up, save
 
 
 def part_a(args) -> dict:
@@ -71,8 +73,35 @@ def part_d(args) -> dict:
             if len(train) > 1 else None, "states": result.states, "timeline": result.table()}
 
 
+def _fleet_sandbox(n: int) -> tuple[str, Path]:
+    """The sandbox with clusters rise, bair, p3..pN hosting the orgs of the N-cluster fleet
+    (the seed's shape); returns the kubeconfig and that fleet file."""
+    from benchmarks import fleets
+
+    names = fleets.cluster_names(n)
+    fleet = fleets.write(names, bench_dir())
+    return sandbox_up(*[f"{c}:nodes=1,gpus=2" for c in names[2:]], fleet=fleet), fleet
+
+
+def part_h(args) -> dict:
+    from benchmarks import db_cost, fleets
+
+    kubeconfig, big = _fleet_sandbox(20)
+    return db_cost.run(kubeconfig, {"seed fleet (2 clusters)": str(fleets.SEED),
+                                    "20 clusters": str(big)}, bench_dir())
+
+
+def part_i(args) -> dict:
+    from benchmarks import first_placement
+
+    sizes = [int(k) for k in args.first_clusters.split(",")]
+    kubeconfig, _ = _fleet_sandbox(max(sizes))
+    return first_placement.run(kubeconfig, sizes, args.first_samples, bench_dir())
+
+
 PARTS = {"a": ("preemption", part_a), "b": ("trigger_load", part_b),
-         "c": ("placement_latency", part_c), "d": ("scenario", part_d)}
+         "c": ("placement_latency", part_c), "d": ("scenario", part_d),
+         "h": ("db_cost", part_h), "i": ("first_placement", part_i)}
 
 
 def main() -> int:
@@ -84,6 +113,8 @@ def main() -> int:
     p.add_argument("--n", default="100,500", help="followed pods for (b)")
     p.add_argument("--window", type=float, default=60.0, help="seconds per (b) window")
     p.add_argument("--clusters", default="1,2,5,10")
+    p.add_argument("--first-clusters", default="1,10,20", help="fleet sizes for (i)")
+    p.add_argument("--first-samples", type=int, default=10, help="placements per size, (i)")
     args = p.parse_args()
     for key in args.only.split(","):
         name, fn = PARTS[key.strip()]

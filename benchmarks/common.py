@@ -13,15 +13,25 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def sandbox_up(*specs: str) -> str:
-    """Make sure the named sandbox clusters run; returns the kubeconfig path."""
+def sandbox_up(*specs: str, fleet: Path | None = None) -> str:
+    """Make sure the named sandbox clusters run (hosting the orgs of `fleet`, if given);
+    returns the kubeconfig path."""
     args = [sys.executable, "-m", "airflow_provider_skyshare.sandbox.cli", "up"]
     for spec in specs:
         args += ["--cluster", spec]
+    if fleet is not None:
+        args += ["--fleet", str(fleet)]
     subprocess.run(args, check=True)
     out = subprocess.run([sys.executable, "-m", "airflow_provider_skyshare.sandbox.cli",
                           "kubeconfig"], check=True, capture_output=True, text=True)
     return out.stdout.strip()
+
+
+def bench_dir() -> Path:
+    """Files the sandbox refers to while it runs (fleet files): beside its state."""
+    from airflow_provider_skyshare.sandbox import paths
+
+    return paths.state_dir().parent / (paths.state_dir().name + "-bench")
 
 
 def admin_api(kubeconfig: str, context: str):

@@ -54,10 +54,83 @@ def write(results: Path) -> str:
                      "| <= 90 s |")
         lines.append(f"| (d) abbeel submitted -> romil-train running again | "
                      f"{d['abbeel_submitted_to_romil_train_running_s']:.1f} s | - | - | - |")
+    h, i = _load(results, "db_cost"), _load(results, "first_placement")
+    lines += db_cost_lines(h) + first_placement_lines(i)
     table = "\n".join(lines)
     (results / "results.md").write_text("# Benchmark results\n\n" + table + "\n")
     _plots(results, a, c)
+    _plots_h_i(results, h, i)
     return table
+
+
+def db_cost_lines(h: dict | None) -> list[str]:
+    """(h): bytes the deferred task keeps in the DB, against KubernetesPodTrigger's."""
+    if not h:
+        return []
+    base = min(h["baseline"], key=lambda r: r["trigger_kwargs"])
+    others = "; ".join(f"{r['variant'].split(', ', 1)[1]}: {r['trigger_kwargs']} B"
+                       for r in h["baseline"] if r is not base)
+    return [f"| (h) trigger row bytes per deferred task, {r['fleet']} (all DB bytes incl. "
+            f"XCom) | {r['trigger_kwargs']} B ({r['total']} B) | {base['trigger_kwargs']} B "
+            f"({base['total']} B), KubernetesPodTrigger by {base['variant'].split(', ', 1)[1]}"
+            f" ({others}) | {r['trigger_kwargs'] / base['trigger_kwargs']:.1f}x | <= 2x |"
+            for r in h["rows"]]
+
+
+def first_placement_lines(i: dict | None) -> list[str]:
+    """(i): execute() in the worker -> pod ADDED, against KubernetesPodOperator's."""
+    if not i:
+        return []
+    out = []
+    for r in i["rows"]:
+        ours, base = r["skyshare"]["ms"], r["kpo"]["ms"]
+        out.append(f"| (i) first placement, task start -> pod created, {r['clusters']} "
+                   f"clusters p50 / p95 | {ours['p50']:.0f} / {ours['p95']:.0f} ms "
+                   f"(n={ours['n']}) | {base['p50']:.0f} / {base['p95']:.0f} ms "
+                   f"(KubernetesPodOperator, one cluster) | {base['p50'] / ours['p50']:.1f}x "
+                   "| p50 <= 200 ms at 20 |")
+    return out
+
+
+def _plots_h_i(results: Path, h: dict | None, i: dict | None) -> None:
+    plt = _pyplot()
+    if plt is None:
+        return
+    if h:
+        rows = h["rows"] + h["baseline"]
+        fig, ax = plt.subplots(figsize=(6.5, 3.5))
+        ax.barh([r["variant"] for r in rows], [r["trigger_kwargs"] for r in rows],
+                label="trigger row")
+        ax.barh([r["variant"] for r in rows], [r["total"] - r["trigger_kwargs"] for r in rows],
+                left=[r["trigger_kwargs"] for r in rows], label="next_kwargs + XCom")
+        ax.set_xlabel("bytes per deferred task")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(results / "db_cost.png", dpi=120)
+    if i:
+        ks = [r["clusters"] for r in i["rows"]]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for key, label, style in (("skyshare", "skyshare", "o-"),
+                                  ("kpo", "KubernetesPodOperator", "s--")):
+            ax.plot(ks, [r[key]["ms"]["p50"] for r in i["rows"]], style, label=f"{label} p50")
+            ax.plot(ks, [r[key]["ms"]["p95"] for r in i["rows"]], style, alpha=0.4,
+                    label=f"{label} p95")
+        ax.set_xlabel("clusters in the fleet")
+        ax.set_ylabel("task start -> pod created (ms)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(results / "first_placement.png", dpi=120)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
 
 
 def _plots(results: Path, a: dict | None, c: dict | None) -> None:
