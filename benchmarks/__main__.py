@@ -4,6 +4,7 @@
   (b) triggerer load at N followed pods          vs KubernetesPodTrigger
   (c) placement latency at 1/2/5/10 clusters     vs sequential probing
   (d) the romil/abbeel scenario wall time through real Airflow
+  (e) eviction on one cluster -> running on another: MultiKueue vs skyshare, same event
   (h) database bytes per deferred task (trigger row, XCom) vs KubernetesPodTrigger
   (i) first placement: task start in the worker -> pod created, at 1/10/20 clusters vs KPO
 
@@ -99,9 +100,21 @@ def part_i(args) -> dict:
     return first_placement.run(kubeconfig, sizes, args.first_samples, bench_dir())
 
 
+def part_e(args) -> dict:
+    from benchmarks import fleets, multikueue
+
+    # the MultiKueue manager (no GPU nodes) and its two workers; wa is bair's, wb rise's
+    fleet = fleets.write([multikueue.WA, multikueue.WB], bench_dir(),
+                         rise_owns=(multikueue.WB,), stem="fleet-mk")
+    kubeconfig = sandbox_up(f"{multikueue.MANAGER}:nodes=0,gpus=0,jobs=1",
+                            f"{multikueue.WA}:nodes=1,gpus=2,jobs=1",
+                            f"{multikueue.WB}:nodes=1,gpus=2,jobs=1", fleet=fleet)
+    return multikueue.run(kubeconfig, str(fleet), args.evictions)
+
+
 PARTS = {"a": ("preemption", part_a), "b": ("trigger_load", part_b),
          "c": ("placement_latency", part_c), "d": ("scenario", part_d),
-         "h": ("db_cost", part_h), "i": ("first_placement", part_i)}
+         "e": ("multikueue", part_e), "h": ("db_cost", part_h), "i": ("first_placement", part_i)}
 
 
 def main() -> int:
@@ -113,6 +126,7 @@ def main() -> int:
     p.add_argument("--n", default="100,500", help="followed pods for (b)")
     p.add_argument("--window", type=float, default=60.0, help="seconds per (b) window")
     p.add_argument("--clusters", default="1,2,5,10")
+    p.add_argument("--evictions", type=int, default=3, help="rounds per system, (e)")
     p.add_argument("--first-clusters", default="1,10,20", help="fleet sizes for (i)")
     p.add_argument("--first-samples", type=int, default=10, help="placements per size, (i)")
     args = p.parse_args()

@@ -20,18 +20,19 @@ def cluster_names(n: int) -> list[str]:
     return ["rise", "bair", *(f"p{i}" for i in range(3, n + 1))][:n]
 
 
-def fleet_dict(names: list[str]) -> dict[str, Any]:
-    """The seed fleet's defaults and policy, with `names` as its clusters: rise owns rise,
-    bair owns every other one (so rise's work is owner on rise, borrower elsewhere)."""
+def fleet_dict(names: list[str], rise_owns: tuple[str, ...] = ("rise",)) -> dict[str, Any]:
+    """The seed fleet's defaults and policy, with `names` as its clusters: rise owns those in
+    `rise_owns`, bair every other one (so rise's work is owner there, borrower elsewhere)."""
     seed = yaml.safe_load(SEED.read_text())
     return {**seed, "clusters": [
-        {"name": n, "owner": "rise" if n == "rise" else "bair", "context": f"{n}-operator",
+        {"name": n, "owner": "rise" if n in rise_owns else "bair", "context": f"{n}-operator",
          "cost_per_gpu_hour": 0.35} for n in names]}
 
 
-def write(names: list[str], directory: Path) -> Path:
+def write(names: list[str], directory: Path, rise_owns: tuple[str, ...] = ("rise",),
+          stem: str = "fleet") -> Path:
     """The fleet of `names` as a file (the sandbox and the operator read files)."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"fleet-{len(names)}.yaml"
-    path.write_text(yaml.safe_dump(fleet_dict(names), sort_keys=False))
+    path = directory / f"{stem}-{len(names)}.yaml"
+    path.write_text(yaml.safe_dump(fleet_dict(names, rise_owns), sort_keys=False))
     return path

@@ -54,13 +54,46 @@ def write(results: Path) -> str:
                      "| <= 90 s |")
         lines.append(f"| (d) abbeel submitted -> romil-train running again | "
                      f"{d['abbeel_submitted_to_romil_train_running_s']:.1f} s | - | - | - |")
-    h, i = _load(results, "db_cost"), _load(results, "first_placement")
-    lines += db_cost_lines(h) + first_placement_lines(i)
+    e, h, i = (_load(results, n) for n in ("multikueue", "db_cost", "first_placement"))
+    lines += multikueue_lines(e) + db_cost_lines(h) + first_placement_lines(i)
     table = "\n".join(lines)
     (results / "results.md").write_text("# Benchmark results\n\n" + table + "\n")
     _plots(results, a, c)
     _plots_h_i(results, h, i)
+    _plot_e(results, e)
     return table
+
+
+def multikueue_lines(e: dict | None) -> list[str]:
+    """(e): eviction on worker A -> running on worker B, MultiKueue against skyshare."""
+    if not e:
+        return []
+    ours, mk = e["skyshare"], e["multikueue"]
+
+    def cell(side: dict) -> str:
+        if not side["recovered"]:
+            return f"did not run again in any of {len(side['rounds'])} rounds"
+        ms = side["ms"]
+        return (f"{ms['p50'] / 1000:.2f} / {ms['max'] / 1000:.2f} s "
+                f"({side['recovered']}/{len(side['rounds'])} rounds)")
+
+    ratio = f"{e['ratio_p50']:.1f}x" if e.get("ratio_p50") else "-"
+    return [f"| (e) eviction on one cluster -> running on another, p50 / max | {cell(ours)} | "
+            f"{cell(mk)} (MultiKueue, batch/Job) | {ratio} | >= 5x faster |"]
+
+
+def _plot_e(results: Path, e: dict | None) -> None:
+    plt = _pyplot()
+    if plt is None or not e:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    data = [[ms / 1000 for ms in e[k]["samples_ms"]] or [float("nan")]
+            for k in ("skyshare", "multikueue")]
+    ax.boxplot(data)
+    ax.set_xticks([1, 2], ["skyshare", "MultiKueue"])
+    ax.set_ylabel("eviction on A -> running on B (s)")
+    fig.tight_layout()
+    fig.savefig(results / "multikueue.png", dpi=120)
 
 
 def db_cost_lines(h: dict | None) -> list[str]:

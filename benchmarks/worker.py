@@ -123,8 +123,8 @@ def final_timeline_bytes(trigger_kwargs: dict[str, Any]) -> int:
 
 
 def execute_once(variant: str, run_id: str, fleet_file: str, kubeconfig: str,
-                 conn_id: str | None) -> dict[str, Any]:
-    """Runs in the measured process: execute() to its deferral."""
+                 conn_id: str | None) -> tuple[dict[str, Any], Any]:
+    """Runs in the measured process: execute() to its deferral; the report and the trigger."""
     from airflow.sdk.exceptions import TaskDeferred
 
     op = skyshare_operator(fleet_file) if variant == "skyshare" else kpo_operator(kubeconfig,
@@ -136,7 +136,8 @@ def execute_once(variant: str, run_id: str, fleet_file: str, kubeconfig: str,
     except TaskDeferred as deferred:
         ended = time.time()
         stored = deferral_bytes(deferred, ti)
-        kwargs = deferred.trigger.serialize()[1]
+        trigger = deferred.trigger
+        kwargs = trigger.serialize()[1]
     else:
         raise RuntimeError(f"{variant}: execute() returned without deferring")
     pod = ti.pushed.get("skyshare_placement") or {
@@ -146,7 +147,34 @@ def execute_once(variant: str, run_id: str, fleet_file: str, kubeconfig: str,
            "xcom": {k: xcom_bytes(v) for k, v in ti.pushed.items()}}
     if variant == "skyshare":
         out["xcom_at_end"] = {"return_value": final_timeline_bytes(kwargs)}
-    return out
+    return out, trigger
+
+
+async def follow(trigger: Any) -> None:
+    """What the triggerer does next: run the trigger (here until this process is ended)."""
+    async for event in trigger.run():
+        print("EVENT " + json.dumps(event.payload, default=str)[:2000], flush=True)
+        return
+
+
+def start_follower(run_id: str, fleet_file: str, kubeconfig: str) -> subprocess.Popen:
+    """A worker that places the task, then follows it as a triggerer would, until killed;
+    its first line (RESULT, as run_child's) comes once the first attempt exists."""
+    args = [sys.executable, "-m", "benchmarks.worker", "skyshare", run_id, fleet_file,
+            kubeconfig, "--follow"]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            cwd=Path(__file__).resolve().parents[1],
+                            env={**os.environ, "AIRFLOW__SKYSHARE__FLEET_FILE": fleet_file,
+                                 "KUBECONFIG": kubeconfig})
+
+
+def result_line(proc: subprocess.Popen) -> dict[str, Any]:
+    """The RESULT line of a follower (blocking until it is printed)."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"follower exited with {proc.wait()} before placing")
 
 
 def run_child(variant: str, run_id: str, fleet_file: str, kubeconfig: str,
@@ -173,6 +201,7 @@ if __name__ == "__main__":
     p.add_argument("fleet_file")
     p.add_argument("kubeconfig")
     p.add_argument("--conn-id")
+    p.add_argument("--follow", action="store_true", help="then run the trigger until killed")
     a = p.parse_args()
     # What the DAG file's import has done before a worker calls execute(): both operators'
     # modules are loaded (the Kubernetes clients they import lazily are the task's cost).
@@ -180,5 +209,10 @@ if __name__ == "__main__":
 
     import airflow_provider_skyshare.operators  # noqa: F401
 
-    result = execute_once(a.variant, a.run_id, a.fleet_file, a.kubeconfig, a.conn_id)
+    result, deferred_to = execute_once(a.variant, a.run_id, a.fleet_file, a.kubeconfig,
+                                       a.conn_id)
     print("RESULT " + json.dumps(result), flush=True)
+    if a.follow:
+        import asyncio
+
+        asyncio.run(follow(deferred_to))

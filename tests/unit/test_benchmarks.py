@@ -112,3 +112,117 @@ def test_report_rows_for_h_and_i():
     (line,) = report.first_placement_lines(i)
     assert "20 clusters" in line and "100 / 150 ms" in line and "| 4.0x |" in line
     assert report.db_cost_lines(None) == [] and report.first_placement_lines(None) == []
+
+
+# -- (e) MultiKueue ------------------------------------------------------------------------
+def test_manager_dispatches_through_one_multikueue_check_over_both_workers():
+    from benchmarks import multikueue as mk
+
+    objs = {(o["kind"], o["metadata"]["name"]): o for o in mk.manager_objects(["wa", "wb"], 4)}
+    check = objs[("AdmissionCheck", mk.CHECK)]["spec"]
+    assert check["controllerName"] == "kueue.x-k8s.io/multikueue"
+    assert check["parameters"]["name"] == mk.CONFIG
+    assert objs[("MultiKueueConfig", mk.CONFIG)]["spec"]["clusters"] == ["wa", "wb"]
+    source = objs[("MultiKueueCluster", "wb")]["spec"]["clusterSource"]["kubeConfig"]
+    assert source == {"locationType": "Secret", "location": "wb-kubeconfig"}
+    cq = objs[("ClusterQueue", "mk-manager")]["spec"]
+    assert cq["admissionChecksStrategy"]["admissionChecks"] == [{"name": mk.CHECK}]
+    gpus = [r for r in cq["resourceGroups"][0]["flavors"][0]["resources"]
+            if r["name"] == mk.GPU]
+    assert gpus == [{"name": mk.GPU, "nominalQuota": 4}]
+    assert objs[("LocalQueue", mk.QUEUE)]["metadata"]["namespace"] == mk.NS
+    # the workers mirror the namespace and queue name, each onto its own ClusterQueue
+    lq = [o for o in mk.worker_objects("skyshare-owner") if o["kind"] == "LocalQueue"]
+    assert [(o["metadata"]["name"], o["spec"]["clusterQueue"]) for o in lq] == [
+        (mk.QUEUE, "skyshare-owner")]
+
+
+def test_the_kubeconfig_secret_holds_only_the_worker():
+    import base64
+
+    from benchmarks import multikueue as mk
+
+    secret = mk.kubeconfig_secret("bair", KUBECONFIG)
+    assert secret["metadata"] == {"name": "bair-kubeconfig", "namespace": "kueue-system"}
+    doc = yaml.safe_load(base64.b64decode(secret["data"]["kubeconfig"]))
+    assert [c["name"] for c in doc["clusters"]] == ["bair"]
+    assert doc["current-context"] == "bair"
+
+
+def test_the_job_is_borrowed_gpu_work_for_the_multikueue_queue():
+    from benchmarks import multikueue as mk
+
+    j = mk.job("mk-1")
+    assert j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == mk.QUEUE
+    assert j["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "low-priority"
+    (container,) = j["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["requests"] == {mk.GPU: "2"}
+    assert j["spec"]["suspend"] is True
+
+
+def _wl(*conditions):
+    return {"metadata": {"name": "w"}, "status": {"conditions": [
+        {"type": t, "status": s} for t, s in conditions]}}
+
+
+def test_evicted_and_running_read_the_api_objects():
+    from benchmarks import multikueue as mk
+
+    assert mk.evicted(_wl(("QuotaReserved", "True"), ("Evicted", "True")))
+    assert not mk.evicted(_wl(("Evicted", "False")))
+    assert not mk.evicted({"metadata": {"name": "w"}})
+    pod = {"metadata": {"name": "p"}, "status": {"phase": "Running"}}
+    assert mk.running(pod)
+    assert not mk.running({**pod, "metadata": {"name": "p", "deletionTimestamp": "x"}})
+    assert not mk.running({**pod, "status": {"phase": "Pending"}})
+
+
+def test_recovery_is_from_this_rounds_eviction_to_the_next_pod_running():
+    from benchmarks import multikueue as mk
+
+    assert mk.recovery({"old": 5.0, "w": 100.0}, {"p": 102.5}, since=50.0) == 2.5
+    assert mk.recovery({"w": 100.0}, {"before": 99.0}, since=50.0) is None
+    assert mk.recovery({"old": 5.0}, {"p": 102.5}, since=50.0) is None
+    assert mk.recovery({"w": 100.0}, {"a": 104.0, "b": 101.0}, since=50.0) == 1.0
+
+
+def test_report_row_for_e_says_when_the_work_did_not_run_again():
+    summary = {"n": 1, "p50": 800.0, "p95": 800.0, "max": 800.0}
+    e = {"skyshare": {"ms": summary, "recovered": 1, "rounds": [{}]},
+         "multikueue": {"ms": {}, "recovered": 0, "rounds": [{}, {}]}, "ratio_p50": None}
+    (line,) = report.multikueue_lines(e)
+    assert "0.80 / 0.80 s (1/1 rounds)" in line
+    assert "did not run again in any of 2 rounds" in line and "| - |" in line
+
+
+# -- the sandbox's batch/Job clusters (MultiKueue) --------------------------------------------
+def test_a_cluster_spec_may_run_jobs():
+    from airflow_provider_skyshare.sandbox.cluster import ClusterSpec, SandboxError
+
+    spec = ClusterSpec.parse("mk:nodes=0,gpus=0,jobs=1")
+    assert (spec.nodes, spec.gpus, spec.jobs) == (0, 0, 1)
+    assert ClusterSpec.parse("rise").jobs == 0
+    with pytest.raises(SandboxError, match="jobs=0"):
+        ClusterSpec.parse("rise:job=1")
+
+
+def test_kueue_manages_jobs_only_where_asked(tmp_path):
+    from airflow_provider_skyshare.sandbox import manifests
+
+    ports = {"kueue_health": 1, "webhook": 2}
+    assert manifests.kueue_config(ports, tmp_path)["integrations"]["frameworks"] == ["pod"]
+    assert manifests.kueue_config(ports, tmp_path, jobs=True)["integrations"][
+        "frameworks"] == ["pod", "batch/job"]
+    hooks = [{"name": n, "clientConfig": {"service": {"path": p}}} for n, p in (
+        ("pod", "/mutate--v1-pod"), ("job", "/mutate-batch-v1-job"),
+        ("jobset", "/mutate-jobset-x-k8s-io-v1alpha2-jobset"),
+        ("cq", "/mutate-kueue-x-k8s-io-v1beta2-clusterqueue"))]
+    (tmp_path / "webhooks.yaml").write_text(yaml.safe_dump(
+        {"kind": "MutatingWebhookConfiguration", "metadata": {"name": "m"}, "webhooks": hooks}))
+
+    def kept(jobs):
+        (doc,) = manifests.webhooks(tmp_path, 9443, "ca", jobs=jobs)
+        return [h["name"] for h in doc["webhooks"]]
+
+    assert kept(False) == ["pod", "cq"]
+    assert kept(True) == ["pod", "job", "cq"]
