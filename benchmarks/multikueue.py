@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import math
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from typing import Any
 import yaml
 
 from benchmarks import db_cost, worker
-from benchmarks.common import summary
+from benchmarks.common import FirstSeen, summary
 from scripts.scenario import ScenarioError, wait_for
 
 MANAGER, WA, WB = "mk", "wa", "wb"
@@ -141,44 +140,6 @@ def recovery(evicted_at: dict[str, float], running_at: dict[str, float],
     start = min(starts)
     later = [t for t in running_at.values() if t >= start]
     return min(later) - start if later else None
-
-
-class FirstSeen:
-    """Watches one kind in one namespace; remembers when each object first met `test`, and
-    the last version of each (to report a status)."""
-
-    def __init__(self, list_fn: Callable[..., Any], args: tuple, test: Callable[[dict], bool],
-                 to_dict: Callable[[Any], dict], selector: str = "") -> None:
-        self.list_fn, self.args, self.test, self.to_dict = list_fn, args, test, to_dict
-        self.selector = selector
-        self.at: dict[str, float] = {}
-        self.last: dict[str, dict] = {}
-        self._stop = threading.Event()
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        from kubernetes import watch
-        from kubernetes.client.exceptions import ApiException
-
-        while not self._stop.is_set():
-            try:
-                for ev in watch.Watch().stream(self.list_fn, *self.args,
-                                               label_selector=self.selector,
-                                               timeout_seconds=5):
-                    now = time.time()
-                    obj = self.to_dict(ev["object"])
-                    name = obj["metadata"]["name"]
-                    self.last[name] = obj
-                    if self.test(obj):
-                        self.at.setdefault(name, now)
-                    if self._stop.is_set():
-                        return
-            except ApiException as exc:  # a watch that expired: list again
-                if exc.status != 410:
-                    raise
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 # -- the run ---------------------------------------------------------------------------------

@@ -54,14 +54,53 @@ def write(results: Path) -> str:
                      "| <= 90 s |")
         lines.append(f"| (d) abbeel submitted -> romil-train running again | "
                      f"{d['abbeel_submitted_to_romil_train_running_s']:.1f} s | - | - | - |")
-    e, h, i = (_load(results, n) for n in ("multikueue", "db_cost", "first_placement"))
-    lines += multikueue_lines(e) + db_cost_lines(h) + first_placement_lines(i)
+    e, g, h, i = (_load(results, n) for n in ("multikueue", "storm", "db_cost",
+                                              "first_placement"))
+    lines += (multikueue_lines(e) + storm_lines(g) + db_cost_lines(h)
+              + first_placement_lines(i))
     table = "\n".join(lines)
     (results / "results.md").write_text("# Benchmark results\n\n" + table + "\n")
     _plots(results, a, c)
     _plots_h_i(results, h, i)
     _plot_e(results, e)
+    _plot_g(results, g)
     return table
+
+
+def storm_lines(g: dict | None) -> list[str]:
+    """(g): the storm against the calm baseline (the same with one task)."""
+    if not g:
+        return []
+    calm = min(g["rows"], key=lambda r: r["tasks"])
+    out = []
+    for r in g["rows"]:
+        if r is calm:
+            continue
+        ms, again = r["ms"], r["all_running_after_last_eviction_s"]
+        again_text = (f"all {r['tasks']} running {again:.1f} s after the last eviction"
+                      if again is not None else
+                      f"{r['running_again']}/{r['tasks']} running again by the deadline")
+        out.append(f"| (g) storm: {r['tasks']} preempted within {r['eviction_spread_s']:.2f} s,"
+                   f" preemption -> replacement p50 / p95 / max; {again_text} | "
+                   f"{ms['p50']:.0f} / {ms['p95']:.0f} / {ms['max']:.0f} ms "
+                   f"({r['replaced']}/{r['tasks']}) | {calm['ms']['p50']:.0f} ms (one task, "
+                   f"calm) | {ms['p50'] / max(calm['ms']['p50'], 1):.1f}x the calm p50 | "
+                   "p95 <= 1 s, all within 10 s |")
+    return out
+
+
+def _plot_g(results: Path, g: dict | None) -> None:
+    plt = _pyplot()
+    if plt is None or not g:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for r in g["rows"]:
+        ax.hist(r["samples_ms"], bins=30, alpha=0.6, label=f"{r['tasks']} task(s)")
+    ax.set_xlabel("preemption -> replacement created (ms)")
+    ax.set_ylabel("tasks")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(results / "storm.png", dpi=120)
 
 
 def multikueue_lines(e: dict | None) -> list[str]:

@@ -226,3 +226,61 @@ def test_kueue_manages_jobs_only_where_asked(tmp_path):
 
     assert kept(False) == ["pod", "cq"]
     assert kept(True) == ["pod", "job", "cq"]
+
+
+# -- (g) storm -------------------------------------------------------------------------------
+def test_one_pod_group_reclaims_the_whole_cluster():
+    from benchmarks import storm
+
+    pods = storm.group_pods(200, "t")
+    assert len(pods) == 25 == storm.nodes_for(200)
+    groups = {p["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] for p in pods}
+    assert groups == {"reclaim-t"}
+    assert {p["metadata"]["annotations"]["kueue.x-k8s.io/pod-group-total-count"]
+            for p in pods} == {"25"}
+    assert sum(int(p["spec"]["containers"][0]["resources"]["requests"]["nvidia.com/gpu"])
+               for p in pods) == 200
+    fillers = storm.filler_pods(200, "t")
+    assert len(fillers) == 25 and {p["metadata"]["namespace"] for p in fillers} == {
+        storm.RISE_NS}
+    assert not any("pod-group" in k for p in fillers for k in p["metadata"]["labels"])
+    assert len({p["metadata"]["name"] for p in fillers}) == 25
+    assert storm.nodes_for(1) == 1 and storm.nodes_for(9) == 2
+
+
+def test_storm_outcome_per_task_and_until_all_run_again():
+    from benchmarks import storm
+
+    evicted = {"a": 10.0, "b": 10.4, "c": 10.8}
+    created = {"a": 10.5, "b": 11.4, "c": 10.7}  # c's "replacement" predates its eviction
+    running = {"a": 12.0, "b": 13.0, "c": 12.5}
+    out = storm.outcome(evicted, created, running, n=3)
+    assert sorted(round(x) for x in out["samples_ms"]) == [500, 1000]
+    assert out["replaced"] == 2 and out["running_again"] == 3
+    assert out["eviction_spread_s"] == pytest.approx(0.8)
+    assert out["all_running_after_last_eviction_s"] == pytest.approx(13.0 - 10.8)
+    partial = storm.outcome(evicted, created, {"a": 12.0}, n=3)
+    assert partial["all_running_after_last_eviction_s"] is None
+    assert partial["running_again"] == 1
+
+
+def test_storm_reads_kueues_mark_and_the_task_key():
+    from benchmarks import storm
+
+    pod = {"metadata": {"name": "p", "labels": {storm.TASK_KEY: "k1"}},
+           "status": {"conditions": [{"type": "TerminationTarget", "status": "True"}]}}
+    assert storm.terminating(pod) and storm.task_key(pod) == "k1"
+    assert not storm.terminating({"metadata": {"name": "p"}, "status": {}})
+    assert storm.task_key({"metadata": {"name": "p"}}) is None
+
+
+def test_report_row_for_g_compares_with_the_calm_one():
+    def row(n, p50, again):
+        return {"tasks": n, "ms": {"p50": p50, "p95": p50 * 2, "max": p50 * 3},
+                "replaced": n, "running_again": n, "eviction_spread_s": 0.5,
+                "all_running_after_last_eviction_s": again}
+
+    (line,) = report.storm_lines({"rows": [row(1, 100.0, 0.3), row(200, 400.0, 7.5)]})
+    assert "200 preempted within 0.50 s" in line and "400 / 800 / 1200 ms" in line
+    assert "all 200 running 7.5 s after" in line and "100 ms (one task" in line
+    assert "4.0x the calm p50" in line
