@@ -5,6 +5,7 @@
   (c) placement latency at 1/2/5/10 clusters     vs sequential probing
   (d) the romil/abbeel scenario wall time through real Airflow
   (e) eviction on one cluster -> running on another: MultiKueue vs skyshare, same event
+  (f) scale: N followed pods on 20 clusters in one triggerer vs KubernetesPodTrigger
   (g) preemption storm: N borrowed pods preempted at once, one triggerer; calm baseline of 1
   (h) database bytes per deferred task (trigger row, XCom) vs KubernetesPodTrigger
   (i) first placement: task start in the worker -> pod created, at 1/10/20 clusters vs KPO
@@ -113,6 +114,15 @@ def part_e(args) -> dict:
     return multikueue.run(kubeconfig, str(fleet), args.evictions)
 
 
+def part_f(args) -> dict:
+    from benchmarks import scale
+
+    clusters = scale.CLUSTERS[:args.scale_clusters]
+    kubeconfig = sandbox_up(*[f"{c}:nodes={scale.NODES},gpus=1" for c in clusters])
+    return scale.run(kubeconfig, [int(n) for n in args.scale.split(",")], args.window,
+                     clusters)
+
+
 def part_g(args) -> dict:
     from benchmarks import fleets, storm
 
@@ -127,8 +137,8 @@ def part_g(args) -> dict:
 
 PARTS = {"a": ("preemption", part_a), "b": ("trigger_load", part_b),
          "c": ("placement_latency", part_c), "d": ("scenario", part_d),
-         "e": ("multikueue", part_e), "g": ("storm", part_g), "h": ("db_cost", part_h),
-         "i": ("first_placement", part_i)}
+         "e": ("multikueue", part_e), "f": ("scale", part_f), "g": ("storm", part_g),
+         "h": ("db_cost", part_h), "i": ("first_placement", part_i)}
 
 
 def main() -> int:
@@ -141,6 +151,8 @@ def main() -> int:
     p.add_argument("--window", type=float, default=60.0, help="seconds per (b) window")
     p.add_argument("--clusters", default="1,2,5,10")
     p.add_argument("--evictions", type=int, default=3, help="rounds per system, (e)")
+    p.add_argument("--scale", default="1000,5000", help="followed pods for (f)")
+    p.add_argument("--scale-clusters", type=int, default=20, help="clusters for (f)")
     p.add_argument("--storm", default="1,200", help="tasks preempted at once, (g)")
     p.add_argument("--first-clusters", default="1,10,20", help="fleet sizes for (i)")
     p.add_argument("--first-samples", type=int, default=10, help="placements per size, (i)")

@@ -54,9 +54,9 @@ def write(results: Path) -> str:
                      "| <= 90 s |")
         lines.append(f"| (d) abbeel submitted -> romil-train running again | "
                      f"{d['abbeel_submitted_to_romil_train_running_s']:.1f} s | - | - | - |")
-    e, g, h, i = (_load(results, n) for n in ("multikueue", "storm", "db_cost",
-                                              "first_placement"))
-    lines += (multikueue_lines(e) + storm_lines(g) + db_cost_lines(h)
+    e, f, g, h, i = (_load(results, n) for n in ("multikueue", "scale", "storm", "db_cost",
+                                                 "first_placement"))
+    lines += (multikueue_lines(e) + scale_lines(f) + storm_lines(g) + db_cost_lines(h)
               + first_placement_lines(i))
     table = "\n".join(lines)
     (results / "results.md").write_text("# Benchmark results\n\n" + table + "\n")
@@ -64,7 +64,53 @@ def write(results: Path) -> str:
     _plots_h_i(results, h, i)
     _plot_e(results, e)
     _plot_g(results, g)
+    _plot_f(results, f)
     return table
+
+
+def scale_lines(f: dict | None) -> list[str]:
+    """(f): one triggerer at N pods over the fleet, against KubernetesPodTrigger at the same N
+    (or where it broke)."""
+    if not f:
+        return []
+    by = {(r["variant"], r["n"]): r for r in f["rows"]}
+    out = []
+    for n in sorted({r["n"] for r in f["rows"]}):
+        s, k = by.get(("skyshare", n)), by.get(("kubernetes_pod_trigger", n))
+        if s is None or "broke" in s:
+            out.append(f"| (f) N={n} on {f['clusters']} clusters | broke | - | - | - |")
+            continue
+        ours = (f"{s['cpu_cores']:.2f} cores / {s['max_rss_mb']:.0f} MB / "
+                f"{s['requests_per_minute']:.0f} req/min")
+        if k is None:
+            base, ratio = "not run (broke at a smaller N)", "-"
+        elif "broke" in k:
+            base, ratio = f"broke: {k['broke'][:80]}", "-"
+        else:
+            base = (f"{k['cpu_cores']:.2f} cores / {k['max_rss_mb']:.0f} MB / "
+                    f"{k['requests_per_minute']:.0f} req/min (KubernetesPodTrigger)")
+            ratio = f"{k['requests'] / max(s['requests'], 1):.0f}x fewer requests"
+        out.append(f"| (f) N={n} on {f['clusters']} clusters: CPU / RSS / requests | {ours} | "
+                   f"{base} | {ratio} | <= 1 core, <= 1 GB, >= 20x fewer |")
+    return out
+
+
+def _plot_f(results: Path, f: dict | None) -> None:
+    plt = _pyplot()
+    if plt is None or not f:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for variant, style in (("skyshare", "o-"), ("kubernetes_pod_trigger", "s--")):
+        rows = sorted((r for r in f["rows"] if r["variant"] == variant and "broke" not in r),
+                      key=lambda r: r["n"])
+        ax.plot([r["n"] for r in rows], [r["requests_per_minute"] for r in rows], style,
+                label=variant)
+    ax.set_xlabel(f"followed pods on {f['clusters']} clusters")
+    ax.set_ylabel("apiserver requests / minute")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(results / "scale.png", dpi=120)
 
 
 def storm_lines(g: dict | None) -> list[str]:

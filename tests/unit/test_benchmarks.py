@@ -284,3 +284,36 @@ def test_report_row_for_g_compares_with_the_calm_one():
     assert "200 preempted within 0.50 s" in line and "400 / 800 / 1200 ms" in line
     assert "all 200 running 7.5 s after" in line and "100 ms (one task" in line
     assert "4.0x the calm p50" in line
+
+
+# -- (f) scale -------------------------------------------------------------------------------
+def test_pods_are_spread_round_robin_with_names_each_cluster_has():
+    from benchmarks import trigger_load
+
+    pods = trigger_load.spread(5, ["a", "b"])
+    assert pods == [("a", "load-0000"), ("b", "load-0000"), ("a", "load-0001"),
+                    ("b", "load-0001"), ("a", "load-0002")]
+    assert len(set(trigger_load.spread(5000, [f"c{i}" for i in range(20)]))) == 5000
+
+
+def test_scale_rates_are_net_of_the_idle_window():
+    from benchmarks import scale
+
+    row = scale.rates({"variant": "x", "n": 10, "window_s": 30.0, "requests_raw": 130.0,
+                       "cpu_seconds": 15.0, "max_rss_mb": 100}, idle=100.0)
+    assert row["requests"] == 30.0 and row["requests_per_minute"] == 60.0
+    assert row["cpu_cores"] == 0.5
+    assert scale.rates({**row, "requests_raw": 50.0}, idle=100.0)["requests"] == 0.0
+
+
+def test_report_rows_for_f_say_where_the_baseline_broke():
+    ok = {"cpu_cores": 0.1, "max_rss_mb": 200, "requests_per_minute": 60, "requests": 60}
+    f = {"clusters": 20, "rows": [
+        {"variant": "skyshare", "n": 1000, **ok},
+        {"variant": "kubernetes_pod_trigger", "n": 1000, **ok, "requests": 6000,
+         "cpu_cores": 1.5, "requests_per_minute": 6000},
+        {"variant": "skyshare", "n": 5000, **ok},
+        {"variant": "kubernetes_pod_trigger", "n": 5000, "broke": "TimeoutExpired: ..."}]}
+    first, second = report.scale_lines(f)
+    assert "100x fewer requests" in first and "1.50 cores" in first
+    assert "broke: TimeoutExpired" in second and "0.10 cores / 200 MB / 60 req/min" in second
