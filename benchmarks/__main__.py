@@ -83,7 +83,7 @@ def _fleet_sandbox(n: int) -> tuple[str, Path]:
 
     names = fleets.cluster_names(n)
     fleet = fleets.write(names, bench_dir())
-    return sandbox_up(*[f"{c}:nodes=1,gpus=2" for c in names[2:]], fleet=fleet), fleet
+    return sandbox_up(*[f"{c}:nodes=1,gpus=2" for c in names], fleet=fleet), fleet
 
 
 def part_h(args) -> dict:

@@ -14,7 +14,7 @@
   node-down CLUSTER [NODE]   NODE (default CLUSTER-gpu-0) stops heartbeating: NotReady after
                              12 s, tainted, its pods evicted 10 s later (fault tests, demos)
   node-up CLUSTER [NODE]     it heartbeats again; returns once it is Ready and untainted
-SPEC: NAME[:nodes=N,gpus=G,product=Tesla-T4]
+SPEC: NAME[:nodes=N,gpus=G,product=Tesla-T4,jobs=0|1]  (jobs=1: batch/Jobs, for MultiKueue)
 """
 
 from __future__ import annotations
