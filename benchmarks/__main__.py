@@ -144,7 +144,7 @@ PARTS = {"a": ("preemption", part_a), "b": ("trigger_load", part_b),
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default="c,b,a,d", help="parts to run, e.g. a,c")
+    p.add_argument("--only", default="c,b,a,d,h,i,e,g,f", help="parts to run, e.g. a,c")
     p.add_argument("--preemptions", type=int, default=20)
     p.add_argument("--baseline-preemptions", type=int, default=5)
     p.add_argument("--n", default="100,500", help="followed pods for (b)")
