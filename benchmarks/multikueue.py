@@ -172,15 +172,19 @@ class Clusters:
 def setup(c: Clusters) -> None:
     """MultiKueue on the manager, the mirrored namespace and queue on the workers; returns
     once both MultiKueueClusters are Active and the AdmissionCheck is."""
-    from airflow_provider_skyshare.sandbox.cluster import apply
+    from airflow_provider_skyshare.sandbox.cluster import _retrying, apply
+
+    def put(name: str, obj: dict[str, Any]) -> None:  # a busy apiserver may drop a request
+        _retrying(name, f"{obj['kind']} {obj['metadata']['name']}",
+                  lambda: apply(c.raw[name], obj))
 
     kubeconfig = yaml.safe_load(Path(c.kubeconfig).read_text())
     for w in (WA, WB):
         for obj in worker_objects(WORKER_QUEUE[w]):
-            apply(c.raw[w], obj)
-        apply(c.raw[MANAGER], kubeconfig_secret(w, kubeconfig))
+            put(w, obj)
+        put(MANAGER, kubeconfig_secret(w, kubeconfig))
     for obj in manager_objects([WA, WB], gpus=4):
-        apply(c.raw[MANAGER], obj)
+        put(MANAGER, obj)
 
     def active(plural: str, name: str) -> bool:
         obj = c.custom[MANAGER].get_cluster_custom_object("kueue.x-k8s.io", "v1beta2", plural,
