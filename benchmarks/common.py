@@ -6,22 +6,34 @@ import json
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def sandbox_up(*specs: str) -> str:
-    """Make sure the named sandbox clusters run; returns the kubeconfig path."""
+def sandbox_up(*specs: str, fleet: Path | None = None) -> str:
+    """Make sure the named sandbox clusters run (hosting the orgs of `fleet`, if given);
+    returns the kubeconfig path."""
     args = [sys.executable, "-m", "airflow_provider_skyshare.sandbox.cli", "up"]
     for spec in specs:
         args += ["--cluster", spec]
+    if fleet is not None:
+        args += ["--fleet", str(fleet)]
     subprocess.run(args, check=True)
     out = subprocess.run([sys.executable, "-m", "airflow_provider_skyshare.sandbox.cli",
                           "kubeconfig"], check=True, capture_output=True, text=True)
     return out.stdout.strip()
+
+
+def bench_dir() -> Path:
+    """Files the sandbox refers to while it runs (fleet files): beside its state."""
+    from airflow_provider_skyshare.sandbox import paths
+
+    return paths.state_dir().parent / (paths.state_dir().name + "-bench")
 
 
 def admin_api(kubeconfig: str, context: str):
@@ -64,3 +76,51 @@ def save(name: str, data: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(data, indent=2, default=str))
     return path
+
+
+class FirstSeen:
+    """Watches one kind in one namespace; remembers when each object (by `key`, default its
+    name) first met `test`, and the last version of each (to report a status)."""
+
+    def __init__(self, list_fn: Callable[..., Any], args: tuple, test: Callable[[dict], bool],
+                 to_dict: Callable[[Any], dict], selector: str = "",
+                 key: Callable[[dict], str | None] = lambda o: o["metadata"]["name"]) -> None:
+        self.list_fn, self.args, self.test, self.to_dict = list_fn, args, test, to_dict
+        self.selector, self.key = selector, key
+        self.at: dict[str, float] = {}
+        self.last: dict[str, dict] = {}
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        from kubernetes import watch
+        from kubernetes.client.exceptions import ApiException
+
+        rv = None  # resume where the last stream ended: a gap could miss a short condition
+        while not self._stop.is_set():
+            try:
+                for ev in watch.Watch().stream(self.list_fn, *self.args,
+                                               label_selector=self.selector,
+                                               timeout_seconds=30, resource_version=rv,
+                                               allow_watch_bookmarks=True):
+                    now = time.time()
+                    if ev["type"] == "BOOKMARK":
+                        rv = ev["raw_object"]["metadata"]["resourceVersion"]
+                        continue
+                    obj = self.to_dict(ev["object"])
+                    rv = obj["metadata"].get("resourceVersion", rv)
+                    name = self.key(obj)
+                    if name is None:
+                        continue
+                    self.last[name] = obj
+                    if self.test(obj):
+                        self.at.setdefault(name, now)
+                    if self._stop.is_set():
+                        return
+            except ApiException as exc:  # a watch that expired: list again
+                if exc.status != 410:
+                    raise
+                rv = None
+
+    def stop(self) -> None:
+        self._stop.set()

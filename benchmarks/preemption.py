@@ -43,8 +43,8 @@ def owner_pod(name: str, duration: str | None) -> dict[str, Any]:
 class Recorder:
     """Watches pods of one cluster and remembers when each thing was first seen."""
 
-    def __init__(self, api, selector: str) -> None:
-        self.api, self.selector = api, selector
+    def __init__(self, api, selector: str, namespace: str = NS) -> None:
+        self.api, self.selector, self.namespace = api, selector, namespace
         self.seen: dict[str, float] = {}
         self.evicted: dict[str, float] = {}
         self._stop = threading.Event()
@@ -59,7 +59,7 @@ class Recorder:
         while not self._stop.is_set():
             w = watch.Watch()
             try:
-                for ev in w.stream(self.api.list_namespaced_pod, NS, label_selector=self.selector,
+                for ev in w.stream(self.api.list_namespaced_pod, self.namespace, label_selector=self.selector,
                                    timeout_seconds=5, resource_version=rv,
                                    allow_watch_bookmarks=True):
                     now = time.time()

@@ -54,10 +54,201 @@ def write(results: Path) -> str:
                      "| <= 90 s |")
         lines.append(f"| (d) abbeel submitted -> romil-train running again | "
                      f"{d['abbeel_submitted_to_romil_train_running_s']:.1f} s | - | - | - |")
+    e, f, g, h, i = (_load(results, n) for n in ("multikueue", "scale", "storm", "db_cost",
+                                                 "first_placement"))
+    lines += (multikueue_lines(e) + scale_lines(f) + storm_lines(g) + db_cost_lines(h)
+              + first_placement_lines(i))
     table = "\n".join(lines)
     (results / "results.md").write_text("# Benchmark results\n\n" + table + "\n")
     _plots(results, a, c)
+    _plots_h_i(results, h, i)
+    _plot_e(results, e)
+    _plot_g(results, g)
+    _plot_f(results, f)
     return table
+
+
+def scale_lines(f: dict | None) -> list[str]:
+    """(f): one triggerer at N pods over the fleet, against KubernetesPodTrigger at the same N
+    (or where it broke)."""
+    if not f:
+        return []
+    by = {(r["variant"], r["n"]): r for r in f["rows"]}
+    out = []
+    for n in sorted({r["n"] for r in f["rows"]}):
+        s, k = by.get(("skyshare", n)), by.get(("kubernetes_pod_trigger", n))
+        if s is None or "broke" in s:
+            out.append(f"| (f) N={n} on {f['clusters']} clusters | broke | - | - | - |")
+            continue
+        ours = (f"{s['cpu_cores']:.2f} cores / {s['max_rss_mb']:.0f} MB / "
+                f"{s['requests_per_minute']:.0f} req/min")
+        if k is None:
+            base, ratio = "not run (broke at a smaller N)", "-"
+        elif "broke" in k:
+            base, ratio = f"broke: {k['broke'][:80]}", "-"
+        else:
+            base = (f"{k['cpu_cores']:.2f} cores / {k['max_rss_mb']:.0f} MB / "
+                    f"{k['requests_per_minute']:.0f} req/min (KubernetesPodTrigger)")
+            ratio = f"{k['requests'] / max(s['requests'], 1):.0f}x fewer requests"
+        out.append(f"| (f) N={n} on {f['clusters']} clusters: CPU / RSS / requests | {ours} | "
+                   f"{base} | {ratio} | <= 1 core, <= 1 GB, >= 20x fewer |")
+    return out
+
+
+def _plot_f(results: Path, f: dict | None) -> None:
+    plt = _pyplot()
+    if plt is None or not f:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for variant, style in (("skyshare", "o-"), ("kubernetes_pod_trigger", "s--")):
+        rows = sorted((r for r in f["rows"] if r["variant"] == variant and "broke" not in r),
+                      key=lambda r: r["n"])
+        ax.plot([r["n"] for r in rows], [r["requests_per_minute"] for r in rows], style,
+                label=variant)
+    ax.set_xlabel(f"followed pods on {f['clusters']} clusters")
+    ax.set_ylabel("apiserver requests / minute")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(results / "scale.png", dpi=120)
+
+
+def storm_lines(g: dict | None) -> list[str]:
+    """(g): the storm against the calm baseline (the same with one task)."""
+    if not g:
+        return []
+    calm = min(g["rows"], key=lambda r: r["tasks"])
+    out = []
+    for r in g["rows"]:
+        if r is calm:
+            continue
+        ms, again = r["ms"], r["all_running_after_last_eviction_s"]
+        again_text = (f"all {r['tasks']} running {again:.1f} s after the last eviction"
+                      if again is not None else
+                      f"{r['running_again']}/{r['tasks']} running again by the deadline")
+        out.append(f"| (g) storm: {r['tasks']} preempted within {r['eviction_spread_s']:.2f} s,"
+                   f" preemption -> replacement p50 / p95 / max; {again_text} | "
+                   f"{ms['p50']:.0f} / {ms['p95']:.0f} / {ms['max']:.0f} ms "
+                   f"({r['replaced']}/{r['tasks']}) | {calm['ms']['p50']:.0f} ms (one task, "
+                   f"calm) | {ms['p50'] / max(calm['ms']['p50'], 1):.1f}x the calm p50 | "
+                   "p95 <= 1 s, all within 10 s |")
+    return out
+
+
+def _plot_g(results: Path, g: dict | None) -> None:
+    plt = _pyplot()
+    if plt is None or not g:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for r in g["rows"]:
+        ax.hist(r["samples_ms"], bins=30, alpha=0.6, label=f"{r['tasks']} task(s)")
+    ax.set_xlabel("preemption -> replacement created (ms)")
+    ax.set_ylabel("tasks")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(results / "storm.png", dpi=120)
+
+
+def multikueue_lines(e: dict | None) -> list[str]:
+    """(e): eviction on worker A -> running on worker B, MultiKueue against skyshare."""
+    if not e:
+        return []
+    ours, mk = e["skyshare"], e["multikueue"]
+
+    def cell(side: dict) -> str:
+        if not side["recovered"]:
+            return f"did not run again in any of {len(side['rounds'])} rounds"
+        ms = side["ms"]
+        return (f"{ms['p50'] / 1000:.2f} / {ms['max'] / 1000:.2f} s "
+                f"({side['recovered']}/{len(side['rounds'])} rounds)")
+
+    ratio = f"{e['ratio_p50']:.1f}x" if e.get("ratio_p50") else "-"
+    return [f"| (e) eviction on one cluster -> running on another, p50 / max | {cell(ours)} | "
+            f"{cell(mk)} (MultiKueue, batch/Job) | {ratio} | >= 5x faster |"]
+
+
+def _plot_e(results: Path, e: dict | None) -> None:
+    plt = _pyplot()
+    if plt is None or not e:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    data = [[ms / 1000 for ms in e[k]["samples_ms"]] or [float("nan")]
+            for k in ("skyshare", "multikueue")]
+    ax.boxplot(data)
+    ax.set_xticks([1, 2], ["skyshare", "MultiKueue"])
+    ax.set_ylabel("eviction on A -> running on B (s)")
+    fig.tight_layout()
+    fig.savefig(results / "multikueue.png", dpi=120)
+
+
+def db_cost_lines(h: dict | None) -> list[str]:
+    """(h): bytes the deferred task keeps in the DB, against KubernetesPodTrigger's."""
+    if not h:
+        return []
+    base = min(h["baseline"], key=lambda r: r["trigger_kwargs"])
+    others = "; ".join(f"{r['variant'].split(', ', 1)[1]}: {r['trigger_kwargs']} B"
+                       for r in h["baseline"] if r is not base)
+    return [f"| (h) trigger row bytes per deferred task, {r['fleet']} (all DB bytes incl. "
+            f"XCom) | {r['trigger_kwargs']} B ({r['total']} B) | {base['trigger_kwargs']} B "
+            f"({base['total']} B), KubernetesPodTrigger by {base['variant'].split(', ', 1)[1]}"
+            f" ({others}) | {r['trigger_kwargs'] / base['trigger_kwargs']:.1f}x | <= 2x |"
+            for r in h["rows"]]
+
+
+def first_placement_lines(i: dict | None) -> list[str]:
+    """(i): execute() in the worker -> pod ADDED, against KubernetesPodOperator's."""
+    if not i:
+        return []
+    out = []
+    for r in i["rows"]:
+        ours, base = r["skyshare"]["ms"], r["kpo"]["ms"]
+        out.append(f"| (i) first placement, task start -> pod created, {r['clusters']} "
+                   f"clusters p50 / p95 | {ours['p50']:.0f} / {ours['p95']:.0f} ms "
+                   f"(n={ours['n']}) | {base['p50']:.0f} / {base['p95']:.0f} ms "
+                   f"(KubernetesPodOperator, one cluster) | {base['p50'] / ours['p50']:.1f}x "
+                   "| p50 <= 200 ms at 20 |")
+    return out
+
+
+def _plots_h_i(results: Path, h: dict | None, i: dict | None) -> None:
+    plt = _pyplot()
+    if plt is None:
+        return
+    if h:
+        rows = h["rows"] + h["baseline"]
+        fig, ax = plt.subplots(figsize=(6.5, 3.5))
+        ax.barh([r["variant"] for r in rows], [r["trigger_kwargs"] for r in rows],
+                label="trigger row")
+        ax.barh([r["variant"] for r in rows], [r["total"] - r["trigger_kwargs"] for r in rows],
+                left=[r["trigger_kwargs"] for r in rows], label="next_kwargs + XCom")
+        ax.set_xlabel("bytes per deferred task")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(results / "db_cost.png", dpi=120)
+    if i:
+        ks = [r["clusters"] for r in i["rows"]]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for key, label, style in (("skyshare", "skyshare", "o-"),
+                                  ("kpo", "KubernetesPodOperator", "s--")):
+            ax.plot(ks, [r[key]["ms"]["p50"] for r in i["rows"]], style, label=f"{label} p50")
+            ax.plot(ks, [r[key]["ms"]["p95"] for r in i["rows"]], style, alpha=0.4,
+                    label=f"{label} p95")
+        ax.set_xlabel("clusters in the fleet")
+        ax.set_ylabel("task start -> pod created (ms)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(results / "first_placement.png", dpi=120)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
 
 
 def _plots(results: Path, a: dict | None, c: dict | None) -> None:

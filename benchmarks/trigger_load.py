@@ -55,7 +55,7 @@ def delete_pods(api) -> None:
     api.delete_collection_namespaced_pod(NS, label_selector=LABEL, grace_period_seconds=0)
 
 
-def _skyshare_trigger(name: str, kubeconfig: str):
+def _skyshare_trigger(name: str, kubeconfig: str, cluster: str = CLUSTER):
     from airflow_provider_skyshare.fleet import parse
     from airflow_provider_skyshare.follow import Follow, Job, Settings
     from airflow_provider_skyshare.placement import Request
@@ -64,15 +64,15 @@ def _skyshare_trigger(name: str, kubeconfig: str):
     from airflow_provider_skyshare.triggers.pod import MultiClusterPodTrigger
 
     fleet = parse({"orgs": [{"name": "bench", "members": ["*"]}], "clusters": [
-        {"name": CLUSTER, "owner": "bench", "context": CLUSTER, "kubeconfig": kubeconfig,
+        {"name": cluster, "owner": "bench", "context": cluster, "kubeconfig": kubeconfig,
          "namespace": NS, "gpu_products": {"T4": "Tesla-T4"}}]})
     job = Job(fleet, Request("T4", 1, "bench", "x"), {"spec": {"containers": [{}]}},
               TaskIdentity("bench", name, "run"), Settings())
-    state = Follow(job, Timeline((Attempt(1, CLUSTER, "owner", name, NS, time.time()),)))
+    state = Follow(job, Timeline((Attempt(1, cluster, "owner", name, NS, time.time()),)))
     return MultiClusterPodTrigger(state=state.to_dict())
 
 
-def _kpt(name: str, kubeconfig: str):
+def _kpt(name: str, kubeconfig: str, cluster: str = CLUSTER):
     import yaml
     from airflow.providers.cncf.kubernetes.triggers.pod import KubernetesPodTrigger
 
@@ -81,17 +81,24 @@ def _kpt(name: str, kubeconfig: str):
     return KubernetesPodTrigger(
         pod_name=name, pod_namespace=NS, trigger_start_time=datetime.now(timezone.utc),
         base_container_name="base", kubernetes_conn_id=None, config_dict=config_dict,
-        cluster_context=CLUSTER, get_logs=False, startup_timeout=3600, schedule_timeout=3600,
+        cluster_context=cluster, get_logs=False, startup_timeout=3600, schedule_timeout=3600,
     )
 
 
 WARMUP = 15.0  # seconds: imports, client set-up and the first list/get of every trigger
 
 
-async def _follow(variant: str, names: list[str], kubeconfig: str, window: float) -> dict:
+def spread(n: int, clusters: list[str]) -> list[tuple[str, str]]:
+    """N followed pods over the clusters, round robin: (cluster, pod name)."""
+    k = len(clusters)
+    return [(clusters[i % k], f"load-{i // k:04d}") for i in range(n)]
+
+
+async def _follow(variant: str, pods: list[tuple[str, str]], kubeconfig: str,
+                  window: float) -> dict:
     """Start N triggers, let them settle, then measure CPU over the window (steady state)."""
     make = _skyshare_trigger if variant == "skyshare" else _kpt
-    triggers = [make(n, kubeconfig) for n in names]
+    triggers = [make(name, kubeconfig, cluster) for cluster, name in pods]
     fired = 0
 
     async def drain(t) -> None:
@@ -111,19 +118,26 @@ async def _follow(variant: str, names: list[str], kubeconfig: str, window: float
     return {"cpu_seconds": cpu, "max_rss_mb": after.ru_maxrss / 1024, "fired_early": fired}
 
 
-def child(variant: str, n: int, window: float, kubeconfig: str) -> None:
+def child(variant: str, n: int, window: float, kubeconfig: str,
+          clusters: list[str] | None = None) -> None:
     """Runs in the measured process."""
     os.environ.setdefault("AIRFLOW_CONN_KUBERNETES_DEFAULT", '{"conn_type": "kubernetes"}')
-    names = [f"load-{i:04d}" for i in range(n)]
-    print("RESULT " + json.dumps(asyncio.run(_follow(variant, names, kubeconfig, window))))
+    pods = spread(n, clusters or [CLUSTER])
+    print("RESULT " + json.dumps(asyncio.run(_follow(variant, pods, kubeconfig, window))))
 
 
-def measure(variant: str, n: int, window: float, kubeconfig: str, api) -> dict:
-    start = request_total(api)
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.trigger_load", "--child", variant,
-                           "--n", str(n), "--window", str(window), "--kubeconfig", kubeconfig],
-                          capture_output=True, text=True, timeout=window + 600)
-    served = request_total(api) - start
+def measure(variant: str, n: int, window: float, kubeconfig: str, api,
+            clusters: list[str] | None = None) -> dict:
+    """One variant in its own process; `api` one apiserver's client, or a list of them (the
+    requests served are summed)."""
+    apis = api if isinstance(api, list) else [api]
+    start = sum(request_total(a) for a in apis)
+    args = [sys.executable, "-m", "benchmarks.trigger_load", "--child", variant, "--n", str(n),
+            "--window", str(window), "--kubeconfig", kubeconfig]
+    if clusters:
+        args += ["--clusters", ",".join(clusters)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=window + 600)
+    served = sum(request_total(a) for a in apis) - start
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"{variant} child failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
@@ -156,5 +170,6 @@ if __name__ == "__main__":
     p.add_argument("--n", type=int)
     p.add_argument("--window", type=float)
     p.add_argument("--kubeconfig")
+    p.add_argument("--clusters", default="")
     a = p.parse_args()
-    child(a.child, a.n, a.window, a.kubeconfig)
+    child(a.child, a.n, a.window, a.kubeconfig, [c for c in a.clusters.split(",") if c])

@@ -16,7 +16,7 @@
   node-up CLUSTER [NODE]     it heartbeats again; returns once it is Ready and untainted
   log CLUSTER TEXT...        every container on CLUSTER writes these lines now (each pod's
                              log is the cluster's file: live logs, demos)
-SPEC: NAME[:nodes=N,gpus=G,product=Tesla-T4]
+SPEC: NAME[:nodes=N,gpus=G,product=Tesla-T4,jobs=0|1]  (jobs=1: batch/Jobs, for MultiKueue)
 """
 
 from __future__ import annotations

@@ -55,17 +55,18 @@ class ClusterSpec:
     nodes: int = 1
     gpus: int = 2
     product: str = "Tesla-T4"
+    jobs: int = 0  # 1: Kueue manages batch/Jobs too and the Job controller runs (MultiKueue)
 
     @classmethod
     def parse(cls, text: str) -> ClusterSpec:
-        """'rise' or 'campus:nodes=1,gpus=4,product=Tesla-T4'."""
+        """'rise' or 'campus:nodes=1,gpus=4,product=Tesla-T4,jobs=1'."""
         name, _, opts = text.partition(":")
         spec = cls(name=name.strip())
         for part in filter(None, opts.split(",")):
             key, _, value = part.partition("=")
-            if key not in ("nodes", "gpus", "product"):
+            if key not in ("nodes", "gpus", "product", "jobs"):
                 raise SandboxError(f"--cluster {text}: unknown option {key!r} "
-                                   "(use nodes=N,gpus=G,product=P)")
+                                   "(use nodes=N,gpus=G,product=P,jobs=0|1)")
             setattr(spec, key, value if key == "product" else int(value))
         if not spec.name.isalnum() or not spec.name.islower():
             raise SandboxError(f"--cluster {text}: name must be lower-case letters and digits")
@@ -337,13 +338,23 @@ def _start_controllers(state: State, name: str) -> None:
     state.pids[f"{name}/controllers"] = _spawn(f"{name}/controllers", [
         str(paths.bin_dir() / "kube-controller-manager"), f"--kubeconfig={kc}",
         f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
-        f"--controllers={','.join(CONTROLLERS)}", "--leader-elect=false",
+        f"--controllers={','.join(CONTROLLERS + _job_controller(state, name))}",
+        "--leader-elect=false",
         "--use-service-account-credentials=false",
         f"--node-monitor-grace-period={NODE_MONITOR_GRACE_SECONDS}s",
         f"--node-monitor-period={NODE_MONITOR_PERIOD_SECONDS}s",
         "--bind-address=127.0.0.1", f"--secure-port={ports['controllers']}",
         f"--cert-dir={_cdir(name) / 'controllers-certs'}",
     ])
+
+
+def _jobs(state: State, name: str) -> bool:
+    """Whether this cluster runs batch/Jobs (a MultiKueue manager or worker)."""
+    return bool(state.clusters[name].get("jobs", 0))
+
+
+def _job_controller(state: State, name: str) -> tuple[str, ...]:
+    return ("job-controller",) if _jobs(state, name) else ()
 
 
 def _start_kwok(state: State, name: str) -> None:
@@ -426,7 +437,7 @@ def _start_kueue(state: State, name: str) -> None:
     kc = _admin_kubeconfig(name, ports["apiserver"])
     cfg = _cdir(name) / "kueue.yaml"
     cfg.write_text(yaml.safe_dump(manifests.kueue_config(
-        ports, paths.state_dir() / "kueue-webhook-certs")))
+        ports, paths.state_dir() / "kueue-webhook-certs", jobs=_jobs(state, name))))
     state.pids[f"{name}/kueue"] = _spawn(f"{name}/kueue", [
         str(paths.bin_dir() / "kueue"), f"--config={cfg}", f"--kubeconfig={kc}",
         f"--feature-gates={manifests.KUEUE_FEATURE_GATES}", "--zap-log-level=2",
@@ -494,7 +505,8 @@ _PLURALS = {
     "LocalQueue": "localqueues", "WorkloadPriorityClass": "workloadpriorityclasses",
     "ValidatingAdmissionPolicy": "validatingadmissionpolicies",
     "ValidatingAdmissionPolicyBinding": "validatingadmissionpolicybindings",
-    "Lease": "leases",
+    "Lease": "leases", "Secret": "secrets", "AdmissionCheck": "admissionchecks",
+    "MultiKueueConfig": "multikueueconfigs", "MultiKueueCluster": "multikueueclusters",
 }
 
 
@@ -588,7 +600,8 @@ def bootstrap_base(state: State, name: str) -> None:
                   lambda n=node: apply_node_status(api, n, ports["kwok"]))
     pki = paths.state_dir() / "pki"
     port = ports["webhook"]
-    _apply_all(api, name, manifests.webhooks(paths.kueue_manifests(), port, _b64(pki / "ca.crt")))
+    _apply_all(api, name, manifests.webhooks(paths.kueue_manifests(), port, _b64(pki / "ca.crt"),
+                                             jobs=_jobs(state, name)))
     _wait_crds(api)
 
 

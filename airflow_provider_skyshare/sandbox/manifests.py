@@ -121,18 +121,22 @@ def crds(manifests: Path) -> list[dict[str, Any]]:
     return [yaml.safe_load(p.read_text()) for p in sorted((manifests / "crd").glob("*.yaml"))]
 
 
-# Kueue serves only the webhooks of the frameworks it runs: keep its own types and pods.
+# Kueue serves only the webhooks of the frameworks it runs: keep its own types and pods
+# (and batch/Jobs on a cluster that runs them).
 _KEEP = ("pod", "kueue-x-k8s-io")
+_KEEP_JOBS = ("-batch-v1-job",)
 
 
-def webhooks(manifests: Path, port: int, ca_bundle: str) -> list[dict[str, Any]]:
+def webhooks(manifests: Path, port: int, ca_bundle: str,
+             jobs: bool = False) -> list[dict[str, Any]]:
     """Kueue's webhook configurations pointed at https://127.0.0.1:PORT (no Services here)."""
     out = []
+    keep = _KEEP + (_KEEP_JOBS if jobs else ())
     for doc in yaml.safe_load_all((manifests / "webhooks.yaml").read_text()):
         kept = []
         for hook in doc["webhooks"]:
             path = hook["clientConfig"]["service"]["path"]
-            if not any(k in path for k in _KEEP):
+            if not any(k in path for k in keep):
                 continue
             hook["clientConfig"] = {"url": f"https://127.0.0.1:{port}{path}",
                                     "caBundle": ca_bundle}
@@ -147,7 +151,9 @@ def webhooks(manifests: Path, port: int, ca_bundle: str) -> list[dict[str, Any]]
     return out
 
 
-def kueue_config(ports: dict[str, int], cert_dir: Path) -> dict[str, Any]:
+def kueue_config(ports: dict[str, int], cert_dir: Path, jobs: bool = False) -> dict[str, Any]:
+    """Kueue's config; with `jobs` it manages batch/Jobs too (what MultiKueue dispatches; its
+    own settings keep Kueue's defaults: the MultiKueue gate is on by default in v0.19)."""
     return {
         "apiVersion": "config.kueue.x-k8s.io/v1beta2",
         "kind": "Configuration",
@@ -162,7 +168,7 @@ def kueue_config(ports: dict[str, int], cert_dir: Path) -> dict[str, Any]:
             "key": "kubernetes.io/metadata.name", "operator": "NotIn",
             "values": ["kube-system", "kueue-system"]}]},
         "clientConnection": {"qps": 300, "burst": 500},
-        "integrations": {"frameworks": ["pod"]},
+        "integrations": {"frameworks": ["pod", "batch/job"] if jobs else ["pod"]},
     }
 
 

@@ -1,0 +1,74 @@
+"""(f) Scale: N followed pods spread over K clusters in one triggerer, skyshare vs
+KubernetesPodTrigger at the same N (or the largest N it survives).
+
+(b)'s measurement (benchmarks.trigger_load: each variant in its own process, CPU and RSS from
+getrusage over a steady-state window after a warm-up, requests from every apiserver's own
+apiserver_request_total, minus an idle window) over a fleet: pods round robin on K clusters.
+The baseline is run at each size in turn and stops at the first size it does not survive
+(its process fails or overruns), which is reported with the reason.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import subprocess
+import time
+from typing import Any
+
+from benchmarks import trigger_load
+from benchmarks.common import admin_api, request_total
+
+CLUSTERS = [f"f{i:02d}" for i in range(1, 21)]
+NODES = 3  # 110 pods each: room for 250 pods per cluster (5,000 on 20)
+
+
+def rates(row: dict[str, Any], idle: float) -> dict[str, Any]:
+    """Steady-state figures of one measured window: requests net of the idle window."""
+    window = row["window_s"]
+    requests = max(0.0, row["requests_raw"] - idle)
+    return {**row, "requests": requests, "idle_requests": idle,
+            "requests_per_minute": requests / window * 60,
+            "cpu_cores": row["cpu_seconds"] / window}
+
+
+def _measure(variant: str, n: int, window: float, kubeconfig: str, apis: list[Any],
+             clusters: list[str], idle: float) -> dict[str, Any]:
+    try:
+        row = trigger_load.measure(variant, n, window, kubeconfig, apis, clusters)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        return {"variant": variant, "n": n, "broke": f"{type(exc).__name__}: {str(exc)[-600:]}"}
+    return rates(row, idle)
+
+
+def _pods(apis: dict[str, Any], per_cluster: int) -> None:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda api: trigger_load.make_pods(api, per_cluster), apis.values()))
+
+
+def run(kubeconfig: str, sizes: list[int], window: float, clusters: list[str]) -> dict:
+    apis = {c: admin_api(kubeconfig, c) for c in clusters}
+    everyone = list(apis.values())
+    _pods(apis, math.ceil(max(sizes) / len(clusters)))
+    start = sum(request_total(a) for a in everyone)
+    time.sleep(window)  # the idle window: the clusters' own background traffic
+    idle = sum(request_total(a) for a in everyone) - start
+    rows, broke = [], None
+    try:
+        for n in sizes:
+            variants = ["skyshare"] + ([] if broke else ["kubernetes_pod_trigger"])
+            for variant in variants:
+                row = _measure(variant, n, window, kubeconfig, everyone, clusters, idle)
+                rows.append(row)
+                if "broke" in row:
+                    broke = row
+                    print(f"  N={n} {variant}: broke ({row['broke'][:200]})", flush=True)
+                    continue
+                print(f"  N={n} on {len(clusters)} clusters, {variant}: "
+                      f"{row['requests_per_minute']:.0f} requests/min, "
+                      f"{row['cpu_cores']:.2f} cores, {row['max_rss_mb']:.0f} MB RSS", flush=True)
+    finally:
+        for api in everyone:
+            trigger_load.delete_pods(api)
+    return {"rows": rows, "clusters": len(clusters), "window_s": window,
+            "baseline_broke_at": broke["n"] if broke else None}
