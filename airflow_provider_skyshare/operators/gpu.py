@@ -439,12 +439,16 @@ class MultiClusterGpuOperator(BaseOperator):
     def build_template(self) -> dict[str, Any]:
         """The pod as KubernetesPodOperator.build_pod_request_obj builds it, less what the
         placement sets per attempt (pods.build): the arguments over full_pod_spec over
-        pod_template_file/pod_template_dict (PodGenerator.reconcile_pods), then secrets."""
+        pod_template_file/pod_template_dict (PodGenerator.reconcile_pods), then secrets, then
+        the platform's ``pod_mutation_hook`` (airflow_local_settings), as KPO applies it. The
+        placement's parts (name, labels, Kueue, priority, GPUs) still win over the hook's."""
         from airflow.providers.cncf.kubernetes.pod_generator import PodGenerator
+        from airflow.settings import pod_mutation_hook
 
         pod = PodGenerator.reconcile_pods(self._template_pod(), self._argument_pod())
         for secret in self.secrets:
             pod = secret.attach_to_pod(pod)
+        pod_mutation_hook(pod)
         body = _as_dict(pod)
         found = _template_conflict(body)
         if found:

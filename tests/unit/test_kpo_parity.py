@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from airflow.policies import hookimpl
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.secret import Secret
 from kubernetes.client import ApiClient
@@ -278,6 +279,42 @@ def test_a_template_file_naming_another_scheduler_is_refused_at_run_time(tmp_pat
     missing = MultiClusterGpuOperator(**OURS, image="busybox", pod_template_file="/no/pod.yaml")
     with pytest.raises(SkyshareTaskError, match="no such file"):
         missing.build_template()
+
+
+class _Platform:
+    """A platform team's pod_mutation_hook (airflow_local_settings): a toleration for its
+    GPU nodes, and a priority class the placement must overrule."""
+
+    @staticmethod
+    @hookimpl
+    def pod_mutation_hook(pod: k8s.V1Pod) -> None:
+        pod.spec.tolerations = [*(pod.spec.tolerations or []),
+                                k8s.V1Toleration(key="platform", operator="Exists")]
+        pod.spec.priority_class_name = "platform-says"
+        pod.metadata.labels = {**(pod.metadata.labels or {}), "platform": "yes"}
+
+
+@pytest.fixture
+def platform_hook():
+    from airflow.settings import get_policy_plugin_manager
+
+    manager = get_policy_plugin_manager()
+    manager.register(_Platform, name="skyshare-test-platform")
+    try:
+        yield
+    finally:
+        manager.unregister(name="skyshare-test-platform")
+
+
+def test_the_platforms_pod_mutation_hook_applies_as_kpo_applies_it(platform_hook) -> None:
+    ours, kpo = our_pod({}), kpo_pod({})
+    for pod in (ours, kpo):
+        assert {"key": "platform", "operator": "Exists"} in pod["spec"]["tolerations"]
+        assert pod["metadata"]["labels"]["platform"] == "yes"
+    assert kpo["spec"]["priorityClassName"] == "platform-says"
+    tier = fleetfile.cached(FLEET).clusters["bair"].tier_for("rise")
+    assert ours["spec"]["priorityClassName"] == tier.priority_class  # the placement's
+    assert ours["metadata"]["labels"][QUEUE_LABEL]
 
 
 # -- skip_on_exit_code: the verdict becomes a skipped task ---------------------------------
