@@ -221,7 +221,8 @@ def _bar(a: Attempt, lane: int, scale: TimeScale, until: float) -> str:
         'stroke="#333" stroke-width=".6"/>'
     queued = rect.format("queued", x0, y + BAR_HEIGHT / 4, xs - x0, BAR_HEIGHT / 2, fill)
     ran = rect.format("ran", xs, y, x1 - xs, BAR_HEIGHT, fill)
-    return (f'<g class="attempt" role="{SYMBOL}" data-number="{a.number}" data-cluster="{esc(a.cluster)}" '
+    return (f'<g class="attempt" role="{SYMBOL}" data-number="{esc(a.number)}" '
+            f'data-cluster="{esc(a.cluster)}" '
             f'data-outcome="{esc(name)}" data-x="{x0:.1f}" data-width="{x1 - x0:.1f}">'
             f"<title>{esc(_attempt_title(a, kind, end))}</title>"
             f'{queued if xs > x0 else ""}{ran if x1 > xs else ""}'
@@ -238,7 +239,7 @@ def _preemption(a: Attempt, lane: int, scale: TimeScale, until: float) -> str:
     who = preemptor(a.preempted_by)
     text = f"preempted by {who}" if who else "preempted"
     title = f"attempt {a.number} preempted by {a.preempted_by or '?'}"
-    return (f'<g class="preemption" role="{SYMBOL}" data-number="{a.number}" data-by="{esc(who)}">'
+    return (f'<g class="preemption" role="{SYMBOL}" data-number="{esc(a.number)}" data-by="{esc(who)}">'
             f"<title>{esc(title)}</title>"
             f'<line x1="{x:.1f}" y1="{top + 4}" x2="{x:.1f}" y2="{top + LANE - 4}" '
             f'stroke="#B00020" stroke-width="2.5"/>'

@@ -185,6 +185,19 @@ def test_user_strings_are_escaped() -> None:
     assert groups(root, "attempt")[1].get("data-outcome") == HOSTILE
 
 
+def test_an_attempt_number_from_stored_json_is_escaped_too() -> None:
+    """Timelines come back from XCom and pod annotations, which a DAG author can write: a
+    number that is not one must not break out of its attribute."""
+    stored = {"number": HOSTILE, "cluster": "rise", "tier": "owner", "pod": "p",
+              "namespace": "ns", "placed_at": 10.0, "ended_at": 20.0, "outcome": "Preempted",
+              "preempted_by": "d/abbeel/r via kueue (x)"}
+    svg = timeline_svg(Timeline.from_list([stored]))
+    root = parse(svg)
+    assert "<script>" not in svg
+    assert groups(root, "attempt")[0].get("data-number") == HOSTILE
+    assert groups(root, "preemption")[0].get("data-number") == HOSTILE
+
+
 def test_no_attempts_no_chart() -> None:
     assert timeline_svg(Timeline()) == ""
 
