@@ -8,11 +8,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from airflow_provider_skyshare import fleetfile
+from airflow_provider_skyshare.sandbox import connections
 from scripts.scenario import run_scenario, run_team_queues
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,7 +91,20 @@ def check_ui(af, shots: Path) -> None:
     assert {r["cluster"]: r["lent"] for r in api}["bair"] == {"rise": 2}
 
 
+def connections_only(af) -> None:
+    """The clusters are reached through Airflow connections and nothing else (issue 16): no
+    kubeconfig on the Airflow side, a fleet of connection_ids, from the Variable."""
+    env = af.env()
+    assert not Path(env["KUBECONFIG"]).exists()
+    fleet = fleetfile.parse_text(env["AIRFLOW_VAR_SKYSHARE_FLEET"], "variable")
+    for c in fleet.clusters.values():
+        assert c.connection_id and not c.context and c.access.connection_id, c
+    assert set(fleet.clusters) == {"rise", "bair"}
+    assert "rise" not in fleetfile.load(env["AIRFLOW__SKYSHARE__FLEET_FILE"]).clusters
+
+
 def test_seed_scenario_through_real_airflow(airflow_server, admin_pods, no_leaks, tmp_path):
+    connections_only(airflow_server)
     seen: dict[str, object] = {}
 
     def before_abbeel():
@@ -127,7 +143,7 @@ def test_seed_scenario_through_real_airflow(airflow_server, admin_pods, no_leaks
     assert "romil-train" in seen["explain_text"]
     # per org and cluster, the tier it may use, and that the cluster enforces it
     assert {(r["cluster"], r["tier"], r["credential"]) for r in explain["tiers"]} == {
-        ("bair", "owner", "bair@bair"), ("rise", "borrower", "bair@rise")}
+        ("bair", "owner", "skyshare_bair_bair"), ("rise", "borrower", "skyshare_bair_rise")}
     assert all(r["enforced"] for r in explain["tiers"])
     # and after: nothing lent
     assert lent(airflow_server) == {"rise": {}, "bair": {}}
@@ -139,8 +155,23 @@ def test_seed_scenario_through_real_airflow(airflow_server, admin_pods, no_leaks
     print(result.table())
 
 
+def add_connections(af, env: dict[str, str]) -> None:
+    """Connections of a cluster started after Airflow, stored through the REST API (the
+    metastore: another of Airflow's secrets backends)."""
+    for name, value in env.items():
+        conn = json.loads(value)
+        body = {"connection_id": name.removeprefix("AIRFLOW_CONN_").lower(),
+                "conn_type": conn["conn_type"], "extra": json.dumps(conn["extra"])}
+        try:
+            af.call("POST", "/api/v2/connections", body)
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 409, exc.read()  # a rerun in the same Airflow: there already
+
+
 def test_team_queues_through_real_airflow(sandbox, airflow_server, admin_pods, no_leaks):
-    sandbox.ensure_cluster("campus", gpus=4, fleet=str(ROOT / "dags" / "fleet-teams.yaml"))
+    teams = ROOT / "tests" / "e2e" / "fleets" / "fleet-teams.yaml"
+    sandbox.ensure_cluster("campus", gpus=4, fleet=str(teams))
+    add_connections(airflow_server, connections.build([str(teams)]))
     result = run_team_queues(airflow_server, admin_pods)
     assert result.states == {"team-b-experiment": "success", "team-a-production": "success"}
     assert placements(result.timelines["team-a-production"]) == [("campus", "owner", "Succeeded")]
