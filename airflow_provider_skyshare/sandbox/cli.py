@@ -111,11 +111,15 @@ def _print_connections(args: argparse.Namespace) -> int:
               "contexts). Fix: pass --fleet FILE with clusters[].connection_id and "
               "access: {connection_id: ...}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(env, indent=2))
-    else:
-        print("\n".join(f"{name}={shlex.quote(value)}" for name, value in env.items()))
+    print(render(env, args.json))
     return 0
+
+
+def render(env: dict[str, str], as_json: bool = False) -> str:
+    """One JSON object, or NAME='VALUE' lines a shell sources (`set -a; . FILE`)."""
+    if as_json:
+        return json.dumps(env, indent=2)
+    return "\n".join(f"{name}={shlex.quote(value)}" for name, value in env.items())
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ from airflow.secrets.environment_variables import EnvironmentVariablesBackend
 
 from airflow_provider_skyshare import fleetfile
 from airflow_provider_skyshare.fleet import parse
-from airflow_provider_skyshare.sandbox import certs
+from airflow_provider_skyshare.sandbox import certs, cli
+from airflow_provider_skyshare.sandbox.cli import render
 from airflow_provider_skyshare.sandbox.connections import (
     Endpoint,
     Grant,
@@ -120,3 +122,20 @@ def test_a_teams_process_holds_its_teams_connections_and_no_other(team, want):
            "AIRFLOW_CONN__BAIR___SKYSHARE_BAIR_BAIR": "b",
            "AIRFLOW_CONN_SKYSHARE_BAIR": "own", "OTHER": "x"}
     assert set(for_team_process(env, team)) == want
+
+
+def test_the_printed_lines_give_a_shell_the_same_values(tmp_path):
+    found = grants([fleetfile.load(E2E_FLEET)])
+    env = environment(found, ENDPOINTS, tokens_for(found))
+    (tmp_path / "conns.env").write_text(render(env) + "\n")
+    out = subprocess.run(["bash", "-c", "set -a; . ./conns.env; env -0"], cwd=tmp_path,
+                         capture_output=True, text=True, check=True, env={})
+    seen = dict(item.split("=", 1) for item in out.stdout.split("\0") if "=" in item)
+    assert {k: seen[k] for k in env} == env
+    assert json.loads(render(env, as_json=True)) == env
+
+
+def test_without_a_sandbox_the_command_says_so(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("SKYSHARE_SANDBOX_HOME", str(tmp_path))
+    assert cli.main(["connections", "--fleet", str(E2E_FLEET)]) == 1
+    assert "the sandbox is not up" in capsys.readouterr().err
