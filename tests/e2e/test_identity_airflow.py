@@ -79,7 +79,7 @@ def test_a_teams_connections_are_its_own(airflow_server):
     assert af.task_states(dag_id, run) == {"own": "success", "rises": "failed",
                                            "rises_spelled": "failed",
                                            "connections_in_environment": "success"}
-    assert af.xcom(dag_id, run, "own") == "skyshare-bair"
+    assert af.xcom(dag_id, run, "own") == ["skyshare-bair"]
     assert af.xcom(dag_id, run, "connections_in_environment") == [
         "AIRFLOW_CONN_SKYSHARE_BAIR", "AIRFLOW_CONN_SKYSHARE_RISE"]
     text = task_log(af, dag_id, run)
@@ -90,6 +90,7 @@ def test_a_teams_connections_are_its_own(airflow_server):
 # What a triggerer does when its trigger asks for a connection: it asks Airflow's in-process
 # execution API, with no task and so no team (Airflow 3.3.2, triggerer_job_runner.py).
 TRIGGERER_LOOKUP = """
+import os
 import sys
 from airflow.jobs.triggerer_job_runner import TriggerRunnerSupervisor
 from airflow.sdk.execution_time.comms import GetConnection
@@ -98,7 +99,8 @@ from airflow.sdk.execution_time.request_handlers import handle_get_connection
 client = TriggerRunnerSupervisor.make_client(None)  # uses no state of the supervisor
 for conn_id in sys.argv[1:]:
     found, _ = handle_get_connection(client, GetConnection(conn_id=conn_id))
-    print(conn_id, type(found).__name__)
+    print(conn_id, type(found).__name__, flush=True)
+os._exit(0)  # the in-process API's threads would keep the process alive
 """
 
 

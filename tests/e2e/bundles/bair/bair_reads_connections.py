@@ -11,8 +11,8 @@ from airflow.sdk import DAG, BaseHook, task
 
 
 @task
-def namespace_of(conn_id: str) -> str:
-    return BaseHook.get_connection(conn_id).extra_dejson["namespace"]
+def namespace_of(conn_id: str) -> list[str]:
+    return [BaseHook.get_connection(conn_id).extra_dejson["namespace"]]
 
 
 @task
