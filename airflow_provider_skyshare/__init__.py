@@ -51,6 +51,17 @@ def get_provider_info() -> dict:
                         "example": "/opt/airflow/fleet.yaml",
                         "default": "",
                     },
+                    "fleet_variable": {
+                        "description": "An Airflow Variable holding the platform's default "
+                        "fleet (its YAML or JSON), read through Airflow's secrets backends "
+                        "(environment AIRFLOW_VAR_*, the metastore, or the configured "
+                        "backend). Set, it is the default instead of the first fleet_file; a "
+                        "task may still pick one of the fleet_file files.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "skyshare_fleet",
+                        "default": "",
+                    },
                     "default_deferrable": {
                         "description": "Whether MultiClusterGpuOperator defers by default. "
                         "Empty: as [operators] default_deferrable (Airflow's setting for "

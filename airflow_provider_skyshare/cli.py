@@ -34,7 +34,7 @@ from airflow_provider_skyshare import (
     watch,
 )
 from airflow_provider_skyshare.fleet import Cluster, Fleet, FleetError
-from airflow_provider_skyshare.fleetfile import configured, load
+from airflow_provider_skyshare.fleetfile import configured, configured_variable, from_variable, load
 from airflow_provider_skyshare.names import A_TASK
 from airflow_provider_skyshare.placement import PlacementError, Request, choose, parse_gpus
 from airflow_provider_skyshare.pods import TaskIdentity
@@ -42,21 +42,35 @@ from airflow_provider_skyshare.snapshot import Holder
 from airflow_provider_skyshare.timeline import HEADERS, Timeline
 
 
-def _fleet(path: str | None) -> Fleet:
+def _airflow_setting(key: str) -> str | None:
+    """``[skyshare] key`` from the environment, else from Airflow's configuration."""
     import os
 
-    path = path or os.environ.get("AIRFLOW__SKYSHARE__FLEET_FILE") or os.environ.get(
-        "SKYSHARE_FLEET_FILE")
-    if not path:
-        try:
-            from airflow.sdk import conf
+    found = os.environ.get(f"AIRFLOW__SKYSHARE__{key.upper()}")
+    if found:
+        return found
+    try:
+        from airflow.sdk import conf
 
-            path = conf.get("skyshare", "fleet_file", fallback=None)
-        except Exception:  # noqa: BLE001 - Airflow not configured: ask for --fleet
-            path = None
+        return conf.get("skyshare", key, fallback=None)
+    except Exception:  # noqa: BLE001 - Airflow not configured: ask for --fleet
+        return None
+
+
+def _fleet(path: str | None) -> Fleet:
+    """--fleet FILE, else the Airflow Variable [skyshare] fleet_variable names, else
+    AIRFLOW__SKYSHARE__FLEET_FILE, SKYSHARE_FLEET_FILE, [skyshare] fleet_file (the first)."""
+    import os
+
+    variable = None if path else configured_variable(_airflow_setting("fleet_variable"))
+    if variable:
+        return from_variable(variable)
+    path = (path or os.environ.get("AIRFLOW__SKYSHARE__FLEET_FILE")
+            or os.environ.get("SKYSHARE_FLEET_FILE") or _airflow_setting("fleet_file"))
     if not path:
         raise FleetError("(no fleet file)", "--fleet", "no fleet file given",
-                         "pass --fleet FILE or set AIRFLOW__SKYSHARE__FLEET_FILE")
+                         "pass --fleet FILE or set AIRFLOW__SKYSHARE__FLEET_FILE (or "
+                         "AIRFLOW__SKYSHARE__FLEET_VARIABLE)")
     paths = [path] if os.path.exists(path) else configured(path)  # a list: the first
     if not paths:
         raise FleetError(path, "--fleet", "names no fleet file", "pass --fleet FILE")
@@ -308,8 +322,10 @@ class Command:
     options: tuple[Option, ...]
 
 
-FLEET = Option(("--fleet",), {"help": "fleet YAML (default: AIRFLOW__SKYSHARE__FLEET_FILE, "
-                                        "SKYSHARE_FLEET_FILE, Airflow's skyshare.fleet_file)"})
+FLEET = Option(("--fleet",), {"help": "fleet YAML (default: the Airflow Variable "
+                                        "skyshare.fleet_variable names, else "
+                                        "AIRFLOW__SKYSHARE__FLEET_FILE, SKYSHARE_FLEET_FILE, "
+                                        "Airflow's skyshare.fleet_file)"})
 OUTPUT = Option(("-o", "--output"), {
     "choices": OUTPUTS, "default": "table", "metavar": "(table, json, yaml, plain)",
     "help": "Output format. Allowed values: json, yaml, plain, table (default: table)"})

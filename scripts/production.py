@@ -134,9 +134,12 @@ def start(af: Airflow, timeout: float) -> None:
 
 def launch(af: Airflow, component: Component) -> int:
     log = open(af.home / f"{component.name}.log", "ab")  # noqa: SIM115 - the child keeps it
+    args = component.args
+    team = args[args.index("--team-name") + 1] if "--team-name" in args else None
     proc = subprocess.Popen(
-        [sys.executable, "-m", "airflow", *component.args],
-        env={**af.env(), **dict(component.env)}, stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "airflow", *args],
+        env={**af.env_for(args[0], team), **dict(component.env)}, stdout=log,
+        stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL, start_new_session=True, cwd=af.home)
     pid_dir = af.home / "pids"
     pid_dir.mkdir(exist_ok=True)

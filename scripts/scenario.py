@@ -24,6 +24,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_skyshare.sandbox.connections import for_team_process
 from scripts.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +69,9 @@ class Airflow:
     # to orgs through the fleet's orgs[].bundles. Each team gets its own triggerer.
     teams: tuple[str, ...] = ("rise", "bair")
     extra_env: dict[str, str] = field(default_factory=dict)
+    # AIRFLOW_CONN_* -> connection JSON (`skyshare-sandbox connections`). Given, the clusters
+    # are reached through these only: no kubeconfig file on the Airflow side (env_for).
+    connections: dict[str, str] = field(default_factory=dict)
     _ready: set[str] = field(default_factory=set, repr=False)
     extra_pids: list[int] = field(default_factory=list, repr=False)  # stopped with standalone
 
@@ -102,6 +106,9 @@ class Airflow:
             "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
             "KUBECONFIG": self.kubeconfig or env.get("KUBECONFIG", ""),
         })
+        if self.connections:  # connections only: a kubeconfig read anywhere fails loudly
+            env["KUBECONFIG"] = str(self.home / "no-kubeconfig")
+            env.update(for_team_process(self.connections, None))  # every team's: the clusters' own
         env["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps([
             {"name": name, "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
              "kwargs": {"path": str(path), "refresh_interval": 5},
@@ -114,6 +121,19 @@ class Airflow:
             fleets.sort(key=lambda p: not p.endswith("/fleet.yaml"))
             env.setdefault("AIRFLOW__SKYSHARE__FLEET_FILE", ",".join(fleets))
         env.update(self.extra_env)
+        return env
+
+    def env_for(self, component: str, team: str | None = None) -> dict[str, str]:
+        """One component's environment: the API server holds every team's connections (it
+        answers a task's look-up with the task's team); a team's triggerer holds its team's
+        under their plain names (Airflow 3.3's triggerer looks up without the team); the
+        workers, schedulers and DAG processor hold no team's, so no DAG can read another
+        team's token from its environment."""
+        env = self.env()
+        if component == "api-server" or self.shape is Shape.STANDALONE:
+            return {**env, **self.connections}
+        if component == "triggerer":
+            return {**env, **for_team_process(self.connections, team)}
         return env
 
     def active_teams(self) -> list[str]:
@@ -149,7 +169,8 @@ class Airflow:
             self.prepare_db()
         log = open(self.home / "standalone.log", "ab")  # noqa: SIM115 - the child keeps it
         proc = subprocess.Popen(
-            [sys.executable, "-m", "airflow", "standalone"], env=self.env(), stdout=log,
+            [sys.executable, "-m", "airflow", "standalone"], env=self.env_for("standalone"),
+            stdout=log,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             cwd=self.home,
         )
@@ -184,7 +205,8 @@ class Airflow:
 
             return production.launch(self, production.next_triggerer(self, team))
         name = f"triggerer-{team or 'global'}"
-        env = {**self.env(), "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())}
+        env = {**self.env_for("triggerer", team),
+               "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())}
         log = open(self.home / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
         proc = subprocess.Popen(
             [sys.executable, "-m", "airflow", "triggerer", *(["--team-name", team] if team else [])],

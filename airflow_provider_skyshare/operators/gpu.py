@@ -63,14 +63,34 @@ def default_fleet_file() -> str | None:
     return next(iter(configured_fleet_files()), None)
 
 
+def fleet_variable() -> str | None:
+    """``[skyshare] fleet_variable``: the Airflow Variable holding the platform's default
+    fleet (so the secrets backend can hold it); it wins over the first fleet file."""
+    return fleetfile.configured_variable(conf.get("skyshare", "fleet_variable", fallback=None))
+
+
+def platform_fleet(requested: str | None) -> Fleet:
+    """The fleet a task uses: the Variable's unless the task names one of the fleet files."""
+    variable = fleet_variable()
+    if variable and not requested:
+        return fleetfile.from_variable(variable)
+    return fleetfile.cached(fleet_path(requested))
+
+
 def fleet_path(requested: str | None) -> str:
     """The fleet file a task uses: the configured one it names (or the first), else, where
     Airflow configures none (development), its own."""
     configured = configured_fleet_files()
+    if not configured and fleet_variable() and requested:
+        raise FleetError(requested, "fleet_file", "is not a fleet this Airflow is configured "
+                         f"with (the Airflow Variable {fleet_variable()!r})",
+                         "drop fleet_file= (the fleet comes from [skyshare] fleet_variable), or "
+                         "have the platform team add the file to [skyshare] fleet_file")
     if not configured:
         if not requested:
             raise FleetError("(no fleet file)", "fleet_file", "no fleet file configured",
-                             "set [skyshare] fleet_file (AIRFLOW__SKYSHARE__FLEET_FILE)")
+                             "set [skyshare] fleet_file (AIRFLOW__SKYSHARE__FLEET_FILE) or "
+                             "[skyshare] fleet_variable (AIRFLOW__SKYSHARE__FLEET_VARIABLE)")
         return requested
     if not requested:
         return configured[0]
@@ -192,7 +212,8 @@ class MultiClusterGpuOperator(BaseOperator):
         Required only where the fleet sets ``policy.identity: owner``.
     :param user: who asks; default: the task's owner (checked against ``orgs[].members``).
     :param fleet_file: one of the fleet files ``[skyshare] fleet_file`` lists (default: the
-        first); a DAG cannot point the provider at a fleet of its own.
+        fleet in the Airflow Variable ``[skyshare] fleet_variable`` names, else the first
+        file); a DAG cannot point the provider at a fleet of its own.
     :param nodes: how many pods (nodes) the job runs on, each with ``gpus``: more than 1 makes
         a gang, N pods admitted together as one Kueue pod group on one cluster, with the
         variables torchrun reads (MASTER_ADDR, NNODES, NODE_RANK, ...), and moved whole when
@@ -415,10 +436,11 @@ class MultiClusterGpuOperator(BaseOperator):
         """With literal values, check the fleet file, the org and the product now (an import
         error in the UI) rather than at run time. The org itself comes at run time."""
         values = (self.fleet_file, self.org, self.gpus, self.gpu_product)
-        if any(_templated(v) for v in values) or not (self.fleet_file or default_fleet_file()):
+        if any(_templated(v) for v in values) or not (
+                self.fleet_file or default_fleet_file() or fleet_variable()):
             return
         try:
-            fleet = fleetfile.cached(fleet_path(self.fleet_file))
+            fleet = platform_fleet(self.fleet_file)
             org = self.org or next(iter(fleet.orgs))  # any org: products are fleet-wide
             validate_request(self._request(org), fleet)
         except (FleetError, PlacementError) as exc:
@@ -433,7 +455,7 @@ class MultiClusterGpuOperator(BaseOperator):
                        user=self.user or self.owner, nodes=self.nodes)
 
     def _fleet(self) -> Fleet:
-        return fleetfile.cached(fleet_path(self.fleet_file))
+        return platform_fleet(self.fleet_file)
 
     # -- the pod template (KubernetesPodOperator's meaning of each argument) ---------------
     def build_template(self) -> dict[str, Any]:

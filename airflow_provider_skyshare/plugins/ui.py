@@ -25,7 +25,7 @@ from fastapi.responses import HTMLResponse
 
 from airflow_provider_skyshare import capacity, charts, metadb, taskpods, views
 from airflow_provider_skyshare.fleet import Fleet
-from airflow_provider_skyshare.fleetfile import configured, load
+from airflow_provider_skyshare.fleetfile import configured, configured_variable, from_variable, load
 from airflow_provider_skyshare.links import PREFIX, SkyshareTimelineLink
 from airflow_provider_skyshare.pods import TaskIdentity
 from airflow_provider_skyshare.timeline import HEADERS, Timeline
@@ -82,9 +82,13 @@ svg{display:block;max-width:100%;height:auto;margin:.5rem 0 1rem}
 def _fleet() -> Fleet:
     from airflow.configuration import conf
 
+    variable = configured_variable(conf.get("skyshare", "fleet_variable", fallback=""))
+    if variable:
+        return from_variable(variable)
     paths = configured(conf.get("skyshare", "fleet_file", fallback=""))
     if not paths:
-        raise ValueError("[skyshare] fleet_file is not set (AIRFLOW__SKYSHARE__FLEET_FILE)")
+        raise ValueError("neither [skyshare] fleet_variable nor fleet_file is set "
+                         "(AIRFLOW__SKYSHARE__FLEET_VARIABLE, AIRFLOW__SKYSHARE__FLEET_FILE)")
     return load(paths[0])
 
 

@@ -8,6 +8,12 @@
   status                     components, nodes, GPUs, Kueue workloads per cluster
   kubeconfig                 print the kubeconfig path (contexts NAME: admin, NAME-operator:
                              the cluster's own, ORG@NAME: each org's, in its namespace)
+  connections [--fleet FILE]... [--multi-team] [--json]
+                             print one Airflow `kubernetes` connection per connection_id the
+                             fleets name (default: those of `up`): each (org, cluster) and each
+                             cluster's own, as AIRFLOW_CONN_NAME='JSON' lines, the kubeconfig
+                             inline; --multi-team: each org's scoped to its team
+                             (AIRFLOW_CONN__TEAM___NAME); --json: one JSON object
   down                       stop everything and delete the state
   stop-component CLUSTER C   C in apiserver, scheduler, controllers, kueue, kwok (fault tests)
   start-component CLUSTER C
@@ -22,10 +28,13 @@ SPEC: NAME[:nodes=N,gpus=G,product=Tesla-T4,jobs=0|1]  (jobs=1: batch/Jobs, for 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
 import time
 
-from airflow_provider_skyshare.sandbox import build, cluster, paths, status
+from airflow_provider_skyshare.fleet import FleetError
+from airflow_provider_skyshare.sandbox import build, cluster, connections, paths, status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--fleet", action="append", default=[], metavar="FILE")
     sub.add_parser("status")
     sub.add_parser("kubeconfig")
+    conns = sub.add_parser("connections")
+    conns.add_argument("--fleet", action="append", default=[], metavar="FILE")
+    conns.add_argument("--multi-team", action="store_true")
+    conns.add_argument("--json", action="store_true")
     sub.add_parser("down")
     for name in ("stop-component", "start-component"):
         c = sub.add_parser(name)
@@ -67,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "kubeconfig":
             print(paths.state_dir() / "kubeconfig")
             return 0
+        if args.cmd == "connections":
+            return _print_connections(args)
         if args.cmd == "down":
             cluster.down()
             print("sandbox stopped and its state removed")
@@ -93,9 +108,27 @@ def main(argv: list[str] | None = None) -> int:
         done = "stopped" if args.cmd == "stop-component" else "started"
         print(f"{args.cluster} {args.component}: {done}")
         return 0
-    except (cluster.SandboxError, build.BuildError) as exc:
+    except (cluster.SandboxError, build.BuildError, FleetError) as exc:
         print(f"skyshare-sandbox: {exc}", file=sys.stderr)
         return 1
+
+
+def _print_connections(args: argparse.Namespace) -> int:
+    env = connections.build(args.fleet, args.multi_team)
+    if not env:
+        print("skyshare-sandbox: the fleets name no connection_id (they use kubeconfig "
+              "contexts). Fix: pass --fleet FILE with clusters[].connection_id and "
+              "access: {connection_id: ...}", file=sys.stderr)
+        return 1
+    print(render(env, args.json))
+    return 0
+
+
+def render(env: dict[str, str], as_json: bool = False) -> str:
+    """One JSON object, or NAME='VALUE' lines a shell sources (`set -a; . FILE`)."""
+    if as_json:
+        return json.dumps(env, indent=2)
+    return "\n".join(f"{name}={shlex.quote(value)}" for name, value in env.items())
 
 
 if __name__ == "__main__":

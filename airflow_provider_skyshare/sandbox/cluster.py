@@ -230,14 +230,18 @@ def _b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
 
+def ca_data() -> str:
+    """The sandbox's CA (base64 PEM): it signed every apiserver's serving certificate."""
+    return _b64(paths.state_dir() / "pki" / "ca.crt")
+
+
 def _kubeconfig_doc(clusters, users, contexts, current: str,
                     tokens: list[tuple[tenants.Credential, str]] = ()) -> dict[str, Any]:
     """Cert users (admin) and token users (one per credential, named as its context)."""
-    pki = paths.state_dir() / "pki"
     return {
         "apiVersion": "v1", "kind": "Config", "current-context": current,
         "clusters": [{"name": n, "cluster": {"server": f"https://127.0.0.1:{p}",
-                                             "certificate-authority-data": _b64(pki / "ca.crt")}}
+                                             "certificate-authority-data": ca_data()}}
                      for n, p in clusters],
         "users": [{"name": u, "user": {"client-certificate-data": _b64(c),
                                        "client-key-data": _b64(k)}} for u, c, k in users]
@@ -310,7 +314,7 @@ def _start_apiserver(state: State, name: str) -> None:
     ])
 
 
-def _apiserver_url(state: State, name: str) -> str:
+def apiserver_url(state: State, name: str) -> str:
     return f"https://127.0.0.1:{paths.cluster_ports(state.index(name))['apiserver']}"
 
 
@@ -447,7 +451,7 @@ def _start_kueue(state: State, name: str) -> None:
 def _health(state: State, name: str, component: str) -> bool:
     ports = paths.cluster_ports(state.index(name))
     if component == "apiserver":
-        return _https_ok(f"{_apiserver_url(state, name)}/readyz")
+        return _https_ok(f"{apiserver_url(state, name)}/readyz")
     if component == "scheduler":
         return _https_ok(f"https://127.0.0.1:{ports['scheduler']}/healthz", admin=False)
     if component == "controllers":

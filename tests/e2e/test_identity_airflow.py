@@ -67,3 +67,59 @@ def test_the_seed_dags_run_as_their_bundles_orgs(airflow_server):
     bundles = {d["dag_id"]: d.get("bundle_name") for d in af.get("/api/v2/dags?limit=100")["dags"]}
     assert bundles["rise_user"] == "rise" and bundles["bair_user"] == "bair"
     assert bundles["spoof_org"] == "bair"
+
+
+def test_a_teams_connections_are_its_own(airflow_server):
+    """Issue 16: bair's task resolves bair's connection (through the API server, which knows
+    the task's team) and not rise's, by its name or with rise's team spelled into it; its
+    worker's environment holds only the clusters' own (read-only) connections."""
+    af, dag_id = airflow_server, "bair_reads_connections"
+    run = af.trigger(dag_id)
+    wait_for(lambda: af.run_state(dag_id, run) in ("success", "failed"), 120, f"{dag_id} ended")
+    assert af.task_states(dag_id, run) == {"own": "success", "rises": "failed",
+                                           "rises_spelled": "failed",
+                                           "connections_in_environment": "success"}
+    assert af.xcom(dag_id, run, "own") == ["skyshare-bair"]
+    assert af.xcom(dag_id, run, "connections_in_environment") == [
+        "AIRFLOW_CONN_SKYSHARE_BAIR", "AIRFLOW_CONN_SKYSHARE_RISE"]
+    text = task_log(af, dag_id, run)
+    assert "The conn_id `skyshare_rise_bair` isn't defined" in text, text[-3000:]
+    assert "The conn_id `_rise___skyshare_rise_bair` isn't defined" in text, text[-3000:]
+
+
+# What a triggerer does when its trigger asks for a connection: it asks Airflow's in-process
+# execution API, with no task and so no team (Airflow 3.3.2, triggerer_job_runner.py).
+TRIGGERER_LOOKUP = """
+import os
+import sys
+from airflow.jobs.triggerer_job_runner import TriggerRunnerSupervisor
+from airflow.sdk.execution_time.comms import GetConnection
+from airflow.sdk.execution_time.request_handlers import handle_get_connection
+
+client = TriggerRunnerSupervisor.make_client(None)  # uses no state of the supervisor
+for conn_id in sys.argv[1:]:
+    found, _ = handle_get_connection(client, GetConnection(conn_id=conn_id))
+    print(conn_id, type(found).__name__, flush=True)
+os._exit(0)  # the in-process API's threads would keep the process alive
+"""
+
+
+def test_a_triggerer_does_not_see_team_scoped_connections(airflow_server):
+    """Why each team's triggerer is given its team's connections under their plain names
+    (scripts/scenario.py env_for, docs/operations.md): even where rise's team-scoped
+    connection is set, a triggerer's look-up does not find it; the global one it does. When
+    this fails, Airflow scopes a triggerer's look-ups to its team and that can go."""
+    import subprocess
+    import sys
+
+    af = airflow_server
+    env = {**af.env_for("api-server"), "_AIRFLOW_PROCESS_CONTEXT": "server"}
+    assert "AIRFLOW_CONN__RISE___SKYSHARE_RISE_BAIR" in env
+    out = subprocess.run([sys.executable, "-c", TRIGGERER_LOOKUP, "skyshare_rise_bair",
+                          "skyshare_rise"], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=af.home)
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = dict(line.split()[:2] for line in out.stdout.splitlines()
+                 if line.startswith("skyshare_"))
+    assert found == {"skyshare_rise_bair": "ErrorResponse",
+                     "skyshare_rise": "ConnectionResult"}, out.stdout[-3000:]

@@ -7,12 +7,15 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 
+from airflow_provider_skyshare import fleetfile
+from airflow_provider_skyshare.sandbox import connections
 from scripts.browser import Browser, chart, check_png, dump_dom, parts
 from scripts.scenario import run_scenario, run_team_queues
 
@@ -99,7 +102,20 @@ def check_timeline_page(af, run_id: str, shots: Path) -> None:
     keep(shot)
 
 
+def connections_only(af) -> None:
+    """The clusters are reached through Airflow connections and nothing else (issue 16): no
+    kubeconfig on the Airflow side, a fleet of connection_ids, from the Variable."""
+    env = af.env()
+    assert not Path(env["KUBECONFIG"]).exists()
+    fleet = fleetfile.parse_text(env["AIRFLOW_VAR_SKYSHARE_FLEET"], "variable")
+    for c in fleet.clusters.values():
+        assert c.connection_id and not c.context and c.access.connection_id, c
+    assert set(fleet.clusters) == {"rise", "bair"}
+    assert "rise" not in fleetfile.load(env["AIRFLOW__SKYSHARE__FLEET_FILE"]).clusters
+
+
 def test_seed_scenario_through_real_airflow(airflow_server, admin_pods, no_leaks, tmp_path):
+    connections_only(airflow_server)
     seen: dict[str, object] = {}
 
     def before_abbeel():
@@ -138,7 +154,7 @@ def test_seed_scenario_through_real_airflow(airflow_server, admin_pods, no_leaks
     assert "romil-train" in seen["explain_text"]
     # per org and cluster, the tier it may use, and that the cluster enforces it
     assert {(r["cluster"], r["tier"], r["credential"]) for r in explain["tiers"]} == {
-        ("bair", "owner", "bair@bair"), ("rise", "borrower", "bair@rise")}
+        ("bair", "owner", "skyshare_bair_bair"), ("rise", "borrower", "skyshare_bair_rise")}
     assert all(r["enforced"] for r in explain["tiers"])
     # and after: nothing lent
     assert lent(airflow_server) == {"rise": {}, "bair": {}}
@@ -155,8 +171,23 @@ def test_seed_scenario_through_real_airflow(airflow_server, admin_pods, no_leaks
     print(result.table())
 
 
+def add_connections(af, env: dict[str, str]) -> None:
+    """Connections of a cluster started after Airflow, stored through the REST API (the
+    metastore: another of Airflow's secrets backends)."""
+    for name, value in env.items():
+        conn = json.loads(value)
+        body = {"connection_id": name.removeprefix("AIRFLOW_CONN_").lower(),
+                "conn_type": conn["conn_type"], "extra": json.dumps(conn["extra"])}
+        try:
+            af.call("POST", "/api/v2/connections", body)
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 409, exc.read()  # a rerun in the same Airflow: there already
+
+
 def test_team_queues_through_real_airflow(sandbox, airflow_server, admin_pods, no_leaks):
-    sandbox.ensure_cluster("campus", gpus=4, fleet=str(ROOT / "dags" / "fleet-teams.yaml"))
+    teams = ROOT / "tests" / "e2e" / "fleets" / "fleet-teams.yaml"
+    sandbox.ensure_cluster("campus", gpus=4, fleet=str(teams))
+    add_connections(airflow_server, connections.build([str(teams)]))
     result = run_team_queues(airflow_server, admin_pods)
     assert result.states == {"team-b-experiment": "success", "team-a-production": "success"}
     assert placements(result.timelines["team-a-production"]) == [("campus", "owner", "Succeeded")]
@@ -183,9 +214,11 @@ def test_a_gang_example_dag_through_real_airflow(sandbox, airflow_server, no_lea
     timeline (the CLI's, from Airflow's XCom once the pods are gone) shows both members."""
     from scripts.scenario import wait_for
 
+    gangs = ROOT / "tests" / "e2e" / "fleets" / "fleet-gangs.yaml"
     for name in ("den", "lab"):
-        sandbox.ensure_cluster(name, nodes=2, gpus=2, fleet=str(ROOT / "dags" / "fleet-gangs.yaml"))
+        sandbox.ensure_cluster(name, nodes=2, gpus=2, fleet=str(gangs))
     af = airflow_server
+    add_connections(af, connections.build([str(gangs)]))
     run = af.trigger("rise_gang", {"duration": "5s"})
     wait_for(lambda: af.run_state("rise_gang", run) in ("success", "failed"), 300,
              "rise_gang finished")

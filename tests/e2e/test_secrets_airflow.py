@@ -10,7 +10,8 @@ pytestmark = pytest.mark.e2e
 
 
 def test_secrets_never_reach_logs_xcom_or_events(airflow_server, kube_env):
-    """Client keys, certificates and tokens of the kubeconfig appear in no task log or XCom."""
+    """Client keys, certificates and tokens of the kubeconfig, and the tokens of the Airflow's
+    connections, appear in no task log or XCom."""
     import base64
 
     import yaml
@@ -29,6 +30,9 @@ def test_secrets_never_reach_logs_xcom_or_events(airflow_server, kube_env):
                 body = "".join(pem.splitlines()[1:3])
                 secrets.add(body[:40])
     assert secrets, "the kubeconfig has no credentials to look for"
+    tokens = connection_tokens(airflow_server)  # what this Airflow reaches the clusters with
+    assert tokens, "the Airflow has no connection tokens to look for"
+    secrets |= tokens
     found = []
     for path in af_files(airflow_server.home):
         text = path.read_text(errors="replace")
@@ -36,6 +40,19 @@ def test_secrets_never_reach_logs_xcom_or_events(airflow_server, kube_env):
     for where, text in db_texts(airflow_server):
         found += [f"{where}: {s[:12]}..." for s in secrets if s in text]
     assert not found, found
+
+
+def connection_tokens(af) -> set[str]:
+    """The ServiceAccount tokens inside the Airflow's connections (their inline kubeconfig)."""
+    import json
+
+    import yaml
+
+    found = set()
+    for value in af.connections.values():
+        config = yaml.safe_load(json.loads(value)["extra"]["kube_config"])
+        found |= {u["user"]["token"][-40:] for u in config["users"]}
+    return found
 
 
 def db_texts(af):
