@@ -54,7 +54,7 @@ class ClusterApi(Protocol):
 
     async def create(self, cluster: str, pod: dict[str, Any]) -> Event: ...
 
-    async def watch(self, cluster: str, namespace: str, pod: str) -> PodFeed: ...
+    async def watch(self, cluster: str, namespace: str, pod: str) -> HubFeed: ...
 
     async def get(self, cluster: str, namespace: str, pod: str) -> Event: ...
 
@@ -146,11 +146,12 @@ class HubFeed:
 class GangFeed:
     """The members' subscriptions to the shared watch of their cluster and namespace, as one
     feed: one pump per member into one queue, in arrival order. A member's PodGone names it
-    (follow keeps the members apart); a broken watch fails the reader, as for one pod."""
+    (follow keeps the members apart); a broken watch fails the reader, as for one pod, and so
+    does any other error of a pump (a bug: the member would go unwatched, silently)."""
 
     def __init__(self, feeds: list[HubFeed]) -> None:
         self.feeds = feeds
-        self.merged: asyncio.Queue[Event | WatchBroken] = asyncio.Queue()
+        self.merged: asyncio.Queue[Event | Exception] = asyncio.Queue()
         for feed in feeds:  # what each member's feed has already (cache or get), rank order
             for event in feed.first:
                 self.merged.put_nowait(_named(event, feed.pod))
@@ -163,7 +164,7 @@ class GangFeed:
                 event = await feed.next(None)
                 if event is not None:
                     self.merged.put_nowait(_named(event, feed.pod))
-        except WatchBroken as exc:
+        except Exception as exc:  # noqa: BLE001 -- not swallowed: next() raises it
             self.merged.put_nowait(exc)
 
     async def next(self, timeout: float | None) -> Event | None:
@@ -171,7 +172,7 @@ class GangFeed:
             item = await asyncio.wait_for(self.merged.get(), timeout)
         except asyncio.TimeoutError:
             return None
-        if isinstance(item, WatchBroken):
+        if isinstance(item, Exception):
             raise item
         return item
 
@@ -212,20 +213,32 @@ class KubeClusterApi:
         except kube.KubeError as exc:
             return CreateFailed(cluster, _answer(exc), f"after HTTP 409: {_said(exc)}")
 
-    async def watch(self, cluster: str, namespace: str, pod: str) -> PodFeed:
+    async def watch(self, cluster: str, namespace: str, pod: str) -> HubFeed:
         """Known to the shared watch: no request. Not (yet) in its cache: one get, since a
         pod created a moment ago may not have reached the watch."""
         hub = watch.hub(self.fleet.clusters[cluster], namespace)
         feed = HubFeed(hub, pod)
         cached = hub.cache.get(pod) if hub.synced else None
-        feed.first.append(PodSeen(cached) if cached is not None
-                          else await self.get(cluster, namespace, pod))
+        try:
+            feed.first.append(PodSeen(cached) if cached is not None
+                              else await self.get(cluster, namespace, pod))
+        except BaseException:  # cancelled, or a bug: no subscription left behind
+            feed.close()
+            raise
         return feed
 
     async def watch_gang(self, cluster: str, namespace: str,
                          names: tuple[str, ...]) -> PodFeed:
-        return GangFeed([await self.watch(cluster, namespace, name)  # type: ignore[misc]
-                         for name in names])
+        """One subscription per member; when one cannot be made, those made are closed."""
+        feeds: list[HubFeed] = []
+        try:
+            for name in names:
+                feeds.append(await self.watch(cluster, namespace, name))
+        except BaseException:
+            for made in feeds:
+                made.close()
+            raise
+        return GangFeed(feeds)
 
     async def get_gang(self, cluster: str, namespace: str, names: tuple[str, ...]) -> Event:
         """A gang read back: its leader when every member is there (the create made the

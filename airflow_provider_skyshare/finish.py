@@ -19,7 +19,7 @@ from airflow_provider_skyshare.claims import follower_id
 from airflow_provider_skyshare.fleet import Fleet
 from airflow_provider_skyshare.follow import Follow, Orphan, Status, Verdict
 from airflow_provider_skyshare.logstream import ContainerLogs, Resume, Target
-from airflow_provider_skyshare.names import BASE_CONTAINER
+from airflow_provider_skyshare.names import BASE_CONTAINER, TERMINAL_PHASES
 from airflow_provider_skyshare.outcomes import Outcome
 
 
@@ -85,13 +85,24 @@ def current_pods(state: Follow) -> list[Orphan]:
 def to_delete(state: Follow, verdict: Verdict, policy: FinishPolicy) -> list[Orphan]:
     """The current pod unless the policy keeps it, and every orphan. A pod that did not run
     to its own end (queue timeout, limit, unreachable) is always deleted: kept, it would
-    still run or wait for GPUs with nobody following it."""
+    still run or wait for GPUs with nobody following it. So a gang kept (one member failed)
+    keeps only the members seen ended; the others may still run."""
     keep = verdict.status.pod_finished and (
         policy.on_finish_action is FinishAction.KEEP_POD
         or (policy.on_finish_action is FinishAction.DELETE_SUCCEEDED_POD
             and verdict.status is not Status.SUCCESS))
-    mine = [] if keep else current_pods(state)
+    mine = [p for p in current_pods(state) if not (keep and _ended(state, p.pod))]
     return mine + [o for o in state.orphans if o not in mine]
+
+
+def _ended(state: Follow, name: str) -> bool:
+    """Whether the current attempt's pod ``name`` ran to its own end: its one pod (the
+    verdict says), or a gang's member last seen in a terminal phase."""
+    last = state.timeline.last
+    if last is None or not last.members:
+        return True
+    seen = next((m.pod for m in state.members if m.name == name), None) or {}
+    return (seen.get("status") or {}).get("phase") in TERMINAL_PHASES
 
 
 def failure_message(state: Follow, verdict: Verdict) -> str:

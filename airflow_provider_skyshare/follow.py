@@ -544,8 +544,8 @@ def _create_action(state: Follow, cand: Candidate) -> Create:
     body = pods.build(job.template, identity=job.identity, attempt=timeline.next_number,
                       cluster=cand.cluster, tier=cand.tier, request=job.request,
                       preemptions=timeline.preemptions, history_json=timeline.to_json(),
-                      orphans=[asdict(o) for o in state.orphans  # never the pod itself
-                               if (o.cluster, o.pod) != (cand.cluster.name, pod)])
+                      orphans=[asdict(o) for o in state.orphans  # never its own pods
+                               if not _ours(o, cand.cluster.name, _names(state, pod))])
     if job.request.nodes == 1:
         return Create(cand.cluster.name, body)
     group = gang.members(body, job.request.nodes, job.request.gpu_count,
@@ -557,6 +557,13 @@ def _create_action(state: Follow, cand: Candidate) -> Create:
 def _names(state: Follow, leader: str) -> tuple[str, ...]:
     """The pods of the attempt whose pod (leader) is ``leader``: one, or a gang's."""
     return gang.member_names(leader, state.job.request.nodes)
+
+
+def _ours(orphan: Orphan, cluster: str, names: tuple[str, ...]) -> bool:
+    """Whether ``orphan`` is one of ``names`` on ``cluster``: an attempt's pods are never
+    orphans of it, every member of a gang included (a refused create on that cluster left
+    all their names orphans; deleted now, they would take the gang just made)."""
+    return orphan.cluster == cluster and orphan.pod in names
 
 
 def _watch(state: Follow, attempt: Attempt) -> Watch:
@@ -588,8 +595,8 @@ def _created(state: Follow, event: Created, now: float) -> Step:
                       pod=leader, namespace=cand.cluster.namespace, placed_at=now,
                       why=cand.reason,
                       members=_names(state, leader) if state.job.request.nodes > 1 else ())
-    orphans = tuple(o for o in state.orphans
-                    if (o.cluster, o.pod) != (attempt.cluster, attempt.pod))  # ours: keep it
+    orphans = tuple(o for o in state.orphans  # ours, a gang's every member: keep them
+                    if not _ours(o, attempt.cluster, _names(state, leader)))
     new = replace(state, phase=Phase.WATCHING, timeline=state.timeline.add(attempt),
                   orphans=orphans, candidates=(), refused=(), placing_since=None, pod=None,
                   pod_gone=False, members=())
@@ -1115,7 +1122,7 @@ def _follow_successor(state: Follow, found: claims.Found) -> Step:
     assert succ is not None
     history = found.history if found.history.attempts else state.timeline
     orphans = tuple(o for o in state.orphans  # never the attempt it now follows
-                    if (o.cluster, o.pod) != (succ.cluster, succ.pod))
+                    if not _ours(o, succ.cluster, _names(state, succ.pod)))
     new = replace(state, phase=Phase.WATCHING, timeline=history.add(succ), orphans=orphans,
                   candidates=(), refused=(), placing_since=None, pod=None, pod_gone=False,
                   held=None, claimed_at=None, claim_wait=False, seen_claim=None,

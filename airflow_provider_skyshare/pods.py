@@ -34,6 +34,7 @@ from airflow_provider_skyshare.names import (
     L_TRY,
     MANAGED_BY,
     MANAGER,
+    POD_GROUP_LABEL,
     PREFIX,
     PRIORITY_LABEL,
     QUEUE_LABEL,
@@ -214,9 +215,12 @@ def timeline_from_pod(cluster: str, pod: dict[str, Any], *, now: float,
     meta = pod["metadata"]
     placed = epoch(meta.get("creationTimestamp")) or now
     history = Timeline.from_json((meta.get("annotations") or {}).get(A_HISTORY))
-    size = gang.size_of(pod)
+    size, labels = gang.size_of(pod), meta.get("labels") or {}
+    # any member speaks for its gang (rank 0 may be gone): the attempt's pod is its leader's,
+    # the name of the pod group gang.members made
+    leader = (labels.get(POD_GROUP_LABEL) or meta["name"]) if size > 1 else meta["name"]
     return history.add(Attempt(
-        number=attempt_of(pod), cluster=cluster, tier=(meta.get("labels") or {}).get(L_TIER, ""),
-        pod=meta["name"], namespace=meta["namespace"], placed_at=placed, why=why,
-        members=gang.member_names(meta["name"], size) if size > 1 else (),
+        number=attempt_of(pod), cluster=cluster, tier=labels.get(L_TIER, ""),
+        pod=leader, namespace=meta["namespace"], placed_at=placed, why=why,
+        members=gang.member_names(leader, size) if size > 1 else (),
     ))

@@ -197,16 +197,16 @@ class Supervisor:
         if newest is None or (last is not None and pods.attempt_of(newest[1]) <= last.number):
             return
         cluster, pod = newest
-        adopted_name = pod["metadata"]["name"]
         timeline = pods.timeline_from_pod(cluster, pod, now=self.clock())
-        orphans = list(self.state.orphans)
-        for carried in (Orphan(**o) for o in pods.orphans_of(pod)):  # a crash lost none
-            if carried not in orphans and (carried.cluster, carried.pod) != (cluster,
-                                                                              adopted_name):
-                orphans.append(carried)
-        self.state = Follow(self.job, timeline, tuple(orphans), me=self.state.me)
         adopted = timeline.last
         assert adopted is not None
+        mine = {(cluster, name) for name in adopted.members or (adopted.pod,)}  # a gang: all
+        carried = (Orphan(**o) for o in pods.orphans_of(pod))  # a crash lost none
+        orphans: list[Orphan] = []
+        for orphan in (*self.state.orphans, *carried):
+            if orphan not in orphans and (orphan.cluster, orphan.pod) not in mine:
+                orphans.append(orphan)
+        self.state = Follow(self.job, timeline, tuple(orphans), me=self.state.me)
         self.log.info("found attempt %d of this task on %s (pod %s): following it",
                       adopted.number, cluster, adopted.pod)
 

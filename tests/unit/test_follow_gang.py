@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_skyshare import claims, finish
+from airflow_provider_skyshare import claims, finish, pods
 from airflow_provider_skyshare.follow import (
     Claim,
     ClaimAnswer,
@@ -31,10 +31,12 @@ from airflow_provider_skyshare.follow import (
     Probe,
     Probed,
     ReadBack,
+    ReadBackAnswer,
     Settings,
     Start,
     Status,
     Tick,
+    Unreachable,
     Watch,
     step,
 )
@@ -142,6 +144,27 @@ def test_an_ambiguous_gang_create_reads_back_every_member(seed_fleet, two_nodes)
     assert the(actions, ReadBack).members == MEMBERS
 
 
+def test_a_gang_placed_again_where_it_was_refused_keeps_every_member(seed_fleet, two_nodes):
+    """A create on rise left the gang's names orphans there; no cluster answered, so the same
+    attempt goes to rise again and is made: none of its members is an orphan any more (else
+    housekeeping would delete a live member, and the gang would move)."""
+    state, _ = step(make(seed_fleet), Start(), T0)
+    state, _ = step(state, Probed(two_nodes), T0)
+    for cluster in ("rise", "bair"):  # no clear answer, and no answer to the read back
+        state, _ = step(state, CreateFailed(cluster, CreateAnswer.NONE, "timeout"), T0)
+        state, _ = step(state, ReadBackAnswer(cluster, Unreachable("reset"), "timeout"), T0)
+    assert {Orphan("rise", "skyshare-rise", n) for n in MEMBERS} <= set(state.orphans)
+    state, actions = step(state, Tick(), state.wake_at)
+    state, actions = step(state, Probed(two_nodes), state.wake_at or T0 + 5)
+    create = the(actions, Create)
+    carried = {o["pod"] for o in pods.orphans_of(create.pod) if o["cluster"] == "rise"}
+    assert create.cluster == "rise" and not carried & set(MEMBERS)  # its own: none carried
+    state, actions = step(state, Created("rise"), T0 + 6)
+    doomed = [a.orphan for a in actions if isinstance(a, Delete)]
+    assert doomed and all(o.cluster == "bair" for o in doomed)
+    assert all(o.cluster == "bair" for o in state.orphans)
+
+
 # -- watching --------------------------------------------------------------------------------
 def test_the_gang_runs_only_when_every_member_runs(seed_fleet, two_nodes, pod_fixture):
     state, _ = placed(seed_fleet, two_nodes)
@@ -169,6 +192,27 @@ def test_one_member_failed_fails_the_gang_and_the_verdict_deletes_every_member(
     assert state.verdict is not None and state.verdict.status is Status.FAILED
     doomed = finish.to_delete(state, state.verdict, finish.FinishPolicy())
     assert {o.pod for o in doomed} == set(MEMBERS)
+
+
+@pytest.mark.parametrize("action", [finish.FinishAction.KEEP_POD,
+                                    finish.FinishAction.DELETE_SUCCEEDED_POD])
+def test_a_failed_gang_kept_keeps_only_the_members_that_ended(seed_fleet, two_nodes,
+                                                              pod_fixture, action):
+    """One member failed, the leader still runs: kept, it would hold its GPUs with nobody
+    following it, so only the member that ran to its end is kept."""
+    state = running(seed_fleet, two_nodes, pod_fixture)
+    state, _ = step(state, PodSeen(member(pod_fixture, "failed", MEMBERS[1])), T0 + 5)
+    assert state.verdict is not None and state.verdict.status is Status.FAILED
+    doomed = finish.to_delete(state, state.verdict, finish.FinishPolicy(on_finish_action=action))
+    assert [o.pod for o in doomed] == [LEAD]
+
+
+def test_a_gang_kept_whole_when_every_member_ended(seed_fleet, two_nodes, pod_fixture):
+    state = running(seed_fleet, two_nodes, pod_fixture)
+    state, _ = step(state, PodSeen(member(pod_fixture, "succeeded", LEAD)), T0 + 5)
+    state, _ = step(state, PodSeen(member(pod_fixture, "failed", MEMBERS[1])), T0 + 6)
+    policy = finish.FinishPolicy(on_finish_action=finish.FinishAction.KEEP_POD)
+    assert finish.to_delete(state, state.verdict, policy) == []
 
 
 def preempted_member(state: Follow, pod_fixture, at: float) -> tuple[Follow, list]:

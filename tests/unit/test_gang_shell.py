@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from dataclasses import asdict
 from typing import Any
 
-from airflow_provider_skyshare import watch
-from airflow_provider_skyshare.cluster_api import GangFeed, HubFeed
+import pytest
+
+from airflow_provider_skyshare import gang, pods, taskpods, watch
+from airflow_provider_skyshare.cluster_api import GangFeed, HubFeed, KubeClusterApi
+from airflow_provider_skyshare.fleet import OWNER
 from airflow_provider_skyshare.follow import (
     Created,
     Event,
+    Follow,
     Job,
+    Orphan,
     PodGone,
     PodSeen,
     Settings,
@@ -84,6 +90,56 @@ def test_the_members_feeds_are_one_and_a_member_gone_is_named(seed_fleet, pod_fi
     assert set(seen) >= {"lead", "lead-r1"}
     assert gone == ["lead-r1"]  # the relist's news, for the member that vanished only
     assert events[-1] is None  # then quiet: the next read times out
+
+
+def test_any_error_of_a_members_pump_fails_the_reader(seed_fleet, pod_fixture):
+    """Not only a broken watch: a pump that dies of anything else (here an event of the wrong
+    shape) must fail the reader, not leave that member unwatched in silence."""
+    running = pod_fixture("running")["pod"]
+
+    async def scenario() -> None:
+        hub = watch.PodWatchHub(seed_fleet.clusters["rise"], "skyshare",
+                                source=TwoThenOne(renamed(running, "lead"),
+                                                  renamed(running, "lead-r1")))
+        other = HubFeed(hub, "lead-r1")
+        feed = GangFeed([HubFeed(hub, "lead"), other])
+        other.queue.put_nowait(("not", "an event"))  # type: ignore[arg-type]
+        try:
+            while await feed.next(1) is not None:  # the members' first events, the error
+                pass
+        finally:
+            feed.close()
+            await hub.close()
+
+    with pytest.raises(ValueError):
+        drive(scenario())
+
+
+def test_a_gang_watch_that_cannot_subscribe_a_member_closes_the_others(seed_fleet, pod_fixture,
+                                                                       monkeypatch):
+    running = pod_fixture("running")["pod"]
+    hub = None
+
+    async def one(self, cluster: str, namespace: str, pod: str) -> HubFeed:
+        if pod != "lead":
+            raise RuntimeError("no subscription")
+        return HubFeed(hub, pod)
+
+    async def scenario() -> dict:
+        nonlocal hub
+        hub = watch.PodWatchHub(seed_fleet.clusters["rise"], "skyshare",
+                                source=TwoThenOne(renamed(running, "lead"),
+                                                  renamed(running, "lead-r1")))
+        try:
+            with pytest.raises(RuntimeError):
+                await KubeClusterApi(seed_fleet, "key").watch_gang(
+                    "rise", "skyshare", ("lead", "lead-r1"))
+            return dict(hub.subscribers)
+        finally:
+            await hub.close()
+
+    monkeypatch.setattr(KubeClusterApi, "watch", one)
+    assert drive(scenario()) == {}
 
 
 # -- the supervisor ------------------------------------------------------------------------------
@@ -185,3 +241,30 @@ async def _run(sup: Supervisor, api: GangReplayApi, after: Snapshot):
         return await sup.run()
     finally:
         helper.cancel()
+
+
+def test_a_gang_adopted_where_its_names_were_orphans_keeps_every_member(seed_fleet, monkeypatch,
+                                                                        pod_fixture):
+    """A refused create left the gang's names orphans on rise; the same attempt was made there
+    after all (a worker retried): adopted, none of its members is an orphan, from the state
+    or carried on the pod, while an orphan elsewhere stays."""
+    rise = seed_fleet.clusters["rise"]
+    request = Request("T4", 2, "rise", "romil", nodes=2)
+    lead = IDENTITY.pod_name(1)
+    refused = [Orphan("rise", rise.namespace, n) for n in (lead, f"{lead}-r1")]
+    elsewhere = Orphan("bair", "skyshare-bair", lead)
+    body = pods.build(TEMPLATE, identity=IDENTITY, attempt=1, cluster=rise,
+                      tier=rise.tier(OWNER), request=request, preemptions=0,
+                      orphans=[asdict(o) for o in (refused[1], elsewhere)])
+    group = gang.members(body, 2, 2, pods.main_index(body["spec"]))
+    found = {**pod_fixture("running")["pod"], "metadata": group[0]["metadata"]}
+
+    async def newest(fleet, identity, log):
+        return "rise", found
+
+    monkeypatch.setattr(taskpods, "find_newest", newest)
+    job = Job(seed_fleet, request, TEMPLATE, IDENTITY, Settings())
+    sup = Supervisor(Follow(job, orphans=(*refused, elsewhere)), api=object())  # type: ignore[arg-type]
+    drive(sup.adopt_newest())
+    assert sup.state.timeline.last.members == (lead, f"{lead}-r1")
+    assert sup.state.orphans == (elsewhere,)

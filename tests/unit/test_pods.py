@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_skyshare import pods
+from airflow_provider_skyshare import gang, pods
 from airflow_provider_skyshare.fleet import BORROWER, OWNER, Cluster, Fleet
 from airflow_provider_skyshare.names import A_ORPHANS
 from airflow_provider_skyshare.placement import Request
@@ -413,3 +413,19 @@ def test_orphans_round_trip_through_the_pod():
     orphan = {"cluster": "rise", "namespace": "skyshare-rise", "pod": "train-1-t1-a1"}
     pod = {"metadata": {"annotations": {A_ORPHANS: json.dumps([orphan])}}}
     assert pods.orphans_of(pod) == [orphan]
+
+
+def test_a_gangs_timeline_from_another_member_than_its_leader(
+        fleet: Fleet, pod_fixture: Callable[[str], dict[str, Any]]) -> None:
+    """Rank 0 gone, the newest pod found is rank 1: the attempt is still its leader's, named
+    by the member's pod group, and its members are the leader's."""
+    rise = fleet.clusters["rise"]
+    leader = build(TEMPLATE, identity=identity(), attempt=2, cluster=rise,
+                   tier=rise.tier(OWNER), request=Request("T4", 2, "rise", "romil", nodes=3),
+                   preemptions=0)
+    group = gang.members(leader, 3, 2, pods.main_index(leader["spec"]))
+    seen = {**pod_fixture("running")["pod"], "metadata": group[1]["metadata"]}  # recorded shape
+    lead = leader["metadata"]["name"]
+    t = timeline_from_pod("rise", seen, now=9.0)
+    assert (t.last.pod, t.last.members) == (lead, (lead, f"{lead}-r1", f"{lead}-r2"))
+    assert t.last.number == 2
