@@ -89,3 +89,54 @@ def test_the_stream_timeout_is_idle_not_total():
     timeout = stream_timeout(300.0)
     assert isinstance(timeout, aiohttp.ClientTimeout)
     assert (timeout.total, timeout.sock_read, timeout.sock_connect) == (None, 300.0, 10)
+
+
+def test_a_busy_stream_outlives_the_idle_timeout_and_an_idle_one_ends_without_its_cut_line():
+    """Over a real local HTTP connection (aiohttp both ends): lines every 0.05 s for longer
+    than the timeout all arrive; a stream that stops mid-line ends at the timeout, the cut
+    line dropped."""
+    from aiohttp import web
+
+    async def busy(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for n in range(16):
+            await resp.write(STAMP + f"line {n}\n".encode())
+            await asyncio.sleep(0.05)
+        return resp
+
+    async def stalls(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(STAMP + b"whole\n" + STAMP + b"cut")
+        await asyncio.sleep(30)  # cancelled when the client goes
+        return resp
+
+    async def read(session: aiohttp.ClientSession, url: str) -> list[str]:
+        async with session.get(url, timeout=stream_timeout(0.5)) as resp:
+            async def next_chunk() -> bytes | None:
+                try:
+                    return await resp.content.readany()
+                except asyncio.TimeoutError:
+                    return None
+            return [line async for line in log_lines(next_chunk)]
+
+    async def run() -> tuple[list[str], list[str]]:
+        app = web.Application()
+        app.router.add_get("/busy", busy)
+        app.router.add_get("/stalls", stalls)
+        runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with aiohttp.ClientSession() as session:
+                return (await read(session, f"http://127.0.0.1:{port}/busy"),
+                        await read(session, f"http://127.0.0.1:{port}/stalls"))
+        finally:
+            await runner.cleanup()
+
+    busy_lines, stalled = asyncio.run(run())
+    assert [line.partition(" ")[2] for line in busy_lines] == [f"line {n}" for n in range(16)]
+    assert [line.partition(" ")[2] for line in stalled] == ["whole"]
