@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -191,45 +192,102 @@ async def read_log(cluster: Cluster, namespace: str, name: str, container: str,
     return data.decode(errors="replace")
 
 
+MAX_LOG_LINE = 1 << 20  # a longer line is given in pieces of this size (LogLines)
+
+
 async def stream_log(cluster: Cluster, namespace: str, name: str, container: str, *,
                      since_time: str | None = None, timeout: float = 300.0,
                      ) -> AsyncIterator[str]:
     """Follow a container's log (with timestamps), line by line, until the server ends it
-    (the container stopped) or ``timeout`` has passed."""
+    (the container stopped) or nothing came for ``timeout`` seconds (an idle timeout: a busy
+    stream is never cut)."""
     api = await clients.async_api(cluster)
     try:
         resp = await api.rest_client.request(
             "GET", api.configuration.host + pods_path(namespace, name) + "/log",
             query_params=_log_query(container, True, since_time, follow=True),
             headers=await _authorized(api, {"Accept": "*/*"}), _preload_content=False,
-            _request_timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=10))
+            _request_timeout=stream_timeout(timeout))
     except TRANSPORT_ERRORS as exc:
         raise _unreachable(cluster, exc) from None
     try:
         if resp.status != 200:
             raise await _stream_refused(cluster, resp)
-        rest = b""
-        while chunk := await _log_chunk(cluster, resp):
-            *lines, rest = (rest + chunk).split(b"\n")
-            if len(rest) > MAX_LOG_LINE:  # a line without end: shown in pieces
-                lines, rest = [*lines, rest], b""
-            for line in lines:
-                yield line.decode(errors="replace")
-        if rest:
-            yield rest.decode(errors="replace")
+        async for line in log_lines(lambda: _log_chunk(cluster, resp)):
+            yield line
     finally:
         resp.release()
 
 
-MAX_LOG_LINE = 1 << 20
+async def log_lines(next_chunk: Callable[[], Awaitable[bytes | None]],
+                    max_line: int = MAX_LOG_LINE) -> AsyncIterator[str]:
+    """The lines of a followed log's chunks (b"": the server ended it; None: it was idle too
+    long, so the unfinished last line is dropped: the reconnect sends it whole)."""
+    lines = LogLines(max_line)
+    while chunk := await next_chunk():
+        for line in lines.feed(chunk):
+            yield line.decode(errors="replace")
+    if chunk is not None:  # the server ended it: a last line without end is whole
+        for line in lines.end():
+            yield line.decode(errors="replace")
 
 
-async def _log_chunk(cluster: Cluster, resp: Any) -> bytes:
-    """The stream's next bytes; b"" at its end, or once its time is up (opened again)."""
+def stream_timeout(idle: float) -> aiohttp.ClientTimeout:
+    """No total limit (kubernetes_asyncio passes a ClientTimeout through as it is): only a
+    read that waits ``idle`` seconds for a byte ends the stream."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=idle)
+
+
+_LOG_STAMP = re.compile(rb"\d{4}-\d\d-\d\dT\S+ ")  # timestamps=true: RFC 3339 and a space
+
+
+class LogLines:
+    """A log stream's bytes as lines. A line longer than ``MAX_LOG_LINE`` is given in pieces
+    of that size, each after the first with the first's timestamp: shown like any line, and
+    the resume point counts them, so a reconnect (which sends the whole line again, cut at the
+    same places) skips exactly the pieces shown. The unfinished last line is kept back."""
+
+    def __init__(self, max_line: int = MAX_LOG_LINE) -> None:
+        self.max_line, self.rest = max_line, b""
+        self.stamp: bytes | None = None  # a line given in pieces: its timestamp (b"": none)
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The lines (and pieces) ``chunk`` completes."""
+        *ends, rest = (self.rest + chunk).split(b"\n")
+        out = []
+        for line in ends:
+            out += self._cut(line, whole=True)
+        out += self._cut(rest, whole=False)
+        return out
+
+    def _cut(self, line: bytes, *, whole: bool) -> list[bytes]:
+        """A line's full pieces (and its last one if ``whole``); what is left waits."""
+        out = []
+        while len(line) > self.max_line:
+            piece, line = line[:self.max_line], line[self.max_line:]
+            out.append((self.stamp or b"") + piece)
+            if self.stamp is None:
+                stamp = _LOG_STAMP.match(piece)
+                self.stamp = stamp[0] if stamp else b""
+        if whole:
+            out.append((self.stamp or b"") + line)
+            self.stamp, line = None, b""
+        self.rest = line
+        return out
+
+    def end(self) -> list[bytes]:
+        """At the stream's end (the server's, not a timeout: then the unfinished line is
+        dropped, as the reconnect sends it again): the last line, though it has no end."""
+        return self.feed(b"\n") if self.rest else []
+
+
+async def _log_chunk(cluster: Cluster, resp: Any) -> bytes | None:
+    """The stream's next bytes; b"" at its end, None once it was idle too long (opened
+    again)."""
     try:
         return await resp.content.readany()
     except asyncio.TimeoutError:
-        return b""
+        return None
     except TRANSPORT_ERRORS as exc:
         raise _unreachable(cluster, exc) from None
 

@@ -32,9 +32,11 @@ from airflow_provider_skyshare.names import BASE_CONTAINER
 ContainerLogs = bool | tuple[str, ...]
 FIRST_RETRY_SECONDS = 0.5  # a stream that ended or failed is opened again after this,
 MAX_RETRY_SECONDS = 5.0  # doubling up to this (a finished container's stream ends at once)
-# A quiet stream is opened again after this (with sinceTime): a connection the network lost
-# without a word would otherwise hang until the verdict.
+# A stream quiet this long (an idle timeout, not a total one) is opened again (with
+# sinceTime): a connection the network lost without a word would otherwise hang until the
+# verdict. A busy stream is never cut.
 STREAM_SECONDS = 300.0
+QUOTED_CHARS = 200  # a server's word quoted in a warning is cut to this
 STOP_SECONDS = 2.0  # stop() waits this long for cancelled streams to close their connections
 NANOS = 1_000_000_000
 
@@ -162,6 +164,11 @@ def fresh(lines: Iterable[str], resume: Resume) -> tuple[list[str], Resume]:
     return texts, resume
 
 
+def quoted(text: str) -> str:
+    """Text for a warning, cut short: a server's word can be a megabyte of anything."""
+    return text if len(text) <= QUOTED_CHARS else text[:QUOTED_CHARS] + "..."
+
+
 def shown_to_dict(shown: dict[str, Resume]) -> dict[str, list[int]]:
     """Per container, where the stream got to (the end event carries it to the worker)."""
     return {c: [r.last, r.at_last] for c, r in shown.items() if r.last is not None}
@@ -243,7 +250,7 @@ class LiveLogs:
             if trouble and trouble != said:  # the same trouble again is not news
                 self.log.warning("live log of %s (%s) on %s: %s; trying again until the "
                                  "attempt ends", target.pod, target.container, target.cluster,
-                                 trouble)
+                                 quoted(trouble))
                 said = trouble
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_RETRY_SECONDS)

@@ -69,7 +69,9 @@ def _skyshare_trigger(name: str, kubeconfig: str, cluster: str = CLUSTER):
     job = Job(fleet, Request("T4", 1, "bench", "x"), {"spec": {"containers": [{}]}},
               TaskIdentity("bench", name, "run"), Settings())
     state = Follow(job, Timeline((Attempt(1, cluster, "owner", name, NS, time.time()),)))
-    return MultiClusterPodTrigger(state=state.to_dict())
+    # No logs, as the KubernetesPodTrigger baseline (get_logs=False): with them on, each
+    # running pod would add a log stream (an HTTP connection) that the baseline does not open.
+    return MultiClusterPodTrigger(state=state.to_dict(), finish={"get_logs": False})
 
 
 def _kpt(name: str, kubeconfig: str, cluster: str = CLUSTER):

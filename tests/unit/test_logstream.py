@@ -19,6 +19,7 @@ from airflow_provider_skyshare.finish import FinishPolicy
 from airflow_provider_skyshare.follow import Follow, Job, Phase, Settings
 from airflow_provider_skyshare.logstream import (
     NANOS,
+    QUOTED_CHARS,
     LiveLogs,
     Resume,
     Target,
@@ -333,3 +334,25 @@ def test_a_server_that_cannot_follow_is_polled_and_its_word_is_said_once(seed_fl
     assert marked == ["[attempt 1 on bair] first", "[attempt 1 on bair] second"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "too many open files" in warnings[0], warnings
+
+
+def test_a_long_servers_word_is_quoted_short_in_the_warning(seed_fleet, caplog):
+    """A megabyte without a timestamp (e.g. a piece of an over-long server word) is no log
+    line, and the warning quotes only its start."""
+    word = "no such thing " * 1000
+    opened: list[str | None] = []
+
+    async def long_word(cluster, namespace, pod, container, since_time):
+        opened.append(since_time)
+        yield word
+
+    async def scenario() -> None:
+        live = LiveLogs(seed_fleet, ("base",), logging.getLogger("live"), read=long_word)
+        live.sync(following(seed_fleet, Phase.WATCHING, attempt(1, "bair")))
+        await until(lambda: opened and "no such thing" in caplog.text, "the warning")
+        await live.stop()
+
+    asyncio.run(scenario())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "no such thing" in warnings[0], warnings
+    assert len(warnings[0]) < QUOTED_CHARS + 200 < len(word)
