@@ -80,16 +80,17 @@ class Timeline:
         return Timeline((*self.attempts[:-1], replace(self.attempts[-1], **changes)))
 
     def to_list(self) -> list[dict[str, Any]]:
-        # a single pod's attempt is written as before gangs existed
-        return [{k: v for k, v in asdict(a).items() if k != "members" or v}
-                for a in self.attempts]
+        # JSON-native (a tuple reached Airflow's XCom API as a string); a single pod's
+        # attempt is written as before gangs existed
+        return [{k: list(v) if k == "members" else v for k, v in asdict(a).items()
+                 if k != "members" or v} for a in self.attempts]
 
     @classmethod
     def from_list(cls, items: list[dict[str, Any]] | None) -> Timeline:
         # Ignore keys this version does not know: a newer provider may have written the
         # history annotation of a pod we adopt.
         known = {f.name for f in fields(Attempt)}
-        return cls(tuple(Attempt(**{k: tuple(v) if k == "members" else v
+        return cls(tuple(Attempt(**{k: _members(v) if k == "members" else v
                                     for k, v in a.items() if k in known})
                          for a in items or []))
 
@@ -136,3 +137,8 @@ def format_table(rows: list[list[str]], headers: list[str]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _members(value: Any) -> tuple[str, ...]:
+    """A gang's member names as stored: a list of names (anything else is no list of them)."""
+    return tuple(str(v) for v in value) if isinstance(value, (list, tuple)) else ()

@@ -193,3 +193,12 @@ def test_history_written_by_a_newer_version_still_loads() -> None:
 ])
 def test_epoch_of_kubernetes_timestamps(stamp, expected) -> None:
     assert epoch(stamp) == expected
+
+
+def test_a_gangs_members_are_a_json_list_and_only_a_list_reads_back() -> None:
+    """Airflow's XCom API returned a tuple of members as a string (seen in the gang e2e)."""
+    gang = Attempt(1, "den", "owner", "t-a1", "ns", placed_at=1.0, members=("t-a1", "t-a1-r1"))
+    (item,) = Timeline((gang,)).to_list()
+    assert type(item["members"]) is list
+    assert Timeline.from_list(json.loads(json.dumps([item]))).attempts == (gang,)
+    assert Timeline.from_list([{**item, "members": "t-a1, t-a1-r1"}]).attempts[0].members == ()
