@@ -29,6 +29,7 @@ from airflow_provider_skyshare.placement import Request
 from airflow_provider_skyshare.pods import TaskIdentity
 from airflow_provider_skyshare.snapshot import Snapshot
 from airflow_provider_skyshare.supervisor import Supervisor
+from tests.helpers.watchsource import RelistSource
 
 IDENTITY = TaskIdentity("dag", "train", "run-1")
 TEMPLATE = {"spec": {"containers": [{"name": "base", "image": "busybox"}]}}
@@ -45,29 +46,12 @@ def drive(coro) -> Any:
 
 
 # -- the members' feeds as one ---------------------------------------------------------------
-class TwoThenOne:
+class TwoThenOne(RelistSource):
     """The first list has both members; the watch then answers 410; the relist has only the
     leader (the other vanished meanwhile)."""
 
     def __init__(self, lead: dict[str, Any], other: dict[str, Any]) -> None:
-        self.lists = [[lead, other], [lead]]
-        self.watches = 0
-
-    async def list(self, cluster, namespace) -> dict[str, Any]:
-        items = self.lists.pop(0) if len(self.lists) > 1 else self.lists[0]
-        return {"items": items, "metadata": {"resourceVersion": "7"}}
-
-    async def _watch(self):
-        from airflow_provider_skyshare import kube
-
-        self.watches += 1
-        if self.watches == 1:
-            raise kube.KubeError("rise", 410, "Expired", "too old resource version")
-        await asyncio.sleep(3600)
-        yield {}
-
-    def watch(self, cluster, namespace, resource_version):
-        return self._watch()
+        super().__init__([lead, other], [lead])
 
 
 def test_the_members_feeds_are_one_and_a_member_gone_is_named(seed_fleet, pod_fixture):

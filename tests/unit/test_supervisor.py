@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_skyshare import claims, kube, watch
+from airflow_provider_skyshare import claims, watch
 from airflow_provider_skyshare.cluster_api import HubFeed, WatchBroken, feed_event
 from airflow_provider_skyshare.follow import (
     Claim,
@@ -39,6 +39,7 @@ from airflow_provider_skyshare.placement import Request
 from airflow_provider_skyshare.pods import TaskIdentity
 from airflow_provider_skyshare.snapshot import Snapshot
 from airflow_provider_skyshare.supervisor import Supervisor
+from tests.helpers.watchsource import RelistSource
 
 IDENTITY = TaskIdentity("dag", "train", "run-1")
 TEMPLATE = {"spec": {"containers": [{"name": "base", "image": "busybox"}]}}
@@ -254,26 +255,11 @@ def test_an_unknown_action_fails_loudly(seed_fleet, cap, snap):
 
 
 # -- the shared watch: relist after 410 Gone ---------------------------------------------------
-class GoneSource:
+class GoneSource(RelistSource):
     """The first list has the pod; the watch then answers 410; the relist does not have it."""
 
     def __init__(self, pod: dict[str, Any]) -> None:
-        self.lists = [[pod], []]
-        self.watches = 0
-
-    async def list(self, cluster, namespace) -> dict[str, Any]:
-        items = self.lists.pop(0) if len(self.lists) > 1 else self.lists[0]
-        return {"items": items, "metadata": {"resourceVersion": "7"}}
-
-    async def _watch(self):
-        self.watches += 1
-        if self.watches == 1:
-            raise kube.KubeError("rise", 410, "Expired", "too old resource version")
-        await asyncio.sleep(3600)
-        yield {}
-
-    def watch(self, cluster, namespace, resource_version):
-        return self._watch()
+        super().__init__([pod], [])
 
 
 def test_a_pod_gone_during_a_410_reaches_the_follower_as_gone(seed_fleet, pod_fixture):
