@@ -76,9 +76,16 @@ def test_mark_failed_from_the_api_deletes_the_pod(airflow_server, admin, no_leak
     print(f"pod deleted {time.monotonic() - started:.1f}s after mark-failed")
 
 
-def skyshare_cli(af, *args: str) -> subprocess.CompletedProcess:
+def skyshare_cli(af, *args: str, team: str | None = None) -> subprocess.CompletedProcess:
+    """The CLI as the platform runs it; with ``team``, as that team's operator, who holds
+    its connections (deleting its pods needs them: the clusters' own only read)."""
+    from airflow_provider_skyshare.sandbox.connections import for_team_process
+
+    env = af.env()
+    if team:
+        env.update(for_team_process(af.connections, team))
     return subprocess.run([os.path.join(os.path.dirname(sys.executable), "skyshare"), *args],
-                          env=af.env(), capture_output=True, text=True, timeout=60)
+                          env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_orphans_finds_the_pod_of_a_task_marked_failed_before_its_trigger_ran(
@@ -113,7 +120,7 @@ def test_orphans_finds_the_pod_of_a_task_marked_failed_before_its_trigger_ran(
         shown = skyshare_cli(af, "orphans")
         assert shown.returncode == 0 and name in shown.stdout, shown.stderr
         print(shown.stdout + shown.stderr)
-        deleted = skyshare_cli(af, "orphans", "--delete")
+        deleted = skyshare_cli(af, "orphans", "--delete", team="rise")
         assert deleted.returncode == 0, deleted.stderr
         assert name in deleted.stdout and "deleted" in deleted.stdout
         wait_for(lambda: not job_pods(admin, "rise"), 30, f"orphan {name} deleted")
