@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import importlib
 import os
 import threading
@@ -32,8 +33,52 @@ def kubeconfig_path(cluster: Cluster) -> str:
     return env or os.path.expanduser("~/.kube/config")
 
 
+class _Kubeconfigs:
+    """Each kubeconfig file parsed once per version (path, mtime, size), for every cluster.
+
+    A fleet of N clusters reached through one kubeconfig (the usual shape: a context per org
+    and cluster) made 2N parses of the whole file per process (a check, then the client
+    library's own load): 85 KB for the 20-cluster sandbox, 0.17 s a parse, 7 s of a worker's
+    first placement (benchmarks (i)). libyaml's loader where PyYAML has it, as kubectl's
+    speed is the yardstick a platform team has.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parsed: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
+
+    def read(self, path: str) -> dict[str, Any]:
+        """The file's content; OSError and yaml.YAMLError as the file system and parser raise
+        them (a file changed in the middle of a read is simply read again next time)."""
+        stat = os.stat(path)
+        version = (stat.st_mtime_ns, stat.st_size)
+        with self._lock:  # concurrent first clients wait for one parse, not N
+            cached = self._parsed.get(path)
+            if cached is None or cached[0] != version:
+                with open(path, encoding="utf-8") as fh:
+                    data = yaml.load(fh, Loader=_LOADER) or {}
+                if not isinstance(data, dict):
+                    raise yaml.YAMLError(f"expected a mapping, found {type(data).__name__}")
+                cached = self._parsed[path] = (version, data)
+            return cached[1]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._parsed.clear()
+
+
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_kubeconfigs = _Kubeconfigs()
+
+
 def check_kubeconfig(cluster: Cluster) -> str:
     """Fail early and clearly when the kubeconfig file or context does not exist."""
+    return _context_config(cluster)[0]
+
+
+def _context_config(cluster: Cluster) -> tuple[str, dict[str, Any]]:
+    """The kubeconfig's path and a config of only this cluster's context, its cluster and its
+    user (copies: the client library may write refreshed tokens into what it is given)."""
     path = kubeconfig_path(cluster)
     where = f"cluster {cluster.name!r}"
     if not os.path.exists(path):
@@ -43,12 +88,12 @@ def check_kubeconfig(cluster: Cluster) -> str:
             "`skyshare-sandbox kubeconfig`)"
         )
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
+        data = _kubeconfigs.read(path)
     except (OSError, yaml.YAMLError) as exc:
         raise ClusterConfigError(f"{where}: kubeconfig {path} cannot be read: {exc}") from None
-    contexts = [c.get("name") for c in data.get("contexts") or [] if isinstance(c, dict)]
-    if cluster.context and cluster.context not in contexts:
+    contexts = {c.get("name"): c for c in data.get("contexts") or [] if isinstance(c, dict)}
+    name = cluster.context or data.get("current-context")
+    if name not in contexts:
         listed = ", ".join(map(str, contexts)) or "none"
         if cluster.reader is not None:  # an org's own credential (fleet access)
             raise ClusterConfigError(
@@ -58,10 +103,22 @@ def check_kubeconfig(cluster: Cluster) -> str:
                 f"token of its ServiceAccount (`kubectl -n {cluster.namespace} create token "
                 "skyshare`), or correct the fleet's access")
         raise ClusterConfigError(
-            f"{where}: context {cluster.context!r} is not in {path} (contexts: {listed}). "
+            f"{where}: context {name!r} is not in {path} (contexts: {listed}). "
             "Fix: set clusters[].context to one of them"
         )
-    return path
+    return path, _only(data, contexts[name])
+
+
+def _only(data: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    spec = context.get("context") or {}
+
+    def named(section: str, name: Any) -> list[Any]:
+        return [copy.deepcopy(e) for e in data.get(section) or []
+                if isinstance(e, dict) and e.get("name") == name]
+
+    return {"apiVersion": "v1", "kind": "Config", "current-context": context["name"],
+            "contexts": [copy.deepcopy(context)], "clusters": named("clusters", spec.get("cluster")),
+            "users": named("users", spec.get("user"))}
 
 
 async def check_access(fleet: Fleet) -> None:
@@ -96,16 +153,17 @@ def sync_api(cluster: Cluster) -> Any:
 
 
 def _new_sync(cluster: Cluster) -> Any:
-    from kubernetes import client, config
+    from kubernetes import client
+    from kubernetes.config.kube_config import KubeConfigLoader
 
     if cluster.connection_id:
         from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 
         return KubernetesHook(conn_id=cluster.connection_id, cluster_context=cluster.context).get_conn()
-    path = check_kubeconfig(cluster)
+    path, only = _context_config(cluster)
     configuration = client.Configuration()
-    config.load_kube_config(config_file=path, context=cluster.context,
-                            client_configuration=configuration, persist_config=False)
+    KubeConfigLoader(
+        config_dict=only, config_base_path=os.path.dirname(path)).load_and_set(configuration)
     return client.ApiClient(configuration)
 
 
@@ -172,8 +230,9 @@ def _import_all(modules: tuple[str, ...]) -> None:
 
 
 async def _new_async(cluster: Cluster) -> Any:
-    await _import_off_loop("kubernetes_asyncio.client", "kubernetes_asyncio.config")
-    from kubernetes_asyncio import client, config
+    await _import_off_loop("kubernetes_asyncio.client", "kubernetes_asyncio.config.kube_config")
+    from kubernetes_asyncio import client
+    from kubernetes_asyncio.config.kube_config import KubeConfigLoader
 
     configuration = client.Configuration()
     if cluster.connection_id:
@@ -188,9 +247,9 @@ async def _new_async(cluster: Cluster) -> Any:
         async with hook.get_conn() as hook_client:
             configuration = hook_client.configuration
     else:
-        path = await asyncio.to_thread(check_kubeconfig, cluster)
-        await config.load_kube_config(config_file=path, context=cluster.context,
-                                      client_configuration=configuration, persist_config=False)
+        path, only = await asyncio.to_thread(_context_config, cluster)
+        await KubeConfigLoader(
+            config_dict=only, config_base_path=os.path.dirname(path)).load_and_set(configuration)
     return client.ApiClient(configuration)
 
 
@@ -208,3 +267,4 @@ def reset() -> None:
     with _sync_lock:
         _sync_clients.clear()
     _async_clients.clear()
+    _kubeconfigs.clear()

@@ -182,7 +182,8 @@ def event_payload(state: Follow, verdict: Verdict,
     }
 
 
-def from_event(event: dict[str, Any]) -> tuple[Follow, Verdict]:
+def from_event(event: dict[str, Any], fleet: Fleet) -> tuple[Follow, Verdict]:
+    """The state and verdict of an event_payload; `fleet` is the one the event names."""
     outcome = Outcome.from_dict(event["outcome"]) if event.get("outcome") else None
-    return Follow.from_dict(event), Verdict(Status(event["status"]), event.get("message") or "",
+    return Follow.from_dict(event, fleet), Verdict(Status(event["status"]), event.get("message") or "",
                                             outcome)

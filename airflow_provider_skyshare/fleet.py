@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import difflib
 import enum
+import hashlib
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -188,6 +190,14 @@ class Fleet:
 
     def products(self) -> set[str]:
         return {p for c in self.clusters.values() for p in c.gpu_products}
+
+    @property
+    def digest(self) -> str:
+        """Which version of the fleet this is (not of its view): what a deferred task keeps
+        instead of the fleet, to tell whether its fleet changed since it was placed."""
+        base = self.base or self
+        text = json.dumps(base.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
         """The normalised form; ``parse(fleet.to_dict())`` gives an equal fleet (trigger kwargs)."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from airflow_provider_skyshare import claims, gang, outcomes, placement, pods
 from airflow_provider_skyshare.claims import Held
-from airflow_provider_skyshare.fleet import Fleet, parse
+from airflow_provider_skyshare.fleet import Fleet
 from airflow_provider_skyshare.names import L_TASK_KEY, TERMINAL_PHASES, Kind, Reason
 from airflow_provider_skyshare.outcomes import Outcome, observed
 from airflow_provider_skyshare.placement import Candidate, PlacementError, Request
@@ -411,24 +411,32 @@ class Follow:
 
     # JSON: trigger kwargs and events carry it (keys kept from the first format)
     def to_dict(self) -> dict[str, Any]:
+        """JSON for a trigger row: the fleet by reference (its source and digest; the shell
+        reads it again, fleetconf.saved_fleet), the rest whole."""
         job = self.job
         return {
-            "fleet": job.fleet.to_dict(), "fleet_source": job.fleet.source,
+            "fleet": {"source": job.fleet.source, "digest": job.fleet.digest},
             "request": _request_dict(job.request), "template": job.template,
             "identity": job.identity.to_dict(), "settings": job.settings.to_dict(),
             "timeline": self.timeline.to_list(), "orphans": [asdict(o) for o in self.orphans],
         }
 
     @classmethod
-    def from_dict(cls, state: dict[str, Any]) -> Follow:
+    def from_dict(cls, state: dict[str, Any], fleet: Fleet) -> Follow:
+        """The state ``to_dict`` wrote, following by `fleet` (the one it names, read again)."""
         job = Job(
-            fleet=parse(state["fleet"], source=state.get("fleet_source", "<fleet>")),
-            request=Request(**state["request"]), template=state["template"],
+            fleet=fleet, request=Request(**state["request"]), template=state["template"],
             identity=TaskIdentity(**state["identity"]),
             settings=Settings.from_dict(state["settings"]),
         )
         return cls(job, Timeline.from_list(state["timeline"]),
                    tuple(Orphan(**o) for o in state.get("orphans") or []))
+
+    def unreachable_attempt(self) -> Attempt | None:
+        """An unfinished attempt on a cluster the fleet (as this org reaches it) no longer
+        has: its pod cannot be followed or deleted, so nothing may be placed meanwhile."""
+        return next((a for a in self.timeline.attempts
+                     if not a.finished and a.cluster not in self.job.fleet.clusters), None)
 
 
 Step = tuple[Follow, list[Action]]

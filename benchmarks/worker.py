@@ -112,9 +112,9 @@ def kpo_operator(kubeconfig: str, conn_id: str | None) -> Any:
 def final_timeline_bytes(trigger_kwargs: dict[str, Any]) -> int:
     """The XCom the trigger writes at the end (the timeline, as return_value): the deferred
     attempt, finished as a success."""
-    from airflow_provider_skyshare.follow import Follow
+    from airflow_provider_skyshare.timeline import Timeline
 
-    timeline = Follow.from_dict(trigger_kwargs["state"]).timeline
+    timeline = Timeline.from_list(trigger_kwargs["state"]["timeline"])
     last = timeline.last
     assert last is not None, "deferred without an attempt"
     done = replace(last, started_at=last.placed_at + 1, ended_at=last.placed_at + 60,

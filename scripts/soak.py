@@ -141,7 +141,7 @@ async def run_task(fleet_file: str, n: int, rng: random.Random, kill_rate: float
     deferred = (await worker.place()).to_dict()  # the trigger's kwargs
     leftovers: list[asyncio.Task[Any]] = []
     while True:
-        sup = Supervisor(Follow.from_dict(deferred), log=task_log)
+        sup = Supervisor(Follow.from_dict(deferred, worker.job.fleet), log=task_log)
         follower = asyncio.create_task(sup.follow())
         kill_after = rng.uniform(3, 45) if rng.random() < kill_rate else None
         done, _ = await asyncio.wait({follower}, timeout=kill_after)

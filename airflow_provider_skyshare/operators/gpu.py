@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator, conf
 
-from airflow_provider_skyshare import clients, fleetfile, kube, logstream
+from airflow_provider_skyshare import clients, kube, logstream
 from airflow_provider_skyshare.clients import ClusterConfigError
 from airflow_provider_skyshare.finish import (
     FinishAction,
@@ -24,7 +24,15 @@ from airflow_provider_skyshare.finish import (
     from_event,
     skip_reason,
 )
-from airflow_provider_skyshare.fleet import Fleet, FleetError, parse
+from airflow_provider_skyshare.fleet import Fleet, FleetError
+from airflow_provider_skyshare.fleetconf import (  # noqa: F401 - some lived here before
+    configured_fleet_files,
+    default_fleet_file,
+    fleet_path,
+    fleet_variable,
+    platform_fleet,
+    saved_fleet,
+)
 from airflow_provider_skyshare.follow import Follow, Job, OnUnreachable, Settings, Status
 from airflow_provider_skyshare.identity import IdentityError, Origin, org_of
 from airflow_provider_skyshare.links import SkyshareTimelineLink
@@ -51,56 +59,6 @@ UNREACHABLE_ACTIONS = tuple(a.value for a in OnUnreachable)
 
 class SkyshareTaskError(RuntimeError):
     """The task's work ended without success; the message lists every attempt."""
-
-
-def configured_fleet_files() -> list[str]:
-    """``[skyshare] fleet_file``: the platform's fleet(s), comma-separated; the first is the
-    default. A task may pick one of them (``fleet_file=``), never a file of its own."""
-    return fleetfile.configured(conf.get("skyshare", "fleet_file", fallback=None))
-
-
-def default_fleet_file() -> str | None:
-    return next(iter(configured_fleet_files()), None)
-
-
-def fleet_variable() -> str | None:
-    """``[skyshare] fleet_variable``: the Airflow Variable holding the platform's default
-    fleet (so the secrets backend can hold it); it wins over the first fleet file."""
-    return fleetfile.configured_variable(conf.get("skyshare", "fleet_variable", fallback=None))
-
-
-def platform_fleet(requested: str | None) -> Fleet:
-    """The fleet a task uses: the Variable's unless the task names one of the fleet files."""
-    variable = fleet_variable()
-    if variable and not requested:
-        return fleetfile.from_variable(variable)
-    return fleetfile.cached(fleet_path(requested))
-
-
-def fleet_path(requested: str | None) -> str:
-    """The fleet file a task uses: the configured one it names (or the first), else, where
-    Airflow configures none (development), its own."""
-    configured = configured_fleet_files()
-    if not configured and fleet_variable() and requested:
-        raise FleetError(requested, "fleet_file", "is not a fleet this Airflow is configured "
-                         f"with (the Airflow Variable {fleet_variable()!r})",
-                         "drop fleet_file= (the fleet comes from [skyshare] fleet_variable), or "
-                         "have the platform team add the file to [skyshare] fleet_file")
-    if not configured:
-        if not requested:
-            raise FleetError("(no fleet file)", "fleet_file", "no fleet file configured",
-                             "set [skyshare] fleet_file (AIRFLOW__SKYSHARE__FLEET_FILE) or "
-                             "[skyshare] fleet_variable (AIRFLOW__SKYSHARE__FLEET_VARIABLE)")
-        return requested
-    if not requested:
-        return configured[0]
-    path = os.path.abspath(os.path.expanduser(requested))
-    if path not in configured:
-        raise FleetError(requested, "fleet_file", "is not a fleet file this Airflow is "
-                         f"configured with ({', '.join(configured)})",
-                         "drop fleet_file= (the fleet comes from [skyshare] fleet_file), or "
-                         "have the platform team add the file there")
-    return path
 
 
 def default_deferrable() -> bool:
@@ -632,7 +590,7 @@ class MultiClusterGpuOperator(BaseOperator):
         in-line and ignores the trigger's own end of the task). A real triggerer ends the
         task itself and this is not called."""
         self._state = event
-        state, verdict = from_event(event)
+        state, verdict = from_event(event, saved_fleet(event).fleet)
         policy = self._finish_policy()
         shown = logstream.shown_from_dict(event.get("logs_shown"))  # streamed already
         asyncio.run(_in_loop(finish(state, verdict, policy, self.log, shown)))
@@ -667,7 +625,11 @@ class MultiClusterGpuOperator(BaseOperator):
             return
         from kubernetes.client import CoreV1Api
 
-        fleet = parse(self._state["fleet"], source=self._state.get("fleet_source", "<fleet>"))
+        try:
+            fleet = Follow.from_dict(self._state, saved_fleet(self._state).fleet).job.fleet
+        except FleetError as exc:
+            self.log.error("on_kill: cannot clean up this task's pods: %s", exc)
+            return
         identity = TaskIdentity(**self._state["identity"])
         for cluster in fleet.clusters.values():
             try:

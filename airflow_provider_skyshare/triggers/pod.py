@@ -22,6 +22,7 @@ from airflow.triggers.base import (
     TaskSuccessEvent,
     TriggerEvent,
 )
+from asgiref.sync import sync_to_async
 
 from airflow_provider_skyshare.finish import (
     FinishPolicy,
@@ -30,6 +31,8 @@ from airflow_provider_skyshare.finish import (
     finish,
     skip_reason,
 )
+from airflow_provider_skyshare.fleet import FleetError
+from airflow_provider_skyshare.fleetconf import saved_fleet
 from airflow_provider_skyshare.follow import Follow, Status, Verdict
 from airflow_provider_skyshare.supervisor import Supervisor
 
@@ -45,6 +48,8 @@ HANDED_OVER = "deferred"
 # on_kill asks for the task's state within this, well inside the time Airflow gives on_kill
 # ([triggerer] on_kill_timeout, 30 s by default) so that the delete still happens.
 ON_KILL_STATE_TIMEOUT = 10.0
+# A saved task whose fleet cannot be read (or lost its pod's cluster) is tried again this often.
+FLEET_RETRY_SECONDS = 60.0
 TIMELINE_XCOM = "skyshare_timeline"  # the timeline of a task that did not succeed
 
 
@@ -63,7 +68,7 @@ class MultiClusterPodTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         policy = FinishPolicy.from_dict(self.finish)
-        sup = self._supervisor = Supervisor(Follow.from_dict(self.state), log=self.log,
+        sup = self._supervisor = Supervisor(await self._saved(), log=self.log,
                                             live_logs=policy.live_logs)
         state, verdict = await self._verdict(sup)
         shown = sup.logs_shown(state)  # the live log got this far: finish prints the rest
@@ -110,6 +115,31 @@ class MultiClusterPodTrigger(BaseTrigger):
             # the follower nor the question may outlive the trigger.
             await _end(following, asked)
 
+    async def _saved(self) -> Follow:
+        """The saved state, with the fleet its row names read again. Until that fleet can be
+        read and still holds the cluster of the running attempt, nothing is followed or
+        placed (a move then could leave that pod running beside the new one): the task
+        stays deferred, and the log says every minute what to fix."""
+        while True:
+            try:
+                saved = await sync_to_async(saved_fleet)(self.state)
+                state = Follow.from_dict(self.state, saved.fleet)
+            except FleetError as exc:
+                problem = str(exc)
+            else:
+                if saved.changed:
+                    self.log.warning("%s", saved.note())
+                lost = state.unreachable_attempt()
+                if lost is None:
+                    return state
+                problem = (f"attempt {lost.number} runs as pod {lost.pod} on cluster "
+                           f"{lost.cluster}, which the fleet {saved.fleet.source} no longer "
+                           f"gives org {state.job.request.org}. Fix: put the cluster back in "
+                           "the fleet (or delete the pod there and clear the task)")
+            self.log.error("not following this task yet: %s; trying again in %gs", problem,
+                           FLEET_RETRY_SECONDS)
+            await asyncio.sleep(FLEET_RETRY_SECONDS)
+
     async def _follow(self, sup: Supervisor) -> tuple[Follow, Verdict]:
         try:
             state = await sup.follow()
@@ -155,7 +185,14 @@ class MultiClusterPodTrigger(BaseTrigger):
         deferred then, and the pod is the new triggerer's to follow, not ours to delete.
         No answer in time: delete (a user's action must not leave a pod running; a needless
         move after a hand-over is the lesser harm)."""
-        sup = self._supervisor or Supervisor(Follow.from_dict(self.state), log=self.log)
+        sup = self._supervisor
+        if sup is None:  # cancelled before run() read its fleet: read it now, or say why not
+            try:
+                saved = await sync_to_async(saved_fleet)(self.state)
+                sup = Supervisor(Follow.from_dict(self.state, saved.fleet), log=self.log)
+            except FleetError as exc:
+                self.log.error("on_kill: cannot delete this task's pods: %s", exc)
+                return
         state = await self._task_state(sup, ON_KILL_STATE_TIMEOUT)
         if state == HANDED_OVER:
             self.log.warning("trigger cancelled here while the task is still deferred: handed "

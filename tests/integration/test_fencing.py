@@ -50,7 +50,8 @@ class Late(KubeClusterApi):
 def twin(first: Driven, name: str) -> Driven:
     """A second follower of the same task and try (an HA hand-over, a resumed triggerer):
     like the trigger, it starts from the state the task deferred with."""
-    sup = Supervisor(Follow.from_dict(first.state()), log=logging.getLogger(name))
+    sup = Supervisor(Follow.from_dict(first.state(), first.sup.job.fleet),
+                     log=logging.getLogger(name))
     return Driven(sup)
 
 

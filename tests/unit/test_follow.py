@@ -589,7 +589,9 @@ def test_state_round_trips_through_json(seed_fleet, free, pod_fixture):
                            on_unreachable=OnUnreachable.FAIL),
                     events_of(pod_fixture, "running"), T0 + 1)
     state = replace(state, orphans=(Orphan("bair", "skyshare-rise", "p"),))
-    again = Follow.from_dict(json.loads(json.dumps(state.to_dict())))
+    saved = json.loads(json.dumps(state.to_dict()))
+    assert saved["fleet"] == {"source": seed_fleet.source, "digest": seed_fleet.digest}
+    again = Follow.from_dict(saved, seed_fleet)
     assert again.job == state.job and again.timeline == state.timeline
     assert again.orphans == state.orphans
 
@@ -597,7 +599,7 @@ def test_state_round_trips_through_json(seed_fleet, free, pod_fixture):
 def test_an_old_trigger_state_with_min_event_delay_still_loads(seed_fleet, free):
     data = placed(seed_fleet, free).to_dict()
     data["settings"]["min_event_delay"] = 15.0
-    assert Follow.from_dict(data).job.settings == Settings()
+    assert Follow.from_dict(data, seed_fleet).job.settings == Settings()
 
 
 # -- the claim on the next attempt (two followers of one task) -------------------------------

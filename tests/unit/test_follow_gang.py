@@ -124,7 +124,7 @@ def test_one_node_creates_and_watches_one_pod_as_before(seed_fleet, two_nodes):
 
 def test_a_gang_round_trips_through_the_triggers_state(seed_fleet, two_nodes):
     state, _ = placed(seed_fleet, two_nodes)
-    again = Follow.from_dict(state.to_dict())
+    again = Follow.from_dict(state.to_dict(), state.job.fleet)
     assert again.job.request.nodes == 2 and again.timeline == state.timeline
 
 
@@ -289,7 +289,7 @@ def test_a_member_lost_deletes_the_others(seed_fleet, two_nodes, pod_fixture):
 
 def test_a_restarted_follower_watches_the_whole_gang(seed_fleet, two_nodes):
     state, _ = placed(seed_fleet, two_nodes)
-    again = Follow.from_dict(state.to_dict())
+    again = Follow.from_dict(state.to_dict(), state.job.fleet)
     again, actions = step(again, Start(), T0 + 9)
     assert the(actions, Watch).members == MEMBERS
 

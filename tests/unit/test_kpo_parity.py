@@ -360,14 +360,15 @@ def test_execute_complete_skips_the_task(monkeypatch) -> None:
     state = SimpleNamespace(timeline=SimpleNamespace(to_list=lambda: [{"attempt": 1}]))
     monkeypatch.setattr(gpu, "finish", no_finish)
     monkeypatch.setattr(gpu, "failure_message", lambda *_a: "failed")
-    monkeypatch.setattr(gpu, "from_event", lambda _e: (state, verdict(Status.FAILED, 100)))
+    monkeypatch.setattr(gpu, "saved_fleet", lambda _e: SimpleNamespace(fleet=None))
+    monkeypatch.setattr(gpu, "from_event", lambda _e, _f: (state, verdict(Status.FAILED, 100)))
     pushed: list[dict[str, Any]] = []
     ti = SimpleNamespace(xcom_push=lambda **kw: pushed.append(kw))
     op = MultiClusterGpuOperator(**OURS, image="busybox", skip_on_exit_code=[100])
     with pytest.raises(AirflowSkipException, match="exit code 100"):
         op.execute_complete({"ti": ti}, {})
     assert pushed == [{"key": "skyshare_timeline", "value": [{"attempt": 1}]}]
-    monkeypatch.setattr(gpu, "from_event", lambda _e: (state, verdict(Status.FAILED, 1)))
+    monkeypatch.setattr(gpu, "from_event", lambda _e, _f: (state, verdict(Status.FAILED, 1)))
     with pytest.raises(gpu.SkyshareTaskError):
         op.execute_complete({"ti": ti}, {})
 
@@ -391,10 +392,14 @@ def test_the_trigger_ends_the_task_skipped(monkeypatch, code, event) -> None:
     monkeypatch.setattr(trigger_module, "failure_message", lambda *_a: "failed")
     monkeypatch.setattr(trigger_module, "Supervisor",
                         lambda *_a, **_k: SimpleNamespace(logs_shown=lambda _s: {}))
-    monkeypatch.setattr(trigger_module.Follow, "from_dict", staticmethod(lambda _d: None))
     trigger = trigger_module.MultiClusterPodTrigger(
         state={}, finish=FinishPolicy(skip_on_exit_code=(100,)).to_dict())
     trigger.trigger_id = 1
+
+    async def saved() -> None:
+        return None
+
+    monkeypatch.setattr(trigger, "_saved", saved)
     monkeypatch.setattr(trigger, "_verdict", decided)
     monkeypatch.setattr(trigger, "_store_timeline", store)
 
