@@ -713,6 +713,28 @@ def wait_nodes_ready(state: State, name: str, nodes: list[str], timeout: float =
 
 
 # -- up / down --------------------------------------------------------------------------
+# inotify instances a cluster's processes hold (apiserver 3, Kueue 3, controllers 1: counted
+# from /proc/*/fd); the kernel's default limit, 128 per user, runs out at about 17 clusters, and
+# then a Kueue exits with "too many open files" and its webhooks refuse every write.
+INOTIFY_PER_CLUSTER = 7
+INOTIFY_LIMIT = Path("/proc/sys/fs/inotify/max_user_instances")
+
+
+def check_inotify(clusters: int, limit_file: Path = INOTIFY_LIMIT) -> None:
+    """Refuse, with the fix, a sandbox the user's inotify limit cannot hold (the benchmarks'
+    20 clusters), rather than fail a minute later at a dead webhook."""
+    try:
+        limit = int(limit_file.read_text())
+    except (OSError, ValueError):
+        return  # not Linux, or not readable: nothing to check against
+    need = clusters * INOTIFY_PER_CLUSTER + 16  # and the rest of the machine
+    if limit < need:
+        raise SandboxError(
+            f"{clusters} clusters need about {need} inotify instances, and this machine allows "
+            f"{limit} per user (fs.inotify.max_user_instances). Fix: `sudo sysctl -w "
+            f"fs.inotify.max_user_instances={max(1024, need)}`, or run fewer clusters")
+
+
 def up(specs: list[ClusterSpec] | None = None, fleets: list[str] | None = None) -> State:
     from airflow_provider_skyshare.sandbox.build import build
 
@@ -745,6 +767,7 @@ def up(specs: list[ClusterSpec] | None = None, fleets: list[str] | None = None) 
     for pid in _strays():  # lost track of: they would hold the ports of the new ones
         if pid not in known:
             _kill(pid)
+    check_inotify(len(state.clusters))
     certs.ensure_all(paths.state_dir() / "pki")
     _ensure_kueue_certs()
     ensure_etcd(state)
