@@ -12,6 +12,8 @@ follower at a fleet of the DAG's making either.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +43,25 @@ def platform_fleet(requested: str | None) -> Fleet:
     """The fleet a task uses: the Variable's unless the task names one of the fleet files."""
     variable = fleet_variable()
     if variable and not requested:
-        return fleetfile.from_variable(variable)
+        return recent_variable(variable)
     return fleetfile.cached(fleet_path(requested))
+
+
+# A triggerer restarted with thousands of deferred tasks reads each one's fleet, and a DAG file
+# checks every task's request against it: the Variable is fetched (a secrets backend, or an
+# API call through the supervisor) at most this often per process, not once per task.
+VARIABLE_TTL_SECONDS = 30.0
+_recent: dict[str, tuple[float, Fleet]] = {}
+_recent_lock = threading.Lock()
+
+
+def recent_variable(name: str) -> Fleet:
+    """The fleet of the Airflow Variable `name`, as read at most VARIABLE_TTL_SECONDS ago."""
+    with _recent_lock:  # one fetch for the triggers that start together
+        found = _recent.get(name)
+        if found is None or time.monotonic() - found[0] >= VARIABLE_TTL_SECONDS:
+            found = _recent[name] = (time.monotonic(), fleetfile.from_variable(name))
+        return found[1]
 
 
 def fleet_path(requested: str | None) -> str:
@@ -76,7 +95,7 @@ def fleet_at(source: str) -> Fleet:
     or a configured file (or, where Airflow configures none, the task's own file)."""
     variable = fleet_variable()
     if variable and source == fleetfile.variable_source(variable):
-        return fleetfile.from_variable(variable)
+        return recent_variable(variable)
     configured = configured_fleet_files()
     if source in configured or not (configured or variable):
         return fleetfile.cached(source)

@@ -134,12 +134,28 @@ def recovery(evicted_at: dict[str, float], running_at: dict[str, float],
              since: float) -> float | None:
     """Seconds from the first eviction on A (seen after `since`: an older round's evicted
     Workload may still be listed) to the first pod running on B after it."""
-    starts = [t for t in evicted_at.values() if t >= since]
-    if not starts:
+    start = first_after(evicted_at, since)
+    if start is None:
         return None
-    start = min(starts)
-    later = [t for t in running_at.values() if t >= start]
-    return min(later) - start if later else None
+    end = first_after(running_at, start)
+    return None if end is None else end - start
+
+
+def first_after(seen_at: dict[str, float], since: float) -> float | None:
+    later = [t for t in seen_at.values() if t >= since]
+    return min(later) if later else None
+
+
+def phases(evicted_at: float, created_at: float | None, running_at: float | None,
+           ) -> dict[str, float | None]:
+    """Where a round's time went: the system's own part (eviction on A -> its work created
+    on B: the follower's move, or MultiKueue's re-dispatch) and B's (created -> running:
+    B's Kueue admits it, the scheduler binds it, the kubelet starts it)."""
+    def span(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else b - a
+
+    return {"evicted_to_created_s": span(evicted_at, created_at),
+            "created_to_running_s": span(created_at, running_at)}
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -166,6 +182,18 @@ class Clusters:
 
     def pods(self, name: str, ns: str, selector: str) -> FirstSeen:
         return FirstSeen(self.core[name].list_namespaced_pod, (ns,), running,
+                         self.to_dict(name), selector)
+
+    def created(self, name: str, ns: str, selector: str, jobs: bool) -> FirstSeen:
+        """When the work's object first appears on `name`: MultiKueue's remote Job (its pod
+        comes after B's Kueue admits it), or skyshare's pod."""
+        api = self.raw[name]
+        if jobs:
+            from kubernetes import client
+
+            return FirstSeen(client.BatchV1Api(api).list_namespaced_job, (ns,),
+                             lambda _o: True, self.to_dict(name))
+        return FirstSeen(self.core[name].list_namespaced_pod, (ns,), lambda _o: True,
                          self.to_dict(name), selector)
 
 
@@ -233,10 +261,11 @@ class Round:
         return wait_for(lambda: _running(self.c.core[WA], self.ns, self.selector), 120,
                         "the work running on wa")[0]
 
-    def evict(self) -> tuple[FirstSeen, FirstSeen]:
+    def evict(self, jobs: bool = False) -> tuple[FirstSeen, FirstSeen]:
         """wb freed, then the owner's pod on wa; watches started before either."""
         wls = self.c.workloads(WA, self.ns)
         pods = self.c.pods(WB, self.ns, self.selector)
+        self.made = self.c.created(WB, self.ns, self.selector, jobs)
         _delete_pod(self.c.core[WB], self.filler, "skyshare-rise")
         wait_for(lambda: _gone(self.c.core[WB], "skyshare-rise", "skyshare-bench=owner"), 60,
                  "filler gone")
@@ -244,15 +273,23 @@ class Round:
         self.c.core[WA].create_namespaced_pod("skyshare-bair", owner_pod(self.preemptor, "bair"))
         return wls, pods
 
-    def measure(self, wls: FirstSeen, pods: FirstSeen) -> float | None:
+    def measure(self, wls: FirstSeen, pods: FirstSeen) -> dict[str, Any]:
+        """The round's seconds (None: not running again in time) and their phases."""
         try:
-            return wait_for(lambda: recovery(wls.at, pods.at, self.since), RECOVERY_TIMEOUT,
-                            "the work running on wb")
+            seconds = wait_for(lambda: recovery(wls.at, pods.at, self.since), RECOVERY_TIMEOUT,
+                               "the work running on wb")
         except ScenarioError:
-            return None
+            seconds = None
         finally:
             wls.stop()
             pods.stop()
+            self.made.stop()
+        out: dict[str, Any] = {"seconds": seconds}
+        start = first_after(wls.at, self.since)
+        if start is not None:
+            out.update(phases(start, first_after(self.made.at, start),
+                              first_after(pods.at, start)))
+        return out
 
     def end(self) -> None:
         _delete_pod(self.c.core[WA], self.preemptor, "skyshare-bair")
@@ -291,9 +328,8 @@ def multikueue_round(c: Clusters) -> dict[str, Any]:
     c.batch.create_namespaced_job(NS, job(name))
     try:
         r.on_wa()
-        wls, pods = r.evict()
-        seconds = r.measure(wls, pods)
-        return {"seconds": seconds, "manager": manager_status(c)}
+        wls, pods = r.evict(jobs=True)
+        return {**r.measure(wls, pods), "manager": manager_status(c)}
     finally:
         c.batch.delete_namespaced_job(name, NS, propagation_policy="Background")
         r.end()
@@ -313,7 +349,7 @@ def skyshare_round(c: Clusters, fleet_file: str) -> dict[str, Any]:
             raise RuntimeError(f"placed on {placed['cluster']}, not on wa: wb was not full")
         r.on_wa()
         wls, pods = r.evict()
-        return {"seconds": r.measure(wls, pods)}
+        return r.measure(wls, pods)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -332,8 +368,10 @@ def run(kubeconfig: str, fleet_file: str, rounds: int) -> dict[str, Any]:
             res = one()
             results.append(res)
             took = "did not run again" if res["seconds"] is None else f"{res['seconds']:.2f} s"
-            print(f"  {name} round {i}/{rounds}: eviction on wa -> running on wb {took}",
-                  flush=True)
+            split = ", ".join(f"{k[:-2].replace('_', ' ')} {v:.2f} s"
+                              for k, v in res.items() if k.endswith("_s") and v is not None)
+            print(f"  {name} round {i}/{rounds}: eviction on wa -> running on wb {took}"
+                  f" ({split})", flush=True)
         ms = [r["seconds"] * 1000 for r in results if r["seconds"] is not None]
         out[name] = {"ms": summary(ms), "samples_ms": ms, "recovered": len(ms),
                      "rounds": results}

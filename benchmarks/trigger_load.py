@@ -14,8 +14,10 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 from benchmarks.common import admin_api, request_total
 
@@ -55,19 +57,30 @@ def delete_pods(api) -> None:
     api.delete_collection_namespaced_pod(NS, label_selector=LABEL, grace_period_seconds=0)
 
 
-def _skyshare_trigger(name: str, kubeconfig: str, cluster: str = CLUSTER):
-    from airflow_provider_skyshare.fleet import parse
+def bench_fleet(kubeconfig: str, clusters: list[str], directory: str) -> str:
+    """The fleet of the followed pods' clusters, in a file the triggerer is configured with
+    (a deferred task names its fleet; the trigger reads it from there)."""
+    import yaml
+
+    path = Path(directory) / "fleet-load.yaml"
+    path.write_text(yaml.safe_dump({
+        "version": 1, "orgs": [{"name": "bench", "members": ["*"]}],
+        "clusters": [{"name": c, "owner": "bench", "context": c, "kubeconfig": kubeconfig,
+                      "namespace": NS, "gpu_products": {"T4": "Tesla-T4"}} for c in clusters]}))
+    os.environ["AIRFLOW__SKYSHARE__FLEET_FILE"] = str(path)
+    return str(path)
+
+
+def _skyshare_trigger(name: str, fleet_file: str, cluster: str = CLUSTER):
+    from airflow_provider_skyshare import fleetfile
     from airflow_provider_skyshare.follow import Follow, Job, Settings
     from airflow_provider_skyshare.placement import Request
     from airflow_provider_skyshare.pods import TaskIdentity
     from airflow_provider_skyshare.timeline import Attempt, Timeline
     from airflow_provider_skyshare.triggers.pod import MultiClusterPodTrigger
 
-    fleet = parse({"orgs": [{"name": "bench", "members": ["*"]}], "clusters": [
-        {"name": cluster, "owner": "bench", "context": cluster, "kubeconfig": kubeconfig,
-         "namespace": NS, "gpu_products": {"T4": "Tesla-T4"}}]})
-    job = Job(fleet, Request("T4", 1, "bench", "x"), {"spec": {"containers": [{}]}},
-              TaskIdentity("bench", name, "run"), Settings())
+    job = Job(fleetfile.cached(fleet_file), Request("T4", 1, "bench", "x"),
+              {"spec": {"containers": [{}]}}, TaskIdentity("bench", name, "run"), Settings())
     state = Follow(job, Timeline((Attempt(1, cluster, "owner", name, NS, time.time()),)))
     # No logs, as the KubernetesPodTrigger baseline (get_logs=False): with them on, each
     # running pod would add a log stream (an HTTP connection) that the baseline does not open.
@@ -99,8 +112,11 @@ def spread(n: int, clusters: list[str]) -> list[tuple[str, str]]:
 async def _follow(variant: str, pods: list[tuple[str, str]], kubeconfig: str,
                   window: float) -> dict:
     """Start N triggers, let them settle, then measure CPU over the window (steady state)."""
-    make = _skyshare_trigger if variant == "skyshare" else _kpt
-    triggers = [make(name, kubeconfig, cluster) for cluster, name in pods]
+    if variant == "skyshare":
+        fleet_file = bench_fleet(kubeconfig, sorted({c for c, _ in pods}), tempfile.mkdtemp())
+        triggers = [_skyshare_trigger(name, fleet_file, cluster) for cluster, name in pods]
+    else:
+        triggers = [_kpt(name, kubeconfig, cluster) for cluster, name in pods]
     fired = 0
 
     async def drain(t) -> None:

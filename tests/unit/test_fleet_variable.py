@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from airflow_provider_skyshare import cli, fleetfile
+from airflow_provider_skyshare import cli, fleetconf, fleetfile
 from airflow_provider_skyshare.fleet import FleetError
 from airflow_provider_skyshare.operators import MultiClusterGpuOperator
 from airflow_provider_skyshare.operators.gpu import platform_fleet
@@ -76,7 +76,27 @@ def platform(monkeypatch):
     monkeypatch.delenv("AIRFLOW__SKYSHARE__FLEET_FILE", raising=False)
     monkeypatch.setenv("AIRFLOW__SKYSHARE__FLEET_VARIABLE", "skyshare_fleet")
     monkeypatch.setenv("AIRFLOW_VAR_SKYSHARE_FLEET", SEED)
+    monkeypatch.setattr(fleetconf, "VARIABLE_TTL_SECONDS", 0.0)  # these tests edit it
     return monkeypatch
+
+
+def test_the_variable_is_fetched_once_per_ttl_not_once_per_task(platform):
+    """A triggerer restarted with thousands of deferred tasks reads each one's fleet."""
+    fetched = []
+    real = fleetfile.from_variable
+    platform.setattr(fleetfile, "from_variable", lambda name: fetched.append(name) or real(name))
+    platform.setattr(fleetconf, "VARIABLE_TTL_SECONDS", 30.0)
+    fleetconf._recent.clear()
+    clock = [1000.0]
+    platform.setattr(fleetconf.time, "monotonic", lambda: clock[0])
+    source = "Airflow Variable 'skyshare_fleet'"
+    for _ in range(100):
+        assert set(fleetconf.fleet_at(source).clusters) == {"rise", "bair"}
+    platform_fleet(None)
+    assert fetched == ["skyshare_fleet"]
+    clock[0] += 30.0
+    fleetconf.fleet_at(source)
+    assert fetched == ["skyshare_fleet"] * 2
 
 
 def test_airflow_reads_the_variable_through_its_secrets_backend(platform):
