@@ -173,3 +173,13 @@ def snap() -> Callable[..., Snapshot]:
 @pytest.fixture
 def pod_fixture() -> Callable[[str], dict[str, Any]]:
     return load_pod_fixture
+
+
+@pytest.fixture(autouse=True)
+def _no_remembered_fleet_variable():
+    """A fleet Variable read by an earlier test (fleetconf keeps it 30 s) is not this one's."""
+    from airflow_provider_skyshare import fleetconf
+
+    fleetconf._recent.clear()
+    yield
+    fleetconf._recent.clear()
