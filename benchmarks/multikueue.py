@@ -342,14 +342,15 @@ SKYSHARE_SELECTOR = "skyshare.dev/dag-id=bench_first_skyshare"
 def skyshare_round(c: Clusters, fleet_file: str) -> dict[str, Any]:
     r = Round(c, "skyshare-rise", SKYSHARE_SELECTOR)
     r.fill_wb()
-    proc = worker.start_follower(f"mk-{r.tag}", fleet_file, c.kubeconfig)
+    log = Path(fleet_file).parent / f"mk-follower-{r.tag}.log"
+    proc = worker.start_follower(f"mk-{r.tag}", fleet_file, c.kubeconfig, log)
     try:
         placed = worker.result_line(proc)
         if placed["cluster"] != WA:
             raise RuntimeError(f"placed on {placed['cluster']}, not on wa: wb was not full")
         r.on_wa()
         wls, pods = r.evict()
-        return r.measure(wls, pods)
+        return {**r.measure(wls, pods), "follower_log": str(log)}
     finally:
         proc.terminate()
         proc.wait(30)

@@ -130,11 +130,13 @@ def execute_once(variant: str, run_id: str, fleet_file: str, kubeconfig: str,
     op = skyshare_operator(fleet_file) if variant == "skyshare" else kpo_operator(kubeconfig,
                                                                                    conn_id)
     ti = TaskInstance(f"bench_first_{variant}", "first", run_id, bundle="rise")
+    cpu = time.process_time()
     started = time.time()
     try:
         op.execute(context_of(ti))
     except TaskDeferred as deferred:
         ended = time.time()
+        cpu = time.process_time() - cpu
         stored = deferral_bytes(deferred, ti)
         trigger = deferred.trigger
         kwargs = trigger.serialize()[1]
@@ -142,7 +144,8 @@ def execute_once(variant: str, run_id: str, fleet_file: str, kubeconfig: str,
         raise RuntimeError(f"{variant}: execute() returned without deferring")
     pod = ti.pushed.get("skyshare_placement") or {
         "pod": ti.pushed["pod_name"], "namespace": ti.pushed["pod_namespace"], "cluster": "rise"}
-    out = {"variant": variant, "started_at": started, "deferred_at": ended, "pod": pod["pod"],
+    out = {"variant": variant, "started_at": started, "deferred_at": ended,
+           "cpu_ms_to_deferral": cpu * 1000, "pod": pod["pod"],
            "namespace": pod["namespace"], "cluster": pod["cluster"], **stored,
            "xcom": {k: xcom_bytes(v) for k, v in ti.pushed.items()}}
     if variant == "skyshare":
@@ -157,12 +160,15 @@ async def follow(trigger: Any) -> None:
         return
 
 
-def start_follower(run_id: str, fleet_file: str, kubeconfig: str) -> subprocess.Popen:
+def start_follower(run_id: str, fleet_file: str, kubeconfig: str,
+                   log: Path | None = None) -> subprocess.Popen:
     """A worker that places the task, then follows it as a triggerer would, until killed;
-    its first line (RESULT, as run_child's) comes once the first attempt exists."""
+    its first line (RESULT, as run_child's) comes once the first attempt exists. Its log (one
+    line per decision) goes to `log`."""
     args = [sys.executable, "-m", "benchmarks.worker", "skyshare", run_id, fleet_file,
             kubeconfig, "--follow"]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    err = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - the child holds it
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True,
                             cwd=Path(__file__).resolve().parents[1],
                             env={**os.environ, "AIRFLOW__SKYSHARE__FLEET_FILE": fleet_file,
                                  "KUBECONFIG": kubeconfig})

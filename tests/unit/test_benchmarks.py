@@ -113,6 +113,12 @@ def test_report_rows_for_h_and_i():
                    "kpo": {"ms": _summary(400, 500)}}]}
     (line,) = report.first_placement_lines(i)
     assert "20 clusters" in line and "100 / 150 ms" in line and "| 4.0x |" in line
+    # the pooled baseline wins over the size's own samples, and the CPU is shown
+    i["baseline"] = {"ms": _summary(300, 600, n=30)}
+    i["rows"][0]["skyshare"]["cpu_ms_to_deferral"] = _summary(80, 90)
+    (line,) = report.first_placement_lines(i)
+    assert "(n=10, CPU 80 ms)" in line and "300 / 600 ms (KubernetesPodOperator, one cluster, " in line
+    assert "n=30) | 3.0x |" in line
     assert report.db_cost_lines(None) == [] and report.first_placement_lines(None) == []
 
 
@@ -188,13 +194,25 @@ def test_recovery_is_from_this_rounds_eviction_to_the_next_pod_running():
     assert mk.recovery({"w": 100.0}, {"a": 104.0, "b": 101.0}, since=50.0) == 1.0
 
 
-def test_report_row_for_e_says_when_the_work_did_not_run_again():
-    summary = {"n": 1, "p50": 800.0, "p95": 800.0, "max": 800.0}
-    e = {"skyshare": {"ms": summary, "recovered": 1, "rounds": [{}]},
-         "multikueue": {"ms": {}, "recovered": 0, "rounds": [{}, {}]}, "ratio_p50": None}
+def test_report_row_for_e_shows_every_round_and_when_the_work_did_not_run_again():
+    summary = {"n": 2, "p50": 800.0, "p95": 800.0, "max": 900.0}
+    e = {"skyshare": {"ms": summary, "recovered": 2, "rounds": [
+        {"seconds": 0.8, "evicted_to_created_s": 0.2}, {"seconds": None}, {"seconds": 0.9}]},
+         "multikueue": {"ms": {}, "recovered": 0, "rounds": [{"seconds": None}] * 2},
+         "ratio_p50": None}
     (line,) = report.multikueue_lines(e)
-    assert "0.80 / 0.80 s (1/1 rounds)" in line
-    assert "did not run again in any of 2 rounds" in line and "| - |" in line
+    assert "0.80, -, 0.90 s (2/3 rounds; eviction -> created 0.20 s)" in line
+    assert "did not run again in any of 2 rounds" in line and "| - (medians) |" in line
+
+
+def test_a_rounds_time_splits_at_the_works_creation_on_b():
+    from benchmarks import multikueue as mk
+
+    assert mk.phases(100.0, 100.25, 101.0) == {"evicted_to_created_s": 0.25,
+                                               "created_to_running_s": 0.75}
+    assert mk.phases(100.0, None, None) == {"evicted_to_created_s": None,
+                                            "created_to_running_s": None}
+    assert mk.first_after({"old": 5.0, "a": 103.0, "b": 101.0}, 50.0) == 101.0
 
 
 # -- the sandbox's batch/Job clusters (MultiKueue) --------------------------------------------
