@@ -91,7 +91,10 @@ def _context_config(cluster: Cluster) -> tuple[str, dict[str, Any]]:
         data = _kubeconfigs.read(path)
     except (OSError, yaml.YAMLError) as exc:
         raise ClusterConfigError(f"{where}: kubeconfig {path} cannot be read: {exc}") from None
-    contexts = {c.get("name"): c for c in data.get("contexts") or [] if isinstance(c, dict)}
+    contexts: dict[Any, dict[str, Any]] = {}
+    for c in data.get("contexts") or []:  # the first of a name, as kubectl's merge keeps
+        if isinstance(c, dict):
+            contexts.setdefault(c.get("name"), c)
     name = cluster.context or data.get("current-context")
     if name not in contexts:
         listed = ", ".join(map(str, contexts)) or "none"
@@ -113,8 +116,9 @@ def _only(data: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     spec = context.get("context") or {}
 
     def named(section: str, name: Any) -> list[Any]:
-        return [copy.deepcopy(e) for e in data.get(section) or []
-                if isinstance(e, dict) and e.get("name") == name]
+        first = next((e for e in data.get(section) or []
+                      if isinstance(e, dict) and e.get("name") == name), None)
+        return [copy.deepcopy(first)] if first is not None else []
 
     return {"apiVersion": "v1", "kind": "Config", "current-context": context["name"],
             "contexts": [copy.deepcopy(context)], "clusters": named("clusters", spec.get("cluster")),
@@ -162,8 +166,9 @@ def _new_sync(cluster: Cluster) -> Any:
         return KubernetesHook(conn_id=cluster.connection_id, cluster_context=cluster.context).get_conn()
     path, only = _context_config(cluster)
     configuration = client.Configuration()
-    KubeConfigLoader(
-        config_dict=only, config_base_path=os.path.dirname(path)).load_and_set(configuration)
+    loader = KubeConfigLoader(config_dict=only,
+                              config_base_path=os.path.dirname(os.path.abspath(path)))
+    loader.load_and_set(configuration)
     return client.ApiClient(configuration)
 
 
@@ -248,8 +253,9 @@ async def _new_async(cluster: Cluster) -> Any:
             configuration = hook_client.configuration
     else:
         path, only = await asyncio.to_thread(_context_config, cluster)
-        await KubeConfigLoader(
-            config_dict=only, config_base_path=os.path.dirname(path)).load_and_set(configuration)
+        loader = KubeConfigLoader(config_dict=only,
+                                  config_base_path=os.path.dirname(os.path.abspath(path)))
+        await loader.load_and_set(configuration)
     return client.ApiClient(configuration)
 
 

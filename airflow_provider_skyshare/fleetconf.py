@@ -53,14 +53,16 @@ def platform_fleet(requested: str | None) -> Fleet:
 VARIABLE_TTL_SECONDS = 30.0
 _recent: dict[str, tuple[float, Fleet]] = {}
 _recent_lock = threading.Lock()
+_clock = time.monotonic  # replaceable in tests
 
 
 def recent_variable(name: str) -> Fleet:
     """The fleet of the Airflow Variable `name`, as read at most VARIABLE_TTL_SECONDS ago."""
     with _recent_lock:  # one fetch for the triggers that start together
         found = _recent.get(name)
-        if found is None or time.monotonic() - found[0] >= VARIABLE_TTL_SECONDS:
-            found = _recent[name] = (time.monotonic(), fleetfile.from_variable(name))
+        now = _clock()
+        if found is None or now - found[0] >= VARIABLE_TTL_SECONDS:
+            found = _recent[name] = (now, fleetfile.from_variable(name))
         return found[1]
 
 
@@ -97,7 +99,7 @@ def fleet_at(source: str) -> Fleet:
     if variable and source == fleetfile.variable_source(variable):
         return recent_variable(variable)
     configured = configured_fleet_files()
-    if source in configured or not (configured or variable):
+    if source in configured or (not (configured or variable) and os.path.isabs(source)):
         return fleetfile.cached(source)
     where = ", ".join([*(fleetfile.variable_source(v) for v in [variable] if v), *configured])
     raise FleetError(source, "(deferred task)", "is not a fleet this process is configured "
@@ -119,9 +121,12 @@ class Saved:
 
 def saved_fleet(state: dict[str, Any]) -> Saved:
     """``state["fleet"]``: a reference ({source, digest}), or the whole fleet in a trigger row
-    written before references (read as it is, so an upgrade does not strand deferred tasks)."""
+    written before references (its ``fleet_source`` is read again: an upgrade strands no
+    deferred task, and no row brings a fleet of its own)."""
     saved = state["fleet"]
-    if "clusters" in saved:
-        return Saved(parse(saved, source=state.get("fleet_source", "<fleet>")), False)
-    fleet = fleet_at(saved["source"])
-    return Saved(fleet, fleet.digest != saved["digest"])
+    if "clusters" in saved:  # the platform's fleet still decides, not the row's copy of it
+        source, digest = state.get("fleet_source", "<fleet>"), parse(saved).digest
+    else:
+        source, digest = saved["source"], saved["digest"]
+    fleet = fleet_at(source)
+    return Saved(fleet, fleet.digest != digest)

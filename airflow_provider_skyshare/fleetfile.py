@@ -18,7 +18,7 @@ import yaml
 
 from airflow_provider_skyshare.fleet import Fleet, FleetError, parse
 
-_cache: dict[str, tuple[float, Fleet]] = {}
+_cache: dict[str, tuple[tuple[int, int], Fleet]] = {}
 _lock = threading.Lock()
 
 
@@ -64,16 +64,17 @@ def cached(path: str) -> Fleet:
     """``load``, once per change of the file (DAG parsing calls this for every task)."""
     path = os.path.abspath(os.path.expanduser(path))
     try:
-        mtime = os.stat(path).st_mtime
+        stat = os.stat(path)
     except OSError:
         return load(path)  # raises the clear "file not found" FleetError
+    version = (stat.st_mtime_ns, stat.st_size)  # an edit within the clock's tick changes size
     with _lock:
         found = _cache.get(path)
-        if found and found[0] == mtime:
+        if found and found[0] == version:
             return found[1]
     fleet = load(path)
     with _lock:
-        _cache[path] = (mtime, fleet)
+        _cache[path] = (version, fleet)
     return fleet
 
 

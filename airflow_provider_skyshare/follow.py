@@ -433,10 +433,17 @@ class Follow:
                    tuple(Orphan(**o) for o in state.get("orphans") or []))
 
     def unreachable_attempt(self) -> Attempt | None:
-        """An unfinished attempt on a cluster the fleet (as this org reaches it) no longer
-        has: its pod cannot be followed or deleted, so nothing may be placed meanwhile."""
+        """An attempt on a cluster the fleet (as this org reaches it) no longer has, among
+        those a follower acts on (every unfinished one, and the last, which it watches):
+        its pod cannot be followed or deleted, so nothing may be placed meanwhile."""
+        last = self.timeline.last
         return next((a for a in self.timeline.attempts
-                     if not a.finished and a.cluster not in self.job.fleet.clusters), None)
+                     if (a is last or not a.finished)
+                     and a.cluster not in self.job.fleet.clusters), None)
+
+    def lost_orphans(self) -> tuple[Orphan, ...]:
+        """Left-over pods to delete on clusters the fleet no longer gives this org."""
+        return tuple(o for o in self.orphans if o.cluster not in self.job.fleet.clusters)
 
 
 Step = tuple[Follow, list[Action]]

@@ -203,9 +203,11 @@ def _trigger(i: int, template: dict[str, Any], fleet_file: str) -> Any:
     from airflow_provider_skyshare.pods import TaskIdentity
     from airflow_provider_skyshare.triggers.pod import MultiClusterPodTrigger
 
-    job = Job(fleetfile.load(fleet_file), Request("T4", 1, "rise"), template,
+    job = Job(fleetfile.cached(fleet_file), Request("T4", 1, "rise"), template,
               TaskIdentity(DAG, "t", f"storm-{i}"), Settings(max_preemptions=5))
-    return MultiClusterPodTrigger(state=Follow(job).to_dict())
+    # No live logs: the storm measures following and moving (each log stream would be one
+    # more HTTP connection per pod through the sandbox's one KWOK per cluster).
+    return MultiClusterPodTrigger(state=Follow(job).to_dict(), finish={"get_logs": False})
 
 
 async def _follow_all(n: int, fleet_file: str) -> None:
@@ -223,11 +225,13 @@ async def _follow_all(n: int, fleet_file: str) -> None:
 
 
 def start_followers(n: int, fleet_file: str, kubeconfig: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.storm", "--child", str(n), fleet_file],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        cwd=Path(__file__).resolve().parents[1],
-        env={**os.environ, "AIRFLOW__SKYSHARE__FLEET_FILE": fleet_file, "KUBECONFIG": kubeconfig})
+    """The triggerer-like process; its log (a line per decision) beside the fleet file."""
+    with open(Path(fleet_file).with_name(f"storm-{n}.log"), "w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.storm", "--child", str(n), fleet_file],
+            stdout=subprocess.DEVNULL, stderr=log, cwd=Path(__file__).resolve().parents[1],
+            env={**os.environ, "AIRFLOW__SKYSHARE__FLEET_FILE": fleet_file,
+                 "KUBECONFIG": kubeconfig})
 
 
 if __name__ == "__main__":

@@ -167,11 +167,11 @@ def start_follower(run_id: str, fleet_file: str, kubeconfig: str,
     line per decision) goes to `log`."""
     args = [sys.executable, "-m", "benchmarks.worker", "skyshare", run_id, fleet_file,
             kubeconfig, "--follow"]
-    err = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - the child holds it
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True,
-                            cwd=Path(__file__).resolve().parents[1],
-                            env={**os.environ, "AIRFLOW__SKYSHARE__FLEET_FILE": fleet_file,
-                                 "KUBECONFIG": kubeconfig})
+    with open(log or os.devnull, "w") as err:  # the child keeps its own copy
+        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True,
+                                cwd=Path(__file__).resolve().parents[1],
+                                env={**os.environ, "AIRFLOW__SKYSHARE__FLEET_FILE": fleet_file,
+                                     "KUBECONFIG": kubeconfig})
 
 
 def result_line(proc: subprocess.Popen) -> dict[str, Any]:

@@ -320,6 +320,9 @@ class MultiClusterGpuOperator(BaseOperator):
         self._pod_xcom_push = do_xcom_push
         self.callbacks = callbacks
         self._state: dict[str, Any] | None = None
+        # the fleet this process placed by: the worker's own verdict and on_kill (which may
+        # run in a signal handler) use it rather than read the fleet again
+        self._followed: Fleet | None = None
         self._check_arguments()
 
     # -- checks at DAG parse time ----------------------------------------------------------
@@ -567,6 +570,7 @@ class MultiClusterGpuOperator(BaseOperator):
 
     def _execute(self, context: Context) -> Any:
         sup = self._supervisor(context)
+        self._followed = sup.job.fleet
         self._state = sup.state.to_dict()
         if not self.deferrable:
             self.log.info("following the pod in this worker slot (deferrable=False)")
@@ -590,7 +594,7 @@ class MultiClusterGpuOperator(BaseOperator):
         in-line and ignores the trigger's own end of the task). A real triggerer ends the
         task itself and this is not called."""
         self._state = event
-        state, verdict = from_event(event, saved_fleet(event).fleet)
+        state, verdict = from_event(event, self._followed or saved_fleet(event).fleet)
         policy = self._finish_policy()
         shown = logstream.shown_from_dict(event.get("logs_shown"))  # streamed already
         asyncio.run(_in_loop(finish(state, verdict, policy, self.log, shown)))
@@ -626,7 +630,8 @@ class MultiClusterGpuOperator(BaseOperator):
         from kubernetes.client import CoreV1Api
 
         try:
-            fleet = Follow.from_dict(self._state, saved_fleet(self._state).fleet).job.fleet
+            fleet = Follow.from_dict(self._state,
+                                     self._followed or saved_fleet(self._state).fleet).job.fleet
         except FleetError as exc:
             self.log.error("on_kill: cannot clean up this task's pods: %s", exc)
             return

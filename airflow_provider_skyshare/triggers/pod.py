@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from airflow.triggers.base import (
@@ -131,14 +132,14 @@ class MultiClusterPodTrigger(BaseTrigger):
                     self.log.warning("%s", saved.note())
                 lost = state.unreachable_attempt()
                 if lost is None:
-                    return state
+                    return _without_lost_orphans(state, self.log)
                 problem = (f"attempt {lost.number} runs as pod {lost.pod} on cluster "
                            f"{lost.cluster}, which the fleet {saved.fleet.source} no longer "
                            f"gives org {state.job.request.org}. Fix: put the cluster back in "
                            "the fleet (or delete the pod there and clear the task)")
             self.log.error("not following this task yet: %s; trying again in %gs", problem,
                            FLEET_RETRY_SECONDS)
-            await asyncio.sleep(FLEET_RETRY_SECONDS)
+            await _pause(FLEET_RETRY_SECONDS)
 
     async def _follow(self, sup: Supervisor) -> tuple[Follow, Verdict]:
         try:
@@ -201,6 +202,19 @@ class MultiClusterPodTrigger(BaseTrigger):
         deleted = await sup.delete_all(grace=0)
         self.log.info("on_kill (task %s) deleted %s", state or "state unknown",
                       ", ".join(deleted) or "no pod")
+
+
+_pause = asyncio.sleep  # between reads of a fleet that cannot be used yet (tests replace it)
+
+
+def _without_lost_orphans(state: Follow, log: Any) -> Follow:
+    """Left-over pods on clusters the fleet dropped cannot be deleted from here: say so once
+    (with what to do) rather than fail the task over them."""
+    lost = state.lost_orphans()
+    for o in lost:
+        log.warning("left-over pod %s in %s on cluster %s is not deleted: the fleet no longer "
+                    "has that cluster (delete it there)", o.pod, o.namespace, o.cluster)
+    return replace(state, orphans=tuple(o for o in state.orphans if o not in lost))
 
 
 async def _end(*tasks: asyncio.Task[Any]) -> None:

@@ -88,7 +88,7 @@ def test_the_variable_is_fetched_once_per_ttl_not_once_per_task(platform):
     platform.setattr(fleetconf, "VARIABLE_TTL_SECONDS", 30.0)
     fleetconf._recent.clear()
     clock = [1000.0]
-    platform.setattr(fleetconf.time, "monotonic", lambda: clock[0])
+    platform.setattr(fleetconf, "_clock", lambda: clock[0])
     source = "Airflow Variable 'skyshare_fleet'"
     for _ in range(100):
         assert set(fleetconf.fleet_at(source).clusters) == {"rise", "bair"}

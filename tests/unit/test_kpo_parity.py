@@ -408,3 +408,27 @@ def test_the_trigger_ends_the_task_skipped(monkeypatch, code, event) -> None:
 
     (ended,) = asyncio.run(events())
     assert type(ended).__name__ == event and stored == ["skyshare_timeline"]
+
+
+def test_the_worker_decides_by_the_fleet_it_placed_with_not_a_fresh_read(monkeypatch) -> None:
+    """deferrable=False: the verdict (and on_kill, which may run in a signal handler) uses the
+    fleet in memory; an edited or unreadable fleet meanwhile must not fail a finished task."""
+    from airflow_provider_skyshare.operators import gpu
+
+    async def no_finish(*_args: Any) -> None:
+        return None
+
+    def unreadable(_state: Any) -> Any:
+        raise AssertionError("the fleet was read again")
+
+    placed_with = object()
+    seen: list[Any] = []
+    state = SimpleNamespace(timeline=SimpleNamespace(to_list=lambda: [{"attempt": 1}]))
+    monkeypatch.setattr(gpu, "finish", no_finish)
+    monkeypatch.setattr(gpu, "saved_fleet", unreadable)
+    monkeypatch.setattr(gpu, "from_event", lambda _e, fleet: (
+        seen.append(fleet) or state, verdict(Status.SUCCESS, 0)))
+    op = MultiClusterGpuOperator(**OURS, image="busybox")
+    op._followed = placed_with
+    assert op.execute_complete({"ti": SimpleNamespace()}, {}) == [{"attempt": 1}]
+    assert seen == [placed_with]
