@@ -2,14 +2,16 @@
 
 Two reads per cluster (nodes, non-terminal pods) run concurrently for all clusters, so a
 placement costs one round trip to the slowest reachable cluster, not the sum. An
-unreachable cluster becomes an entry with its reason instead of failing the probe.
+unreachable cluster becomes an entry with its reason instead of failing the probe. Placements
+of one event loop that ask at once share one probe that starts after they ask (probe_after).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 
 from airflow_provider_skyshare import clients, kube, tenancy
 from airflow_provider_skyshare.fleet import Cluster, Fleet
@@ -98,6 +100,67 @@ async def probe_sequential(fleet: Fleet) -> Snapshot:
     return Snapshot({r.cluster: r for r in results}, taken_at=time.time())
 
 
+@dataclass
+class _Rounds:
+    """Placement probes of one event loop and fleet: the one running, and the next one,
+    which every placement that asks meanwhile joins."""
+
+    loop: asyncio.AbstractEventLoop
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    next: asyncio.Future[Snapshot] | None = None
+    running: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+_rounds: dict[tuple, _Rounds] = {}
+
+
+async def probe_after(fleet: Fleet,
+                      run: Callable[[Fleet], Awaitable[Snapshot]] | None = None) -> Snapshot:
+    """A probe that starts after this call, shared with every placement of this event loop
+    that asks before it starts.
+
+    A placement acts on what it sees, so it never takes an older probe's answer. But a storm
+    moves hundreds of tasks of one triggerer at once, and as many probes of every cluster
+    (four requests each) made each other time out (benchmark (g): 200 tasks, a 3 s deadline,
+    half of them ended "unreachable"). Here they take turns: one probe runs; whoever asks
+    meanwhile waits for the next, which starts when it ends and answers them all.
+    """
+    loop = asyncio.get_running_loop()
+    key = (id(loop), _readers(fleet))
+    rounds = _rounds.get(key)
+    if rounds is None or rounds.loop is not loop:  # a dead loop's id can be reused
+        for k in [k for k, r in _rounds.items() if r.loop.is_closed()]:
+            del _rounds[k]
+        rounds = _rounds[key] = _Rounds(loop)
+    if rounds.next is None:
+        waiting = rounds.next = loop.create_future()
+        task = loop.create_task(_round(rounds, waiting, fleet, run or probe))
+        rounds.running.add(task)
+        task.add_done_callback(rounds.running.discard)
+    return await asyncio.shield(rounds.next)
+
+
+async def _round(rounds: _Rounds, waiting: asyncio.Future[Snapshot], fleet: Fleet,
+                 run: Callable[[Fleet], Awaitable[Snapshot]]) -> None:
+    async with rounds.lock:  # the round before this one ends first
+        rounds.next = None  # whoever asks from now on is answered by the round after this
+        try:
+            snapshot = await run(fleet)
+        except asyncio.CancelledError:  # the loop is ending
+            waiting.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug in the probe: every waiter raises it
+            waiting.set_exception(exc)
+        else:
+            waiting.set_result(snapshot)
+
+
+def _readers(fleet: Fleet) -> tuple:
+    """The clusters' own credentials: every org's view of a fleet probes alike."""
+    return tuple((r.name, r.context, r.kubeconfig, r.connection_id, r.enforced)
+                 for r in (c.as_reader() for c in fleet.clusters.values()))
+
+
 _shared: dict[tuple, tuple[float, asyncio.Task[Snapshot]]] = {}
 
 
@@ -106,12 +169,10 @@ async def probe_shared(fleet: Fleet, max_age: float) -> Snapshot:
 
     For checks that only decide whether to act (is a queued task better off elsewhere?):
     a triggerer with 500 queued tasks then probes each cluster once per `max_age`, not 500
-    times. Placement itself always calls probe(), since it acts on what it sees.
+    times. Placement never takes an older answer (probe_after).
     """
     loop = asyncio.get_running_loop()
-    # the clusters' own credentials: every org's view of a fleet shares one probe
-    key = (id(loop), *((r.name, r.context, r.kubeconfig, r.connection_id, r.enforced)
-                       for r in (c.as_reader() for c in fleet.clusters.values())))
+    key = (id(loop), *_readers(fleet))
     now = time.monotonic()
     for k in [k for k, (at, _) in _shared.items() if now - at > max(max_age, 60.0)]:
         del _shared[k]  # old entries (other loops, other fleets) do not pile up

@@ -196,7 +196,7 @@ class KubeClusterApi:
     async def probe(self, shared: bool) -> Snapshot:
         if shared:
             return await capacity.probe_shared(self.fleet, REBALANCE_PROBE_AGE)
-        return await capacity.probe(self.fleet)
+        return await capacity.probe_after(self.fleet)
 
     async def create(self, cluster: str, pod: dict[str, Any]) -> Event:
         target = self.fleet.clusters[cluster]

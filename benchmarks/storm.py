@@ -110,16 +110,36 @@ def _create_all(core, pods: list[dict[str, Any]]) -> None:
         core.create_namespaced_pod(pod["metadata"]["namespace"], pod)
 
 
+OURS = ((RISE_NS, SELECTOR), (RISE_NS, "skyshare-bench=owner"), (BAIR_NS, "skyshare-bench=owner"))
+
+
 def _clean(cores: dict[str, Any]) -> None:
+    """Every pod of the benchmark gone. Kueue keeps its finalizer on the failed members of the
+    reclaiming pod group (it waits for replacements of a group's failed pods); as the admin
+    that made them, the benchmark lets them go."""
     for core in cores.values():
-        for ns, sel in ((RISE_NS, SELECTOR), (RISE_NS, "skyshare-bench=owner"),
-                        (BAIR_NS, "skyshare-bench=owner")):
+        for ns, sel in OURS:
             core.delete_collection_namespaced_pod(ns, label_selector=sel, grace_period_seconds=0)
+
+    def gone(core: Any) -> bool:
+        left = [p for ns, sel in OURS for p in core.list_namespaced_pod(ns, label_selector=sel).items]
+        for pod in left:
+            if pod.metadata.deletion_timestamp and pod.metadata.finalizers:
+                _release(core, pod.metadata.namespace, pod.metadata.name)
+        return not left
+
     for name, core in cores.items():
-        wait_for(lambda c=core: not any(
-            c.list_namespaced_pod(ns, label_selector=sel).items
-            for ns, sel in ((RISE_NS, SELECTOR), (RISE_NS, "skyshare-bench=owner"),
-                            (BAIR_NS, "skyshare-bench=owner"))), 180, f"{name} cleaned")
+        wait_for(lambda c=core: gone(c), 180, f"{name} cleaned")
+
+
+def _release(core: Any, ns: str, name: str) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        core.patch_namespaced_pod(name, ns, {"metadata": {"finalizers": None}})
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
 
 
 def _watches(api_clients: dict[str, Any], cores: dict[str, Any]) -> dict[str, FirstSeen]:
@@ -217,7 +237,8 @@ async def _follow_all(n: int, fleet_file: str) -> None:
     triggers = [_trigger(i, template, fleet_file) for i in range(n)]
 
     async def drain(t: Any) -> None:
-        async for _ in t.run():
+        async for event in t.run():  # a task that ended here (it should not) says how
+            print(f"ENDED {t.state['identity']['run_id']}: {event.payload}", flush=True)
             return
 
     print(f"FOLLOWING {n}", flush=True)
@@ -229,7 +250,7 @@ def start_followers(n: int, fleet_file: str, kubeconfig: str) -> subprocess.Pope
     with open(Path(fleet_file).with_name(f"storm-{n}.log"), "w") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "benchmarks.storm", "--child", str(n), fleet_file],
-            stdout=subprocess.DEVNULL, stderr=log, cwd=Path(__file__).resolve().parents[1],
+            stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1],
             env={**os.environ, "AIRFLOW__SKYSHARE__FLEET_FILE": fleet_file,
                  "KUBECONFIG": kubeconfig})
 
