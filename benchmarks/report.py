@@ -114,24 +114,29 @@ def _plot_f(results: Path, f: dict | None) -> None:
 
 
 def storm_lines(g: dict | None) -> list[str]:
-    """(g): the storm against the calm baseline (the same with one task)."""
+    """(g): each storm against the calm baseline (one task, the same waiting mode)."""
     if not g:
         return []
-    calm = min(g["rows"], key=lambda r: r["tasks"])
     out = []
-    for r in g["rows"]:
-        if r is calm:
-            continue
-        ms, again = r["ms"], r["all_running_after_last_eviction_s"]
-        again_text = (f"all {r['tasks']} running {again:.1f} s after the last eviction"
-                      if again is not None else
-                      f"{r['running_again']}/{r['tasks']} running again by the deadline")
-        out.append(f"| (g) storm: {r['tasks']} preempted within {r['eviction_spread_s']:.2f} s,"
-                   f" preemption -> replacement p50 / p95 / max; {again_text} | "
-                   f"{ms['p50']:.0f} / {ms['p95']:.0f} / {ms['max']:.0f} ms "
-                   f"({r['replaced']}/{r['tasks']}) | {calm['ms']['p50']:.0f} ms (one task, "
-                   f"calm) | {ms['p50'] / max(calm['ms']['p50'], 1):.1f}x the calm p50 | "
-                   "p95 <= 1 s, all within 10 s |")
+    for wait in sorted({r.get("wait_for_termination", True) for r in g["rows"]}, reverse=True):
+        rows = [r for r in g["rows"] if r.get("wait_for_termination", True) is wait]
+        calm = min(rows, key=lambda r: r["tasks"])
+        mode = ("waiting for each evicted pod to be gone (default)" if wait else
+                "wait_for_termination=False")
+        for r in rows:
+            if r is calm:
+                continue
+            ms, again = r["ms"], r["all_running_after_last_eviction_s"]
+            again_text = (f"all {r['tasks']} running {again:.1f} s after the last eviction"
+                          if again is not None else
+                          f"{r['running_again']}/{r['tasks']} running again by the deadline")
+            out.append(f"| (g) storm, {mode}: {r['tasks']} preempted within "
+                       f"{r['eviction_spread_s']:.2f} s, preemption -> replacement p50 / p95 / "
+                       f"max; {again_text} | {ms['p50']:.0f} / {ms['p95']:.0f} / "
+                       f"{ms['max']:.0f} ms ({r['replaced']}/{r['tasks']}) | "
+                       f"{calm['ms']['p50']:.0f} ms (one task, calm) | "
+                       f"{ms['p50'] / max(calm['ms']['p50'], 1):.1f}x the calm p50 | "
+                       "p95 <= 1 s, all within 10 s |")
     return out
 
 
@@ -141,7 +146,8 @@ def _plot_g(results: Path, g: dict | None) -> None:
         return
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for r in g["rows"]:
-        ax.hist(r["samples_ms"], bins=30, alpha=0.6, label=f"{r['tasks']} task(s)")
+        wait = "" if r.get("wait_for_termination", True) else ", no wait"
+        ax.hist(r["samples_ms"], bins=30, alpha=0.6, label=f"{r['tasks']} task(s){wait}")
     ax.set_xlabel("preemption -> replacement created (ms)")
     ax.set_ylabel("tasks")
     ax.legend()

@@ -157,15 +157,16 @@ def _watches(api_clients: dict[str, Any], cores: dict[str, Any]) -> dict[str, Fi
 
 
 def storm(api_clients: dict[str, Any], n: int, capacity: int, fleet_file: str,
-          kubeconfig: str, timeout: float) -> dict[str, Any]:
-    """One storm of `n` tasks on clusters of `capacity` GPUs each."""
+          kubeconfig: str, timeout: float, wait: bool) -> dict[str, Any]:
+    """One storm of `n` tasks on clusters of `capacity` GPUs each; `wait`: the tasks'
+    wait_for_termination (the default: a replacement only once the evicted pod is gone)."""
     cores = {k: _core(a) for k, a in api_clients.items()}
     tag = uuid.uuid4().hex[:6]
     _clean(cores)
     _create_all(cores[SB], filler_pods(capacity, tag))
     wait_for(lambda: _running_count(cores[SB], RISE_NS, "skyshare-bench=owner")
              >= nodes_for(capacity), 120, "sb full")
-    proc = start_followers(n, fleet_file, kubeconfig)
+    proc = start_followers(n, fleet_file, kubeconfig, wait)
     try:
         wait_for(lambda: _running_count(cores[SA], RISE_NS, SELECTOR) >= n, timeout,
                  f"{n} tasks running on sa")
@@ -183,7 +184,8 @@ def storm(api_clients: dict[str, Any], n: int, capacity: int, fleet_file: str,
             print(f"  storm of {n}: {exc}", flush=True)
         for w in seen.values():
             w.stop()
-        return outcome(seen["evicted"].at, seen["created"].at, seen["running"].at, n)
+        return {**outcome(seen["evicted"].at, seen["created"].at, seen["running"].at, n),
+                "wait_for_termination": wait}
     finally:
         proc.terminate()
         proc.wait(30)
@@ -203,20 +205,25 @@ def run(kubeconfig: str, sizes: list[int], fleet_file: str, timeout: float = 300
                    for n in (SA, SB)}
     capacity = nodes_for(max(sizes)) * GPUS_PER_NODE
     rows = []
-    for n in sizes:
-        row = storm(api_clients, n, capacity, fleet_file, kubeconfig, timeout)
-        rows.append(row)
-        ms = row["ms"]
-        print(f"  storm of {n}: eviction spread {row['eviction_spread_s']:.2f} s; preemption "
-              f"-> replacement p50 {ms['p50']:.0f} ms, p95 {ms['p95']:.0f}, max {ms['max']:.0f}"
-              f" ({row['replaced']}/{n}); all running again "
-              f"{row['all_running_after_last_eviction_s']} s after the last eviction",
-              flush=True)
+    for wait in (True, False):
+        for n in sizes:
+            row = storm(api_clients, n, capacity, fleet_file, kubeconfig, timeout, wait)
+            rows.append(row)
+            _print(row)
     return {"rows": rows, "gpus_per_cluster": capacity}
 
 
+def _print(row: dict[str, Any]) -> None:
+    ms, n = row["ms"], row["tasks"]
+    print(f"  storm of {n} (wait_for_termination={row['wait_for_termination']}): eviction "
+          f"spread {row['eviction_spread_s']:.2f} s; preemption "
+              f"-> replacement p50 {ms['p50']:.0f} ms, p95 {ms['p95']:.0f}, max {ms['max']:.0f}"
+          f" ({row['replaced']}/{n}); all running again "
+          f"{row['all_running_after_last_eviction_s']} s after the last eviction", flush=True)
+
+
 # -- the measured process: N triggers in one event loop --------------------------------------
-def _trigger(i: int, template: dict[str, Any], fleet_file: str) -> Any:
+def _trigger(i: int, template: dict[str, Any], fleet_file: str, run: str, wait: bool) -> Any:
     from airflow_provider_skyshare import fleetfile
     from airflow_provider_skyshare.follow import Follow, Job, Settings
     from airflow_provider_skyshare.placement import Request
@@ -224,17 +231,19 @@ def _trigger(i: int, template: dict[str, Any], fleet_file: str) -> Any:
     from airflow_provider_skyshare.triggers.pod import MultiClusterPodTrigger
 
     job = Job(fleetfile.cached(fleet_file), Request("T4", 1, "rise"), template,
-              TaskIdentity(DAG, "t", f"storm-{i}"), Settings(max_preemptions=5))
+              TaskIdentity(DAG, "t", f"{run}-{i}"),  # a run's own pod and claim names
+              Settings(max_preemptions=5, wait_for_termination=wait))
     # No live logs: the storm measures following and moving (each log stream would be one
     # more HTTP connection per pod through the sandbox's one KWOK per cluster).
     return MultiClusterPodTrigger(state=Follow(job).to_dict(), finish={"get_logs": False})
 
 
-async def _follow_all(n: int, fleet_file: str) -> None:
+async def _follow_all(n: int, fleet_file: str, wait: bool) -> None:
     from benchmarks.worker import skyshare_operator
 
     template = skyshare_operator(fleet_file).build_template()
-    triggers = [_trigger(i, template, fleet_file) for i in range(n)]
+    run = f"storm-{uuid.uuid4().hex[:6]}"
+    triggers = [_trigger(i, template, fleet_file, run, wait) for i in range(n)]
 
     async def drain(t: Any) -> None:
         async for event in t.run():  # a task that ended here (it should not) says how
@@ -245,11 +254,12 @@ async def _follow_all(n: int, fleet_file: str) -> None:
     await asyncio.gather(*(drain(t) for t in triggers))
 
 
-def start_followers(n: int, fleet_file: str, kubeconfig: str) -> subprocess.Popen:
+def start_followers(n: int, fleet_file: str, kubeconfig: str, wait: bool) -> subprocess.Popen:
     """The triggerer-like process; its log (a line per decision) beside the fleet file."""
-    with open(Path(fleet_file).with_name(f"storm-{n}.log"), "w") as log:
+    with open(Path(fleet_file).with_name(f"storm-{n}-wait-{wait}.log"), "w") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.storm", "--child", str(n), fleet_file],
+            [sys.executable, "-m", "benchmarks.storm", "--child", str(n), fleet_file,
+             *([] if wait else ["--no-wait"])],
             stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1],
             env={**os.environ, "AIRFLOW__SKYSHARE__FLEET_FILE": fleet_file,
                  "KUBECONFIG": kubeconfig})
@@ -259,5 +269,6 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--child", type=int, required=True)
     p.add_argument("fleet_file")
+    p.add_argument("--no-wait", action="store_true", help="wait_for_termination=False")
     a = p.parse_args()
-    asyncio.run(_follow_all(a.child, a.fleet_file))
+    asyncio.run(_follow_all(a.child, a.fleet_file, not a.no_wait))

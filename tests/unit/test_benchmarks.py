@@ -303,7 +303,14 @@ def test_report_row_for_g_compares_with_the_calm_one():
     (line,) = report.storm_lines({"rows": [row(1, 100.0, 0.3), row(200, 400.0, 7.5)]})
     assert "200 preempted within 0.50 s" in line and "400 / 800 / 1200 ms" in line
     assert "all 200 running 7.5 s after" in line and "100 ms (one task" in line
-    assert "4.0x the calm p50" in line
+    assert "4.0x the calm p50" in line and "(default)" in line
+    # each waiting mode against its own calm storm
+    fast = [{**row(1, 50.0, 0.2), "wait_for_termination": False},
+            {**row(200, 100.0, 2.0), "wait_for_termination": False}]
+    waiting, no_wait = report.storm_lines({"rows": [row(1, 100.0, 0.3), row(200, 400.0, 7.5),
+                                                    *fast]})
+    assert "(default)" in waiting and "wait_for_termination=False" in no_wait
+    assert "50 ms (one task, calm) | 2.0x the calm p50" in no_wait
 
 
 # -- (f) scale -------------------------------------------------------------------------------
