@@ -158,11 +158,12 @@ def main() -> int:
     p.add_argument("--first-clusters", default="1,10,20", help="fleet sizes for (i)")
     p.add_argument("--first-samples", type=int, default=10, help="placements per size, (i)")
     args = p.parse_args()
-    for n, key in enumerate(args.only.split(",")):
+    for key in args.only.split(","):
         name, fn = PARTS[key.strip()]
-        if n:  # each part on its own clusters only: 20 idle control planes slow the next one
-            subprocess.run([sys.executable, "-m", "airflow_provider_skyshare.sandbox.cli",
-                            "down"], check=True)
+        # each part on its own clusters only: another part's 20 idle control planes (or 50
+        # KWOK nodes) take the CPU this one measures
+        subprocess.run([sys.executable, "-m", "airflow_provider_skyshare.sandbox.cli", "down"],
+                       check=True)
         print(f"== ({key}) {name}", flush=True)
         data = fn(args)
         path = save(name, data)

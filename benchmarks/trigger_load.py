@@ -23,7 +23,7 @@ from pathlib import Path
 from benchmarks.common import admin_api, request_total
 
 CLUSTER = "bench"
-NS = "default"  # outside the orgs' namespaces: these pods are not Kueue's
+NS = "skyshare-load"  # no org's, and no queue-name label: these pods are not Kueue's
 LABEL = "skyshare-bench=load"
 
 
@@ -31,6 +31,17 @@ def make_pods(api, n: int) -> list[str]:
     from kubernetes.client.exceptions import ApiException
 
     names = [f"load-{i:04d}" for i in range(n)]
+    from benchmarks.multikueue import namespace
+
+    for obj in namespace(NS):  # (a fleet may not use "default": it is the cluster's own)
+        try:
+            if obj["kind"] == "Namespace":
+                api.create_namespace(obj)
+            else:  # the sandbox runs no ServiceAccount controller
+                api.create_namespaced_service_account(NS, obj)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
     for name in names:
         body = {
             "apiVersion": "v1", "kind": "Pod",
