@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import functools
 import hashlib
 import json
 import math
@@ -195,8 +196,12 @@ class Fleet:
     def digest(self) -> str:
         """Which version of the fleet this is (not of its view): what a deferred task keeps
         instead of the fleet, to tell whether its fleet changed since it was placed."""
-        base = self.base or self
-        text = json.dumps(base.to_dict(), sort_keys=True, separators=(",", ":"))
+        return (self.base or self)._own_digest
+
+    @functools.cached_property
+    def _own_digest(self) -> str:
+        """Once per fleet object: every trigger of a restarted triggerer asks the same one."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
