@@ -19,6 +19,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -84,6 +85,13 @@ class State:
     clusters: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> spec + index
     pids: dict[str, int] = field(default_factory=dict)  # "etcd" | "<cluster>/<component>"
     fleets: list[str] = field(default_factory=list)  # fleet files whose orgs it hosts
+
+    def forget_missing_fleets(self) -> list[str]:
+        """Drop the fleet files that are gone: a clone that ran `up --fleet` and was deleted
+        since (the sandbox outlives it) must not stop the next `up`."""
+        gone = [f for f in self.fleets if not Path(f).exists()]
+        self.fleets = [f for f in self.fleets if f not in gone]
+        return gone
 
     def tenant_fleets(self) -> list[Fleet]:
         return tenants.fleets(self.fleets, self.clusters)
@@ -750,6 +758,10 @@ def up(specs: list[ClusterSpec] | None = None, fleets: list[str] | None = None) 
             used = {c["index"] for c in state.clusters.values()}
             index = next(i for i in range(1000) if i not in used)
             state.clusters[spec.name] = {**asdict(spec), "index": index}
+    for path in state.forget_missing_fleets():
+        print(f"skyshare-sandbox: forgetting fleet {path}: the file is gone (its orgs' "
+              "namespaces stay on the clusters; `up --fleet FILE` adds it again)",
+              file=sys.stderr)
     for path in fleets or []:
         path = str(Path(path).resolve())
         if path not in state.fleets:

@@ -1,11 +1,12 @@
-"""The sandbox refuses, with the fix, more clusters than the machine's inotify limit holds:
-past it a Kueue exits ("too many open files") and every write then fails at its webhook."""
+"""Sandbox limits and leftovers. More clusters than the inotify limit holds are refused with
+the fix: past it a Kueue exits ("too many open files") and every write then fails at its
+webhook. Fleet files gone since an earlier `up` are forgotten."""
 
 from __future__ import annotations
 
 import pytest
 
-from airflow_provider_skyshare.sandbox.cluster import SandboxError, check_inotify
+from airflow_provider_skyshare.sandbox.cluster import SandboxError, State, check_inotify
 
 
 def test_twenty_clusters_under_the_kernels_default_limit_are_refused_with_the_fix(tmp_path):
@@ -22,3 +23,14 @@ def test_twenty_clusters_under_the_kernels_default_limit_are_refused_with_the_fi
 
 def test_a_machine_without_the_setting_is_not_checked(tmp_path):
     check_inotify(500, tmp_path / "absent")
+
+
+def test_a_fleet_file_deleted_since_up_is_forgotten_not_fatal(tmp_path):
+    """The sandbox outlives the clone that ran `up --fleet`: the next `up` (from another
+    clone) drops the gone file instead of failing on it."""
+    kept, gone = tmp_path / "kept.yaml", tmp_path / "gone.yaml"
+    kept.write_text("clusters: []\n")
+    state = State(fleets=[str(gone), str(kept)])
+    assert state.forget_missing_fleets() == [str(gone)]
+    assert state.fleets == [str(kept)]
+    assert state.forget_missing_fleets() == []
