@@ -7,6 +7,7 @@ and keeps watch events byte-for-byte what the API server sent.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,6 +43,18 @@ TRANSPORT_ERRORS = (aiohttp.ClientError, aiohttp.http_exceptions.HttpProcessingE
                     asyncio.TimeoutError, OSError)
 
 
+# Requests this process has sent, by (cluster, verb, resource): the client's own count, which
+# the scale benchmark reports beside the apiservers' (whose other clients it cannot tell apart).
+REQUESTS: collections.Counter[tuple[str, str, str]] = collections.Counter()
+
+
+def _count(cluster: str, verb: str, path: str) -> None:
+    parts = path.strip("/").split("/")  # api/v1[/namespaces/NS]/RESOURCE[/NAME[/SUB]]
+    at = parts.index("namespaces") + 2 if "namespaces" in parts[:-2] else (
+        2 if parts[0] == "api" else 3)
+    REQUESTS[(cluster, verb, parts[at] if at < len(parts) else parts[-1])] += 1
+
+
 def _unreachable(cluster: Cluster, exc: BaseException) -> KubeError:
     text = str(exc) or type(exc).__name__
     return KubeError(cluster.name, 0, "Unreachable", text)
@@ -60,6 +73,7 @@ async def _authorized(api: Any, headers: dict[str, str]) -> dict[str, str]:
 async def _call(cluster: Cluster, method: str, path: str, query: list[tuple[str, Any]],
                 body: Any, timeout: float | None, headers: dict[str, str]) -> bytes:
     """One round trip: the body of a 2xx answer, else KubeError (status 0: no answer)."""
+    _count(cluster.name, method, path)
     try:
         api = await clients.async_api(cluster)
         resp = await api.rest_client.request(
@@ -202,6 +216,7 @@ async def stream_log(cluster: Cluster, namespace: str, name: str, container: str
     (the container stopped) or nothing came for ``timeout`` seconds (an idle timeout: a busy
     stream is never cut)."""
     api = await clients.async_api(cluster)
+    _count(cluster.name, "STREAM", pods_path(namespace, name) + "/log")
     try:
         resp = await api.rest_client.request(
             "GET", api.configuration.host + pods_path(namespace, name) + "/log",
@@ -307,6 +322,7 @@ async def watch_pods(
         ("resourceVersion", resource_version), ("allowWatchBookmarks", "true"),
         ("timeoutSeconds", str(timeout_seconds)),
     ]
+    _count(cluster.name, "WATCH", pods_path(namespace))
     try:
         resp = await api.rest_client.request(
             "GET", api.configuration.host + pods_path(namespace), query_params=query,

@@ -43,16 +43,20 @@ def admin_api(kubeconfig: str, context: str):
                                                           context=context))
 
 
-def request_total(api) -> float:
-    """Sum of apiserver_request_total on this apiserver (its own count of served requests)."""
+def request_total(api) -> tuple[float, float]:
+    """apiserver_request_total on this apiserver (its own count of served requests): all of
+    them, and those on pods (the only resource either benchmarked trigger reads)."""
     resp = api.api_client.call_api("/metrics", "GET", _preload_content=False,
                                    _return_http_data_only=True, auth_settings=["BearerToken"])
     text = resp.data.decode()
-    total = 0.0
+    total = pods = 0.0
     for line in text.splitlines():
         if line.startswith("apiserver_request_total{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+            value = float(line.rsplit(" ", 1)[1])
+            total += value
+            if 'resource="pods"' in line:
+                pods += value
+    return total, pods
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -68,6 +68,15 @@ def write(results: Path) -> str:
     return table
 
 
+def _per_minute(row: dict) -> str:
+    """Requests per minute net of the idle window; and those on pods, where measured (the
+    only resource both triggers read: the clusters' own background is on the others)."""
+    text = f"{row['requests_per_minute']:.0f} req/min"
+    if "pod_requests_per_minute" in row:
+        text += f" ({row['pod_requests_per_minute']:.0f} on pods)"
+    return text
+
+
 def scale_lines(f: dict | None) -> list[str]:
     """(f): one triggerer at N pods over the fleet, against KubernetesPodTrigger at the same N
     (or where it broke)."""
@@ -80,16 +89,17 @@ def scale_lines(f: dict | None) -> list[str]:
         if s is None or "broke" in s:
             out.append(f"| (f) N={n} on {f['clusters']} clusters | broke | - | - | - |")
             continue
-        ours = (f"{s['cpu_cores']:.2f} cores / {s['max_rss_mb']:.0f} MB / "
-                f"{s['requests_per_minute']:.0f} req/min")
+        ours = f"{s['cpu_cores']:.2f} cores / {s['max_rss_mb']:.0f} MB / {_per_minute(s)}"
         if k is None:
             base, ratio = "not run (broke at a smaller N)", "-"
         elif "broke" in k:
             base, ratio = f"broke: {k['broke'][:80]}", "-"
         else:
             base = (f"{k['cpu_cores']:.2f} cores / {k['max_rss_mb']:.0f} MB / "
-                    f"{k['requests_per_minute']:.0f} req/min (KubernetesPodTrigger)")
-            ratio = f"{k['requests'] / max(s['requests'], 1):.0f}x fewer requests"
+                    f"{_per_minute(k)} (KubernetesPodTrigger)")
+            key = "pod_requests" if "pod_requests" in s and "pod_requests" in k else "requests"
+            ratio = (f"{k[key] / max(s[key], 1):.0f}x fewer "
+                     f"{'pod ' if key == 'pod_requests' else ''}requests")
         out.append(f"| (f) N={n} on {f['clusters']} clusters: CPU / RSS / requests | {ours} | "
                    f"{base} | {ratio} | <= 1 core, <= 1 GB, >= 20x fewer |")
     return out

@@ -2,8 +2,9 @@
 KubernetesPodTrigger at the same N (or the largest N it survives).
 
 (b)'s measurement (benchmarks.trigger_load: each variant in its own process, CPU and RSS from
-getrusage over a steady-state window after a warm-up, requests from every apiserver's own
-apiserver_request_total, minus an idle window) over a fleet: pods round robin on K clusters.
+getrusage over a window once its CPU is steady, requests from every apiserver's own
+apiserver_request_total read at the window's marks, minus an idle window, and skyshare's own
+client count) over a fleet: pods round robin on K clusters.
 The baseline is run at each size in turn and stops at the first size it does not survive
 (its process fails or overruns), which is reported with the reason.
 """
@@ -13,27 +14,31 @@ from __future__ import annotations
 import concurrent.futures
 import math
 import subprocess
-import time
 from typing import Any
 
 from benchmarks import trigger_load
-from benchmarks.common import admin_api, request_total
+from benchmarks.common import admin_api
 
 CLUSTERS = [f"f{i:02d}" for i in range(1, 21)]
 NODES = 3  # 110 pods each: room for 250 pods per cluster (5,000 on 20)
 
 
-def rates(row: dict[str, Any], idle: float) -> dict[str, Any]:
-    """Steady-state figures of one measured window: requests net of the idle window."""
+def rates(row: dict[str, Any], idle: tuple[float, float]) -> dict[str, Any]:
+    """Steady-state figures of one measured window: requests net of the idle window, all of
+    them and those on pods (the background's other ~4,900/min would swamp skyshare's)."""
     window = row["window_s"]
-    requests = max(0.0, row["requests_raw"] - idle)
-    return {**row, "requests": requests, "idle_requests": idle,
-            "requests_per_minute": requests / window * 60,
+    per_minute = 60 / row.get("measured_s", window)
+    requests = max(0.0, row["requests_raw"] - idle[0])
+    pod_requests = max(0.0, row["pod_requests_raw"] - idle[1])
+    return {**row, "requests": requests, "idle_requests": idle[0],
+            "pod_requests": pod_requests, "idle_pod_requests": idle[1],
+            "requests_per_minute": requests * per_minute,
+            "pod_requests_per_minute": pod_requests * per_minute,
             "cpu_cores": row["cpu_seconds"] / window}
 
 
 def _measure(variant: str, n: int, window: float, kubeconfig: str, apis: list[Any],
-             clusters: list[str], idle: float) -> dict[str, Any]:
+             clusters: list[str], idle: tuple[float, float]) -> dict[str, Any]:
     try:
         row = trigger_load.measure(variant, n, window, kubeconfig, apis, clusters)
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -50,9 +55,7 @@ def run(kubeconfig: str, sizes: list[int], window: float, clusters: list[str]) -
     apis = {c: admin_api(kubeconfig, c) for c in clusters}
     everyone = list(apis.values())
     _pods(apis, math.ceil(max(sizes) / len(clusters)))
-    start = sum(request_total(a) for a in everyone)
-    time.sleep(window)  # the idle window: the clusters' own background traffic
-    idle = sum(request_total(a) for a in everyone) - start
+    idle = trigger_load.idle(everyone, window)  # the clusters' own background traffic
     rows, broke = [], None
     try:
         for n in sizes:
@@ -65,7 +68,8 @@ def run(kubeconfig: str, sizes: list[int], window: float, clusters: list[str]) -
                     print(f"  N={n} {variant}: broke ({row['broke'][:200]})", flush=True)
                     continue
                 print(f"  N={n} on {len(clusters)} clusters, {variant}: "
-                      f"{row['requests_per_minute']:.0f} requests/min, "
+                      f"{row['requests_per_minute']:.0f} requests/min "
+                      f"({row['pod_requests_per_minute']:.0f} on pods), "
                       f"{row['cpu_cores']:.2f} cores, {row['max_rss_mb']:.0f} MB RSS", flush=True)
     finally:
         for api in everyone:

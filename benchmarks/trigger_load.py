@@ -1,8 +1,10 @@
 """(b) Triggerer load: N pods followed at once for a window, skyshare vs KubernetesPodTrigger.
 
 Each variant runs in its own process (clean CPU and RSS accounting) and follows N running
-pods for the window; the apiserver's own apiserver_request_total says how many requests
-it served meanwhile (minus an idle window of the same length measured in the same run).
+pods; once its CPU is steady it marks a window on stdout. The apiserver's own
+apiserver_request_total, read at the marks, says how many requests it served in the window
+(minus an idle window of the same length measured in the same run); skyshare's client also
+counts its own requests, by verb and resource.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -122,9 +125,48 @@ def _kpt(name: str, kubeconfig: str, cluster: str = CLUSTER):
     )
 
 
-# seconds: imports, client set-up and the first list/get of every trigger (thousands of
-# triggers may need longer: SKYSHARE_BENCH_WARMUP)
+# The warm-up (imports, client set-up, the first list/get of every trigger) lasts until the
+# process's CPU rate is steady: two 5 s slices within 25% (or 0.02 cores) of each other, after
+# at least WARMUP s and at most WARMUP_MAX s. A fixed warm-up measured thousands of triggers
+# still starting as if it were their steady state.
 WARMUP = float(os.environ.get("SKYSHARE_BENCH_WARMUP", "15"))
+WARMUP_MAX = 300.0
+SLICE = 5.0
+WINDOW_START, WINDOW_END = "WINDOW-START", "WINDOW-END"
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def steady(previous: float, last: float) -> bool:
+    """Two successive CPU rates (cores) close enough to call the process settled."""
+    return abs(last - previous) <= max(0.02, 0.25 * max(previous, last))
+
+
+async def _settle() -> float:
+    """Wait out the warm-up; returns how long it took."""
+    start = time.monotonic()
+    await asyncio.sleep(WARMUP)
+    rates: list[float] = []
+    while time.monotonic() - start < WARMUP_MAX:
+        before = _cpu()
+        await asyncio.sleep(SLICE)
+        rates.append((_cpu() - before) / SLICE)
+        if len(rates) >= 2 and steady(rates[-2], rates[-1]):
+            break
+    return time.monotonic() - start
+
+
+def _client_requests() -> dict[str, int]:
+    """This process's own requests by verb and resource (skyshare's client counts them)."""
+    from airflow_provider_skyshare import kube
+
+    out: dict[str, int] = {}
+    for (_, verb, res), n in kube.REQUESTS.items():
+        out[f"{verb} {res}"] = out.get(f"{verb} {res}", 0) + n
+    return out
 
 
 def spread(n: int, clusters: list[str]) -> list[tuple[str, str]]:
@@ -135,7 +177,8 @@ def spread(n: int, clusters: list[str]) -> list[tuple[str, str]]:
 
 async def _follow(variant: str, pods: list[tuple[str, str]], kubeconfig: str,
                   window: float) -> dict:
-    """Start N triggers, let them settle, then measure CPU over the window (steady state)."""
+    """Start N triggers, let them settle, then measure CPU over the window (steady state).
+    The window's start and end are printed, for the parent to read the apiservers' counts."""
     if variant == "skyshare":
         fleet_file = bench_fleet(kubeconfig, sorted({c for c, _ in pods}), tempfile.mkdtemp())
         triggers = [_skyshare_trigger(name, fleet_file, cluster) for cluster, name in pods]
@@ -149,15 +192,21 @@ async def _follow(variant: str, pods: list[tuple[str, str]], kubeconfig: str,
             fired += 1
 
     tasks = [asyncio.create_task(drain(t)) for t in triggers]
-    await asyncio.sleep(WARMUP)
+    warmup = await _settle()
+    client0 = _client_requests() if variant == "skyshare" else {}
+    print(WINDOW_START, flush=True)
     before = resource.getrusage(resource.RUSAGE_SELF)
     await asyncio.sleep(window)
     after = resource.getrusage(resource.RUSAGE_SELF)
+    print(WINDOW_END, flush=True)
+    client = {k: v - client0.get(k, 0) for k, v in _client_requests().items()
+              if v - client0.get(k, 0)} if variant == "skyshare" else None
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"cpu_seconds": cpu, "max_rss_mb": after.ru_maxrss / 1024, "fired_early": fired}
+    return {"cpu_seconds": cpu, "max_rss_mb": after.ru_maxrss / 1024, "fired_early": fired,
+            "warmup_s": round(warmup, 1), "client_requests": client}
 
 
 def child(variant: str, n: int, window: float, kubeconfig: str,
@@ -165,26 +214,59 @@ def child(variant: str, n: int, window: float, kubeconfig: str,
     """Runs in the measured process."""
     os.environ.setdefault("AIRFLOW_CONN_KUBERNETES_DEFAULT", '{"conn_type": "kubernetes"}')
     pods = spread(n, clusters or [CLUSTER])
-    print("RESULT " + json.dumps(asyncio.run(_follow(variant, pods, kubeconfig, window))))
+    print("RESULT " + json.dumps(asyncio.run(_follow(variant, pods, kubeconfig, window))),
+          flush=True)
+
+
+def served(apis: list) -> tuple[float, float]:
+    """(all requests, pod requests) the apiservers have served so far, by their own count."""
+    totals = [request_total(a) for a in apis]
+    return sum(t for t, _ in totals), sum(p for _, p in totals)
 
 
 def measure(variant: str, n: int, window: float, kubeconfig: str, api,
             clusters: list[str] | None = None) -> dict:
     """One variant in its own process; `api` one apiserver's client, or a list of them (the
-    requests served are summed)."""
+    requests served between the child's window markers are summed)."""
     apis = api if isinstance(api, list) else [api]
-    start = sum(request_total(a) for a in apis)
     args = [sys.executable, "-m", "benchmarks.trigger_load", "--child", variant, "--n", str(n),
             "--window", str(window), "--kubeconfig", kubeconfig]
     if clusters:
         args += ["--clusters", ",".join(clusters)]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=window + 600)
-    served = sum(request_total(a) for a in apis) - start
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if line is None:
-        raise RuntimeError(f"{variant} child failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return {"variant": variant, "n": n, "window_s": window, "requests_raw": served,
+    marks: dict[str, tuple[float, float, float]] = {}
+    out: list[str] = []
+    limit = WARMUP_MAX + window + 600
+    with tempfile.TemporaryFile("w+") as err, subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=err, text=True) as proc:
+        timer = threading.Timer(limit, proc.kill)  # a hung child: its stdout closes
+        timer.start()
+        try:
+            for line in proc.stdout:  # type: ignore[union-attr]
+                out.append(line)
+                if line.strip() in (WINDOW_START, WINDOW_END):
+                    marks[line.strip()] = (time.monotonic(), *served(apis))
+            proc.wait()
+        finally:
+            timer.cancel()
+        err.seek(0)
+        stderr = err.read()
+    if proc.returncode == -9:
+        raise subprocess.TimeoutExpired(args, limit)
+    line = next((x for x in out if x.startswith("RESULT ")), None)
+    if line is None or len(marks) < 2:
+        raise RuntimeError(f"{variant} child failed:\n{''.join(out)[-2000:]}\n{stderr[-3000:]}")
+    (t0, all0, pods0), (t1, all1, pods1) = marks[WINDOW_START], marks[WINDOW_END]
+    return {"variant": variant, "n": n, "window_s": window, "measured_s": round(t1 - t0, 1),
+            "requests_raw": all1 - all0, "pod_requests_raw": pods1 - pods0,
             **json.loads(line[len("RESULT "):])}
+
+
+def idle(apis: list, window: float) -> tuple[float, float]:
+    """The apiservers' own background over a window of the same length (nothing followed)."""
+    all0, pods0 = served(apis)
+    time.sleep(window)
+    all1, pods1 = served(apis)
+    return all1 - all0, pods1 - pods0
 
 
 def run(ns: list[int], window: float, kubeconfig: str) -> dict:
@@ -192,16 +274,16 @@ def run(ns: list[int], window: float, kubeconfig: str) -> dict:
     rows = []
     for n in ns:
         make_pods(api, n)
-        idle0 = request_total(api)
-        time.sleep(window)  # the idle window: background traffic of the cluster's own parts
-        idle = request_total(api) - idle0
+        background, pod_background = idle([api], window)
         for variant in ("skyshare", "kubernetes_pod_trigger"):
             row = measure(variant, n, window, kubeconfig, api)
-            row["requests"] = max(0.0, row["requests_raw"] - idle)
-            row["idle_requests"] = idle
+            row["requests"] = max(0.0, row["requests_raw"] - background)
+            row["pod_requests"] = max(0.0, row["pod_requests_raw"] - pod_background)
+            row["idle_requests"], row["idle_pod_requests"] = background, pod_background
             rows.append(row)
-            print(f"  N={n} {variant}: {row['requests']:.0f} requests, "
-                  f"{row['cpu_seconds']:.1f} CPU s, {row['max_rss_mb']:.0f} MB RSS", flush=True)
+            print(f"  N={n} {variant}: {row['requests']:.0f} requests "
+                  f"({row['pod_requests']:.0f} on pods), {row['cpu_seconds']:.1f} CPU s, "
+                  f"{row['max_rss_mb']:.0f} MB RSS", flush=True)
         delete_pods(api)
     return {"rows": rows}
 

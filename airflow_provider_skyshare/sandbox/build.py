@@ -10,6 +10,7 @@ binaries are reused; nothing is written into the repository.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -50,6 +51,14 @@ def _module_dir(go: str, module: str) -> Path:
     return Path(json.loads(out)["Dir"])
 
 
+def _install(cmd: list[str], pkg: str, dest: Path, cwd: Path, env: dict[str, str]) -> None:
+    """Build beside `dest`, then rename over it: a running component keeps its (now deleted)
+    binary, which is how `up` knows to restart it."""
+    tmp = dest.with_name(dest.name + ".new")
+    _run([*cmd, "-o", str(tmp), pkg], cwd, dest.name, env)
+    os.replace(tmp, dest)
+
+
 def _run(cmd: list[str], cwd: Path, what: str, env: dict[str, str] | None = None) -> None:
     start = time.monotonic()
     print(f"  building {what} ...", flush=True)
@@ -60,13 +69,74 @@ def _run(cmd: list[str], cwd: Path, what: str, env: dict[str, str] | None = None
     print(f"  built {what} in {time.monotonic() - start:.0f}s", flush=True)
 
 
+# KWOK v0.8.0 starts its stage controllers in Go map order (`Controller.Start` ranges over
+# LocalStages). When the pod controller comes first, it keeps a nil "node not held" check and
+# plays every pod stage on a node whose Lease another holds: a node that is down still runs,
+# completes and deletes its pods (21 of 30 KWOK restarts here; 0 of 30 patched). The patch
+# starts the node controllers (and the Lease controller the check belongs to) first. It is
+# applied to a copy of the module (Go refuses overlays of the module cache).
+KWOK_PATCHES = {
+    "pkg/kwok/controllers/controller.go": (
+        ("import (\n", "import (\n\t\"sort\"\n"),
+        ("\t\tfor ref, stage := range c.conf.LocalStages {\n",
+         "\t\trefs := make([]internalversion.StageResourceRef, 0, len(c.conf.LocalStages))\n"
+         "\t\tfor ref := range c.conf.LocalStages {\n"
+         "\t\t\trefs = append(refs, ref)\n"
+         "\t\t}\n"
+         "\t\tsort.SliceStable(refs, func(i, j int) bool {\n"
+         "\t\t\treturn refs[i] == nodeRef && refs[j] != nodeRef\n"
+         "\t\t})\n"
+         "\t\tfor _, ref := range refs { // skyshare: node controllers first\n"
+         "\t\t\tstage := c.conf.LocalStages[ref]\n"),
+    ),
+}
+
+
+def kwok_source(module: Path, work: Path) -> Path:
+    """A patched copy of KWOK's module in `work`; fails, naming the file, when the upstream
+    text moved (a new KWOK version)."""
+    dest = work / f"kwok-{paths.KWOK}-src"
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(module, dest, ignore=shutil.ignore_patterns("demo", "site", "test", ".git*"))
+    for p in [dest, *dest.rglob("*")]:
+        p.chmod(0o644 if p.is_file() else 0o755)  # the module cache's copies are read-only
+    for rel, edits in KWOK_PATCHES.items():
+        text = (dest / rel).read_text()
+        for old, new in edits:
+            if text.count(old) != 1:
+                raise BuildError(f"KWOK {paths.KWOK}: {rel} no longer has the text the "
+                                 "sandbox patches (KWOK_PATCHES in sandbox/build.py): update "
+                                 "the patch")
+            text = text.replace(old, new)
+        (dest / rel).write_text(text)
+    return dest
+
+
+def _kwok_stamp() -> Path:
+    """Names the patch the kwok binary was built with: a changed patch rebuilds KWOK alone."""
+    digest = hashlib.sha256(json.dumps(KWOK_PATCHES).encode()).hexdigest()[:12]
+    return paths.bin_dir() / f".kwok-patch-{digest}"
+
+
+def missing(force: bool = False) -> list[str]:
+    """The binaries to build: absent, or KWOK built without the current patch."""
+    out = paths.bin_dir()
+    return [b for b in paths.BINARIES if force or not (out / b).exists()
+            or (b == "kwok" and not _kwok_stamp().exists())]
+
+
+def needed() -> bool:
+    return bool(missing()) or not (paths.kueue_manifests() / ".complete").exists()
+
+
 def build(force: bool = False) -> Path:
     """Build every missing binary; returns the bin directory."""
     out = paths.bin_dir()
     out.mkdir(parents=True, exist_ok=True)
-    missing = [b for b in paths.BINARIES if force or not (out / b).exists()]
+    missing_ = missing(force)
     manifests_ready = (paths.kueue_manifests() / ".complete").exists()
-    if not missing and manifests_ready:
+    if not missing_ and manifests_ready:
         print(f"sandbox binaries cached in {out}")
         return out
     go = _go()
@@ -82,13 +152,19 @@ def build(force: bool = False) -> Path:
         "etcd": ("go.etcd.io/etcd/server/v3", "-s -w"),
     }
     for name, (pkg, ldflags) in targets.items():
-        if name in missing:
-            _run([go, "build", "-ldflags", ldflags, "-o", str(out / name), pkg], wrap, name, env)
+        if name in missing_:
+            _install([go, "build", "-ldflags", ldflags], pkg, out / name, wrap, env)
     for name, module, pkg in (("kwok", f"sigs.k8s.io/kwok@{paths.KWOK}", "./cmd/kwok"),
                               ("kueue", f"sigs.k8s.io/kueue@{paths.KUEUE}", "./cmd/kueue")):
-        if name in missing:
+        if name in missing_:
             src = _module_dir(go, module)
-            _run([go, "build", "-ldflags", "-s -w", "-o", str(out / name), pkg], src, name, env)
+            if name == "kwok":
+                src = kwok_source(src, paths.cache_dir())
+            _install([go, "build", "-ldflags", "-s -w"], pkg, out / name, src, env)
+            if name == "kwok":
+                for old in out.glob(".kwok-patch-*"):
+                    old.unlink()
+                _kwok_stamp().touch()
     if not manifests_ready:
         _copy_kueue_manifests(_module_dir(go, f"sigs.k8s.io/kueue@{paths.KUEUE}"))
     print(f"sandbox built in {time.monotonic() - total:.0f}s", flush=True)

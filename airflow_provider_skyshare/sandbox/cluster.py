@@ -479,13 +479,24 @@ def component_alive(state: State, name: str, component: str) -> bool:
     return alive(state.pids.get(f"{name}/{component}"))
 
 
+def rebuilt(pid: int | None) -> bool:
+    """The process runs a binary that `build` has replaced since (it renames the new one over
+    the old): `up` restarts it, or a sandbox left running would keep the old behaviour."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe").endswith(" (deleted)")
+    except OSError:  # gone, or not Linux
+        return False
+
+
 def start_component(state: State, name: str, component: str, timeout: float = 60) -> None:
     if name not in state.clusters:
         raise SandboxError(f"no cluster {name!r} in the sandbox ({', '.join(state.clusters)})")
     if component not in _STARTERS:
         raise SandboxError(f"unknown component {component!r} (use {', '.join(COMPONENTS)})")
-    if not (component_alive(state, name, component) and _health(state, name, component)):
-        _kill(state.pids.get(f"{name}/{component}"))
+    pid = state.pids.get(f"{name}/{component}")
+    if not (component_alive(state, name, component) and not rebuilt(pid)
+            and _health(state, name, component)):
+        _kill(pid)
         _STARTERS[component](state, name)
         state.save()
     _wait(lambda: _health(state, name, component), timeout, f"{name} {component}")
@@ -744,11 +755,10 @@ def check_inotify(clusters: int, limit_file: Path = INOTIFY_LIMIT) -> None:
 
 
 def up(specs: list[ClusterSpec] | None = None, fleets: list[str] | None = None) -> State:
-    from airflow_provider_skyshare.sandbox.build import build
+    from airflow_provider_skyshare.sandbox import build
 
-    if not all((paths.bin_dir() / b).exists() for b in paths.BINARIES) or not (
-        paths.kueue_manifests() / ".complete").exists():
-        build()
+    if build.needed():
+        build.build()
     state = State.load()
     specs = list(specs or ([] if state.clusters else DEFAULT_CLUSTERS))
     if not specs and not state.clusters:

@@ -326,11 +326,24 @@ def test_pods_are_spread_round_robin_with_names_each_cluster_has():
 def test_scale_rates_are_net_of_the_idle_window():
     from benchmarks import scale
 
-    row = scale.rates({"variant": "x", "n": 10, "window_s": 30.0, "requests_raw": 130.0,
-                       "cpu_seconds": 15.0, "max_rss_mb": 100}, idle=100.0)
+    row = scale.rates({"variant": "x", "n": 10, "window_s": 30.0, "measured_s": 30.0,
+                       "requests_raw": 130.0, "pod_requests_raw": 12.0,
+                       "cpu_seconds": 15.0, "max_rss_mb": 100}, idle=(100.0, 2.0))
     assert row["requests"] == 30.0 and row["requests_per_minute"] == 60.0
+    assert row["pod_requests"] == 10.0 and row["pod_requests_per_minute"] == 20.0
     assert row["cpu_cores"] == 0.5
-    assert scale.rates({**row, "requests_raw": 50.0}, idle=100.0)["requests"] == 0.0
+    assert scale.rates({**row, "requests_raw": 50.0}, idle=(100.0, 2.0))["requests"] == 0.0
+    # the rate is over the time between the apiserver reads at the child's marks
+    assert scale.rates({**row, "measured_s": 60.0}, idle=(100.0, 2.0))[
+        "requests_per_minute"] == 30.0
+
+
+def test_the_warm_up_ends_when_the_cpu_rate_is_steady():
+    from benchmarks import trigger_load
+
+    assert trigger_load.steady(0.50, 0.45) and trigger_load.steady(0.001, 0.015)
+    assert not trigger_load.steady(1.0, 0.3)  # thousands of triggers still starting
+    assert not trigger_load.steady(0.0, 0.05)
 
 
 def test_report_rows_for_f_say_where_the_baseline_broke():
@@ -344,3 +357,8 @@ def test_report_rows_for_f_say_where_the_baseline_broke():
     first, second = report.scale_lines(f)
     assert "100x fewer requests" in first and "1.50 cores" in first
     assert "broke: TimeoutExpired" in second and "0.10 cores / 200 MB / 60 req/min" in second
+    pods = {"pod_requests": 5, "pod_requests_per_minute": 5}
+    f["rows"][:2] = [{**f["rows"][0], **pods},
+                     {**f["rows"][1], "pod_requests": 4000, "pod_requests_per_minute": 4000}]
+    first, _ = report.scale_lines(f)
+    assert "800x fewer pod requests" in first and "60 req/min (5 on pods)" in first
