@@ -13,12 +13,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from airflow_provider_skyshare import clients, kube, tenancy
+from airflow_provider_skyshare import clients, inventory, kube, tenancy
 from airflow_provider_skyshare.fleet import Cluster, Fleet
 from airflow_provider_skyshare.names import NOT_ENFORCED, POLICY_PATHS, TIER_POLICY
 from airflow_provider_skyshare.snapshot import ClusterCapacity, Snapshot, summarize
 
-NON_TERMINAL = "status.phase!=Succeeded,status.phase!=Failed"
+NON_TERMINAL = inventory.NON_TERMINAL
 
 
 async def probe_cluster(cluster: Cluster, timeout: float) -> ClusterCapacity:
@@ -28,18 +28,22 @@ async def probe_cluster(cluster: Cluster, timeout: float) -> ClusterCapacity:
     its own credential, a cluster without the tier policy is not used (not enforced there).
     """
     enforced, cluster = cluster.enforced, cluster.as_reader()
+    live = inventory.of(cluster)
     try:
         await clients.ready(cluster)
         start = time.monotonic()
-        nodes, pods, problem = await asyncio.wait_for(
-            asyncio.gather(
+        if live is not None and live.synced:  # a triggerer's: no request but the policy's
+            problem = await asyncio.wait_for(live.policy(
+                lambda: _policy_problem(cluster, timeout)), timeout) if enforced else None
+            nodes = {"items": list(live.nodes.items.values())}
+            pods = {"items": list(live.pods.items.values())}
+        else:
+            nodes, pods, problem = await asyncio.wait_for(asyncio.gather(
                 kube.list_nodes(cluster, timeout),
                 kube.request(cluster, "GET", "/api/v1/pods",
                              query={"fieldSelector": NON_TERMINAL}, timeout=timeout),
                 _policy_problem(cluster, timeout) if enforced else _none(),
-            ),
-            timeout,
-        )
+            ), timeout)
     except asyncio.TimeoutError:
         return ClusterCapacity(cluster.name, False, f"no answer within {timeout:g}s")
     except kube.KubeError as exc:

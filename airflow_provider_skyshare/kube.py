@@ -311,21 +311,31 @@ async def list_nodes(cluster: Cluster, timeout: float) -> dict[str, Any]:
     return await request(cluster, "GET", "/api/v1/nodes", timeout=timeout)
 
 
-async def watch_pods(
+def watch_pods(
     cluster: Cluster, namespace: str, label_selector: str, resource_version: str,
     timeout_seconds: int = 300,
 ) -> AsyncIterator[dict[str, Any]]:
-    """Yield raw watch events ({type, object}) until the server closes the stream."""
+    """Raw watch events ({type, object}) until the server closes the stream."""
+    return watch_path(cluster, pods_path(namespace), {"labelSelector": label_selector},
+                      resource_version, timeout_seconds)
+
+
+async def watch_path(
+    cluster: Cluster, path: str, query: dict[str, str], resource_version: str,
+    timeout_seconds: int = 300,
+) -> AsyncIterator[dict[str, Any]]:
+    """Watch any collection (with bookmarks) from `resource_version`: raw events until the
+    server closes the stream."""
     api = await clients.async_api(cluster)
-    query = [
-        ("watch", "true"), ("labelSelector", label_selector),
+    params = [
+        ("watch", "true"), *query.items(),
         ("resourceVersion", resource_version), ("allowWatchBookmarks", "true"),
         ("timeoutSeconds", str(timeout_seconds)),
     ]
-    _count(cluster.name, "WATCH", pods_path(namespace))
+    _count(cluster.name, "WATCH", path)
     try:
         resp = await api.rest_client.request(
-            "GET", api.configuration.host + pods_path(namespace), query_params=query,
+            "GET", api.configuration.host + path, query_params=params,
             headers=await _authorized(api, {"Accept": "application/json"}),
             _preload_content=False,
             _request_timeout=timeout_seconds + 30,

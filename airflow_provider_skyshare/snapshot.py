@@ -91,7 +91,8 @@ class Snapshot:
         return self.clusters.get(name) or ClusterCapacity(name, False, "not probed")
 
 
-def _gpus(pod: Mapping[str, Any]) -> int:
+def gpus_requested(pod: Mapping[str, Any]) -> int:
+    """The GPUs a pod asks for (requests, else limits), over its containers."""
     total = 0
     for c in (pod.get("spec") or {}).get("containers") or []:
         res = c.get("resources") or {}
@@ -187,7 +188,7 @@ def _holder(cluster: Cluster, pod: Mapping[str, Any],
     """Who holds (or, unbound, waits for) GPUs: a non-terminal pod that asks for some."""
     if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
         return None
-    gpus = _gpus(pod)
+    gpus = gpus_requested(pod)
     if not gpus:
         return None
     meta = pod.get("metadata") or {}

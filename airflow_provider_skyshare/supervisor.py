@@ -10,6 +10,7 @@ step always sees the answer to what it asked for first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -189,10 +190,11 @@ class Supervisor:
             self._feed = None
 
     # -- before the loop: what exists already --------------------------------------------------
-    async def adopt_newest(self) -> None:
+    async def adopt_newest(self, shared: bool = True) -> None:
         """Continue from this try's newest pod on any cluster when it is newer than the
         timeline (a worker retried after a crash, a trigger restarted after a move)."""
-        newest = await taskpods.find_newest(self.job.fleet, self.job.identity, self.log)
+        newest = await taskpods.find_newest(self.job.fleet, self.job.identity, self.log,
+                                            shared=shared)
         last = self.state.timeline.last
         if newest is None or (last is not None and pods.attempt_of(newest[1]) <= last.number):
             return
@@ -217,10 +219,15 @@ class Supervisor:
         fleet = self.job.fleet
         sweeping = asyncio.create_task(taskpods.sweep_tombstones(fleet, self.log,
                                                                  now=self.clock()))
+        # A first try has no earlier pods to delete, so the capacity it sees cannot change
+        # under the search: probe meanwhile. (A later try probes after its reaping.)
+        early = (self.api.probing_early() if self.job.identity.try_number <= 1
+                 else contextlib.nullcontext())
         try:
-            await taskpods.reap_earlier_tries(fleet, self.job.identity, self.log)
-            await self.adopt_newest()
-            return await self.run(until=Phase.WATCHING)
+            async with early:
+                await taskpods.reap_earlier_tries(fleet, self.job.identity, self.log)
+                await self.adopt_newest(shared=False)  # no watch of every cluster to defer
+                return await self.run(until=Phase.WATCHING)
         finally:
             await _within(sweeping, SWEEP_WAIT_SECONDS, self.log)
 

@@ -29,9 +29,11 @@ async def _everywhere(fleet: Fleet, one: Callable[[str], Awaitable[list[T]]]) ->
     return [item for items in results for item in items]
 
 
-async def find_newest(fleet: Fleet, identity: TaskIdentity,
-                      log: logging.Logger) -> Found | None:
-    """The newest attempt's pod of this task and try, on any cluster."""
+async def find_newest(fleet: Fleet, identity: TaskIdentity, log: logging.Logger, *,
+                      shared: bool = True) -> Found | None:
+    """The newest attempt's pod of this task and try, on any cluster. `shared`: from the
+    shared watch's cache (a triggerer resuming many tasks); else one list of this task's
+    pods per cluster (a worker placing one task, which will watch one cluster at most)."""
     key, try_ = identity.key, str(identity.try_number)
 
     def mine(pod: dict[str, Any]) -> bool:
@@ -47,7 +49,7 @@ async def find_newest(fleet: Fleet, identity: TaskIdentity,
             return []
         # the shared watch's cache: one list per cluster however many tasks resume
         cached = await watch.hub(cluster, cluster.namespace).snapshot(
-            fleet.policy.probe_timeout_seconds)
+            fleet.policy.probe_timeout_seconds) if shared else None
         if cached is not None:
             return [(name, p) for p in cached.values() if mine(p)]
         try:

@@ -25,6 +25,7 @@ from airflow.triggers.base import (
 )
 from asgiref.sync import sync_to_async
 
+from airflow_provider_skyshare import inventory
 from airflow_provider_skyshare.finish import (
     FinishPolicy,
     event_payload,
@@ -68,6 +69,7 @@ class MultiClusterPodTrigger(BaseTrigger):
                 {"state": self.state, "finish": self.finish})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        inventory.keep_live()  # this triggerer's placements read live capacity (inventory.py)
         policy = FinishPolicy.from_dict(self.finish)
         sup = self._supervisor = Supervisor(await self._saved(), log=self.log,
                                             live_logs=policy.live_logs)

@@ -4,6 +4,7 @@ gang on clusters that replay recorded pods renamed as its members (no Kubernetes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 from dataclasses import asdict
 from typing import Any
@@ -152,6 +153,9 @@ class GangReplayApi:
         self.deleted: list[str] = []
         self.playing: list[Event] = []
 
+    def probing_early(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
+
     async def probe(self, shared: bool) -> Snapshot:
         return self.snapshot
 
@@ -243,7 +247,7 @@ def test_a_gang_adopted_where_its_names_were_orphans_keeps_every_member(seed_fle
     group = gang.members(body, 2, 2, pods.main_index(body["spec"]))
     found = {**pod_fixture("running")["pod"], "metadata": group[0]["metadata"]}
 
-    async def newest(fleet, identity, log):
+    async def newest(fleet, identity, log, shared=True):
         return "rise", found
 
     monkeypatch.setattr(taskpods, "find_newest", newest)

@@ -66,3 +66,31 @@ def test_a_lone_placement_probes_at_once_and_a_bug_reaches_every_waiter(seed_fle
                 await task
 
     asyncio.run(main())
+
+
+def test_a_first_placement_probes_while_it_searches_and_an_unused_probe_is_dropped(
+        seed_fleet, monkeypatch):
+    """KubeClusterApi.probing_early: the probe starts on entry (before the search for the
+    task's pods ends), the placement's probe takes that one, and a placement that adopted a
+    pod instead leaves no probe running."""
+    from airflow_provider_skyshare.cluster_api import KubeClusterApi
+
+    probes = Probes()
+    monkeypatch.setattr(capacity, "probe_after", lambda fleet: probes(fleet))
+
+    async def main() -> tuple[float, list[asyncio.Event]]:
+        api = KubeClusterApi(seed_fleet, "key")
+        async with api.probing_early():
+            await asyncio.sleep(0)
+            assert probes.started == [0]  # under way while the search runs
+            await probes.finish(0)
+            used = await api.probe(shared=False)
+            nxt = asyncio.create_task(api.probe(shared=False))  # the next one is new
+            await probes.finish(1)
+            assert (await nxt).taken_at == 2.0
+        async with api.probing_early():
+            await asyncio.sleep(0)  # adopted: nobody asks
+        return used.taken_at, probes.release
+
+    taken, release = asyncio.run(main())
+    assert taken == 1.0 and len(release) == 3 and not release[2].is_set()  # cancelled, unset

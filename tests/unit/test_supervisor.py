@@ -7,6 +7,7 @@ vanished while the watch was too old reaches the follower as gone, and the work 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 from typing import Any
@@ -71,6 +72,9 @@ class ReplayApi:
         self.playing: dict[str, list[Event]] = {}
         self.leases: dict[tuple[str, str], dict[str, Any]] = {}
         self.version = 0
+
+    def probing_early(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
 
     async def probe(self, shared: bool) -> Snapshot:
         return self.snapshots.pop(0) if len(self.snapshots) > 1 else self.snapshots[0]
