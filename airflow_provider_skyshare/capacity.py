@@ -4,6 +4,7 @@ Two reads per cluster (nodes, non-terminal pods) run concurrently for all cluste
 placement costs one round trip to the slowest reachable cluster, not the sum. An
 unreachable cluster becomes an entry with its reason instead of failing the probe. Placements
 of one event loop that ask at once share one probe that starts after they ask (probe_after).
+A triggerer's loop reads nodes and pods from its live inventory instead (inventory.py).
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ async def probe_cluster(cluster: Cluster, timeout: float) -> ClusterCapacity:
     its own credential, a cluster without the tier policy is not used (not enforced there).
     """
     enforced, cluster = cluster.enforced, cluster.as_reader()
-    live = inventory.of(cluster)
     try:
         await clients.ready(cluster)
         start = time.monotonic()
-        if live is not None and live.synced:  # a triggerer's: no request but the policy's
-            problem = await asyncio.wait_for(live.policy(
-                lambda: _policy_problem(cluster, timeout)), timeout) if enforced else None
+        live = inventory.of(cluster)
+        if live is not None and live.synced:  # a triggerer's: one small read, no list
+            problem = await asyncio.wait_for(
+                _policy_problem(cluster, timeout) if enforced else _answers(cluster, timeout),
+                timeout)
             nodes = {"items": list(live.nodes.items.values())}
             pods = {"items": list(live.pods.items.values())}
         else:
@@ -88,6 +90,11 @@ _KINDS = {"validatingadmissionpolicybindings": "ValidatingAdmissionPolicyBinding
 
 async def _none() -> None:
     return None
+
+
+async def _answers(cluster: Cluster, timeout: float) -> None:
+    """One node, read: the cluster answers (its watches alone could be silently stale)."""
+    await kube.request(cluster, "GET", "/api/v1/nodes", query={"limit": "1"}, timeout=timeout)
 
 
 async def probe(fleet: Fleet, only: Iterable[str] | None = None) -> Snapshot:

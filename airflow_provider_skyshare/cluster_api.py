@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -54,9 +54,9 @@ class PodFeed(Protocol):
 class ClusterApi(Protocol):
     async def probe(self, shared: bool) -> Snapshot: ...
 
-    def probing_early(self) -> contextlib.AbstractAsyncContextManager[None]:
+    def probing_early(self) -> contextlib.AbstractAsyncContextManager[Callable[[], None]]:
         """Within it, the next unshared probe is already under way (started on entry;
-        dropped on exit if nobody asked for it)."""
+        dropped on exit, or by calling what it yields, if nobody asked for it)."""
 
     async def create(self, cluster: str, pod: dict[str, Any]) -> Event: ...
 
@@ -207,17 +207,21 @@ class KubeClusterApi:
         return await (early if early is not None else capacity.probe_after(self.fleet))
 
     @contextlib.asynccontextmanager
-    async def probing_early(self) -> AsyncIterator[None]:
+    async def probing_early(self) -> AsyncIterator[Callable[[], None]]:
         """A worker's first placement probes while it looks for the task's pods on every
         cluster: two round trips to the fleet at once instead of one after the other."""
-        self._early = asyncio.ensure_future(capacity.probe_after(self.fleet))
+        self._early = early = asyncio.ensure_future(capacity.probe_after(self.fleet))
         try:
-            yield
+            yield self._drop_early
         finally:
-            early, self._early = self._early, None
-            if early is not None:  # adopted a pod instead of placing: not needed
-                early.cancel()
-                await asyncio.gather(early, return_exceptions=True)
+            self._drop_early()
+            await asyncio.gather(early, return_exceptions=True)
+
+    def _drop_early(self) -> None:
+        """Not asked for (a pod was adopted instead): a later probe must be its own."""
+        if self._early is not None:
+            self._early.cancel()
+            self._early = None
 
     async def create(self, cluster: str, pod: dict[str, Any]) -> Event:
         target = self.fleet.clusters[cluster]

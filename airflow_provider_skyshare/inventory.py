@@ -1,15 +1,17 @@
-"""Live capacity for a long-lived follower (the triggerer): each cluster's nodes and the
+"""Live capacity for a long-lived follower (the triggerer): each cluster's GPU nodes and the
 non-terminal pods that ask for GPUs, kept by one list+watch each (the informer pattern).
 
 A storm of moves in one triggerer probed every cluster once per round of placements: a list
 of every node and of every non-terminal pod, hundreds of milliseconds on a busy cluster, and
 the moves queued behind the rounds (benchmark (g): p50 1.2 s, p95 2.8 s for 200 moves). From
-a live inventory a placement's snapshot costs no request and no wait.
+a live inventory a placement's snapshot costs no list and no wait; the probe still asks each
+cluster one small question (the tier policy, or one node), so a cluster that stopped
+answering is still seen as unreachable at once, whatever its watches say.
 
-It is as fresh as its watches: a change arrives within milliseconds. An inventory that is not
-in step (starting, its stream broken, relisting after 410 Gone) is not used: the probe lists,
-as a worker's always does. The tier policy (two reads) is read again after POLICY_TTL. Only
-pods that ask for GPUs are kept, so memory follows the GPU work, not the cluster's size.
+An inventory that is not in step (starting, its stream broken or silent for
+READ_IDLE_SECONDS, relisting after 410 Gone) is not used: the probe lists, as a worker's
+always does. Only GPU nodes and pods that ask for GPUs are kept, without their managed
+fields, so memory follows the GPU work, not the cluster's size.
 
 The triggerer turns it on for its event loop (`keep_live`); elsewhere nothing changes.
 """
@@ -20,20 +22,22 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from airflow_provider_skyshare import kube
+from airflow_provider_skyshare import clients, kube
 from airflow_provider_skyshare.fleet import Cluster
-from airflow_provider_skyshare.snapshot import TERMINAL_PHASES, gpus_requested
+from airflow_provider_skyshare.snapshot import GPU_RESOURCE, TERMINAL_PHASES, gpus_requested
 
 log = logging.getLogger(__name__)
 
 NON_TERMINAL = "status.phase!=Succeeded,status.phase!=Failed"
-WATCH_SECONDS = 300  # one watch request per collection per this long, in steady state
+WATCH_SECONDS = 60  # each collection's watch is asked again this often
+READ_IDLE_SECONDS = 90.0  # a watch silent this long (no event, no bookmark) is broken
 LIST_TIMEOUT = 30.0
-POLICY_TTL = 60.0  # a cluster that stops enforcing the tier policy is refused this late
-IDLE_SECONDS = 900.0  # no placement asked for this long: stop watching the cluster
+IDLE_SECONDS = 900.0  # no probe asked for this long: stop watching the cluster
+REFUSED_SECONDS = 600.0  # a credential that may not list and watch: list per probe this long
+AFTER_BUG_SECONDS = 60.0  # a watch that died of a bug: list per probe this long, then again
 
 
 class Source(Protocol):
@@ -53,7 +57,27 @@ class KubeSource:
 
     def watch(self, cluster: Cluster, path: str, query: dict[str, str],
               resource_version: str) -> AsyncIterator[dict[str, Any]]:
-        return kube.watch_path(cluster, path, query, resource_version, WATCH_SECONDS)
+        return kube.watch_path(cluster, path, query, resource_version, WATCH_SECONDS,
+                               idle=READ_IDLE_SECONDS)
+
+
+def _slim(obj: dict[str, Any]) -> dict[str, Any]:
+    """What summarize reads; not the managed fields or a node's image list (most of it)."""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    status = {k: v for k, v in (obj.get("status") or {}).items() if k != "images"}
+    return {**obj, "metadata": meta, "status": status}
+
+
+def _has_gpus(node: dict[str, Any]) -> bool:
+    alloc = (node.get("status") or {}).get("allocatable") or {}
+    return str(alloc.get(GPU_RESOURCE, "0")) not in ("0", "")
+
+
+def _holds_gpus(pod: dict[str, Any]) -> bool:
+    """Not ended, and asks for GPUs. (The watch's field selector also drops ended pods, as
+    a DELETED event; this keeps the cache right should one come as MODIFIED.)"""
+    phase = (pod.get("status") or {}).get("phase")
+    return phase not in TERMINAL_PHASES and gpus_requested(pod) > 0
 
 
 class Mirror:
@@ -61,49 +85,58 @@ class Mirror:
     cache reflects a list and every watch event since."""
 
     def __init__(self, cluster: Cluster, path: str, query: dict[str, str],
-                 keep: Callable[[dict[str, Any]], bool], source: Source) -> None:
+                 keep: Callable[[dict[str, Any]], bool], source: Source,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.cluster, self.path, self.query, self.keep = cluster, path, query, keep
-        self.source = source
+        self.source, self.clock = source, clock
         self.items: dict[str, dict[str, Any]] = {}
         self.synced = False
         self.error = ""
-        self.refused = ""  # why the credential may not watch (then the mirror stops)
+        self.refused = ""  # why the credential may not list and watch (the mirror stopped)
 
     async def run(self, idle: Callable[[], bool]) -> None:
-        """List, then watch from there, until `idle` says stop. A broken stream or a
-        refusal unsyncs the mirror (it is not used meanwhile), then it lists again. However
-        it ends (idle, cancelled, a bug), it is not used afterwards."""
-        backoff = 0.1
+        """List, then watch from there, until `idle` says stop. A broken stream unsyncs the
+        mirror (it is not used meanwhile), then it lists again. However it ends (idle,
+        refused, cancelled, a bug), it is not used afterwards."""
+        backoff, forbidden_since = 0.1, None
         try:
             while not idle():
                 try:
                     rv = await self._relist()
-                    backoff = 0.1
                     while not idle():
                         rv = await self._watch(rv)
+                        backoff, forbidden_since = 0.1, None
                 except kube.KubeError as exc:
                     self.synced = False
                     if exc.status == 410:
                         continue  # too old to resume: list again
-                    if exc.status == 403:  # a credential without list/watch: not retried
-                        self.refused = exc.message
-                        log.warning("capacity of %s is listed for each placement: its "
-                                    "credential may not list and watch %s (%s). Fix: grant "
-                                    "it the reader role of `skyshare manifests`",
-                                    self.cluster.name, self.path, exc.message)
-                        return
-                    if exc.message != self.error:
-                        log.warning("capacity watch of %s %s: %s", self.cluster.name,
-                                    self.path, exc)
-                    self.error = exc.message
+                    if exc.status == 403:  # a restarted apiserver's RBAC cache, or for good
+                        forbidden_since = forbidden_since or self.clock()
+                        if self.clock() - forbidden_since > kube.FORBIDDEN_PATIENCE_SECONDS:
+                            return self._refuse(exc.message)
+                    self._say(exc.message)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
+                except clients.ClusterConfigError as exc:
+                    return self._refuse(str(exc))
         finally:
             self.synced = False
 
+    def _say(self, error: str) -> None:
+        if error != self.error:
+            log.warning("capacity watch of %s %s: %s", self.cluster.name, self.path, error)
+        self.error = error
+
+    def _refuse(self, why: str) -> None:
+        self.refused = why
+        log.warning("capacity of %s is listed for each placement for %.0f minutes: its "
+                    "credential may not list and watch %s (%s). Fix: grant it the reader "
+                    "role of `skyshare manifests`", self.cluster.name, REFUSED_SECONDS / 60,
+                    self.path, why)
+
     async def _relist(self) -> str:
         listing = await self.source.list(self.cluster, self.path, self.query)
-        self.items = {o["metadata"]["uid"]: o for o in listing.get("items") or []
+        self.items = {o["metadata"]["uid"]: _slim(o) for o in listing.get("items") or []
                       if self.keep(o)}
         self.synced, self.error = True, ""
         return listing["metadata"]["resourceVersion"]
@@ -122,35 +155,44 @@ class Mirror:
             if kind == "DELETED" or not self.keep(obj):  # e.g. a pod that has ended
                 self.items.pop(meta["uid"], None)
             else:
-                self.items[meta["uid"]] = obj
+                self.items[meta["uid"]] = _slim(obj)
         return rv
 
 
-def _holds_gpus(pod: dict[str, Any]) -> bool:
-    """Not ended, and asks for GPUs. (The watch's field selector also drops ended pods, as
-    a DELETED event; this keeps the cache right should one come as MODIFIED.)"""
-    phase = (pod.get("status") or {}).get("phase")
-    return phase not in TERMINAL_PHASES and gpus_requested(pod) > 0
-
-
 class Inventory:
-    """A cluster's GPU-relevant nodes and pods, seen through its own (reader) credential."""
+    """A cluster's GPU nodes and GPU pods, seen through its own (reader) credential."""
 
     def __init__(self, cluster: Cluster, source: Source | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         source = source or KubeSource()
         self.cluster, self.clock = cluster, clock
-        self.nodes = Mirror(cluster, "/api/v1/nodes", {}, lambda _: True, source)
+        self.nodes = Mirror(cluster, "/api/v1/nodes", {}, _has_gpus, source, clock)
         self.pods = Mirror(cluster, "/api/v1/pods", {"fieldSelector": NON_TERMINAL},
-                           _holds_gpus, source)
+                           _holds_gpus, source, clock)
         self.used_at = clock()
-        self._policy: tuple[float, str | None] | None = None
-        self._tasks: list[asyncio.Task[None]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def synced(self) -> bool:
-        return self.nodes.synced and self.pods.synced
+        return self.running and self.nodes.synced and self.pods.synced
+
+    @property
+    def running(self) -> bool:
+        """Both watches alive (one that ended takes its inventory out of use)."""
+        return bool(self._tasks) and all(not t.done() for t in self._tasks)
+
+    @property
+    def refused(self) -> str:
+        return self.nodes.refused or self.pods.refused
+
+    @property
+    def failure(self) -> str:
+        """A watch's bug, if one died of it."""
+        for task in self._tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                return f"{type(task.exception()).__name__}: {task.exception()}"
+        return ""
 
     def start(self) -> None:
         self.loop = loop = asyncio.get_running_loop()
@@ -167,23 +209,6 @@ class Inventory:
     def idle(self) -> bool:
         return self.clock() - self.used_at > IDLE_SECONDS
 
-    @property
-    def refused(self) -> bool:
-        return bool(self.nodes.refused or self.pods.refused)
-
-    @property
-    def running(self) -> bool:
-        """Both watches alive (one that died of a bug takes its inventory out of use)."""
-        return bool(self._tasks) and all(not t.done() for t in self._tasks)
-
-    async def policy(self, read: Callable[[], Awaitable[str | None]]) -> str | None:
-        """The tier policy's problem (None: enforced), read again once POLICY_TTL old; a
-        failed read raises and is not remembered."""
-        now = self.clock()
-        if self._policy is None or now - self._policy[0] > POLICY_TTL:
-            self._policy = (now, await read())
-        return self._policy[1]
-
     def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -195,6 +220,7 @@ class Inventory:
 
 _live: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 _inventories: dict[tuple, Inventory] = {}
+_resting: dict[tuple, float] = {}  # no inventory until then (refused, or died of a bug)
 
 
 def keep_live() -> None:
@@ -203,24 +229,28 @@ def keep_live() -> None:
 
 
 def of(cluster: Cluster) -> Inventory | None:
-    """The running loop's inventory of `cluster` (a reader view), started on first use;
-    None where the loop does not keep live inventories."""
+    """The running loop's inventory of `cluster` (a reader view: every org's view of a
+    cluster shares it), started on first use; None where the loop keeps none, or while
+    this cluster's rests after a refusal or a bug."""
     loop = asyncio.get_running_loop()
     if loop not in _live:
         return None
     key = (id(loop), cluster.name, cluster.context, cluster.kubeconfig, cluster.connection_id)
-    found = _inventories.get(key)
-    if found is not None and found.refused and found.cluster == cluster:
-        return None  # this process lists the cluster for each placement (logged once)
-    if found is not None and (not found.running or found.cluster != cluster
-                              or found.loop is not loop):  # a dead loop's id can be reused
-        if found.loop is loop:  # idle, a watch's bug, or the fleet changed the cluster
+    if _resting.get(key, 0.0) > time.monotonic():
+        return None
+    found = _inventories.pop(key, None)
+    if found is not None and found.running and found.loop is loop:
+        _inventories[key] = found
+    elif found is not None and found.loop is loop and (found.refused or found.failure):
+        _resting[key] = time.monotonic() + (REFUSED_SECONDS if found.refused
+                                            else AFTER_BUG_SECONDS)
+        return None
+    else:  # none yet, idle, or of a loop that has ended (whose id this one reuses)
+        if found is not None and found.loop is loop:
             found.stop()
-        found = None
-    if found is None:
         for k in [k for k, inv in _inventories.items()
-                  if not inv.running or inv.loop is None or inv.loop.is_closed()]:
-            del _inventories[k]  # stopped, or of a loop that has ended
+                  if inv.loop is None or inv.loop.is_closed() or not inv.running]:
+            del _inventories[k]  # of loops that have ended
         found = _inventories[key] = Inventory(cluster)
         found.start()
     found.used_at = found.clock()

@@ -322,10 +322,11 @@ def watch_pods(
 
 async def watch_path(
     cluster: Cluster, path: str, query: dict[str, str], resource_version: str,
-    timeout_seconds: int = 300,
+    timeout_seconds: int = 300, *, idle: float | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Watch any collection (with bookmarks) from `resource_version`: raw events until the
-    server closes the stream."""
+    server closes the stream. `idle`: a stream silent this long is broken (unreachable),
+    as a partitioned apiserver's is, which never closes it."""
     api = await clients.async_api(cluster)
     params = [
         ("watch", "true"), *query.items(),
@@ -338,7 +339,7 @@ async def watch_path(
             "GET", api.configuration.host + path, query_params=params,
             headers=await _authorized(api, {"Accept": "application/json"}),
             _preload_content=False,
-            _request_timeout=timeout_seconds + 30,
+            _request_timeout=stream_timeout(idle) if idle else timeout_seconds + 30,
         )
     except TRANSPORT_ERRORS as exc:
         raise _unreachable(cluster, exc) from None

@@ -66,6 +66,10 @@ async def _within(task: asyncio.Task[int], seconds: float, log: logging.Logger) 
     log.info("tombstone sweep cut after %.0fs: the next task's worker sweeps again", seconds)
 
 
+def _nothing() -> None:
+    return None
+
+
 class Supervisor:
     def __init__(self, state: Follow, api: ClusterApi | None = None,
                  log: logging.Logger | None = None,
@@ -190,14 +194,15 @@ class Supervisor:
             self._feed = None
 
     # -- before the loop: what exists already --------------------------------------------------
-    async def adopt_newest(self, shared: bool = True) -> None:
+    async def adopt_newest(self, shared: bool = True) -> bool:
         """Continue from this try's newest pod on any cluster when it is newer than the
-        timeline (a worker retried after a crash, a trigger restarted after a move)."""
+        timeline (a worker retried after a crash, a trigger restarted after a move); True
+        when it did."""
         newest = await taskpods.find_newest(self.job.fleet, self.job.identity, self.log,
                                             shared=shared)
         last = self.state.timeline.last
         if newest is None or (last is not None and pods.attempt_of(newest[1]) <= last.number):
-            return
+            return False
         cluster, pod = newest
         timeline = pods.timeline_from_pod(cluster, pod, now=self.clock())
         adopted = timeline.last
@@ -211,6 +216,7 @@ class Supervisor:
         self.state = Follow(self.job, timeline, tuple(orphans), me=self.state.me)
         self.log.info("found attempt %d of this task on %s (pod %s): following it",
                       adopted.number, cluster, adopted.pod)
+        return True
 
     async def place(self) -> Follow:
         """Worker side, before deferring: delete earlier tries' pods, adopt or place. Old
@@ -222,11 +228,12 @@ class Supervisor:
         # A first try has no earlier pods to delete, so the capacity it sees cannot change
         # under the search: probe meanwhile. (A later try probes after its reaping.)
         early = (self.api.probing_early() if self.job.identity.try_number <= 1
-                 else contextlib.nullcontext())
+                 else contextlib.nullcontext(_nothing))
         try:
-            async with early:
+            async with early as drop_early_probe:
                 await taskpods.reap_earlier_tries(fleet, self.job.identity, self.log)
-                await self.adopt_newest(shared=False)  # no watch of every cluster to defer
+                if await self.adopt_newest(shared=False):  # no watch of every cluster
+                    drop_early_probe()  # it predates what adoption found
                 return await self.run(until=Phase.WATCHING)
         finally:
             await _within(sweeping, SWEEP_WAIT_SECONDS, self.log)

@@ -29,6 +29,9 @@ async def _everywhere(fleet: Fleet, one: Callable[[str], Awaitable[list[T]]]) ->
     return [item for items in results for item in items]
 
 
+HUB_ANSWER_SECONDS = 30.0  # the shared list's answer (a cluster that fails says so sooner)
+
+
 async def find_newest(fleet: Fleet, identity: TaskIdentity, log: logging.Logger, *,
                       shared: bool = True) -> Found | None:
     """The newest attempt's pod of this task and try, on any cluster. `shared`: from the
@@ -47,11 +50,15 @@ async def find_newest(fleet: Fleet, identity: TaskIdentity, log: logging.Logger,
         except clients.ClusterConfigError as exc:
             log.warning("cannot look for this task's pods on %s: %s", name, exc)
             return []
-        # the shared watch's cache: one list per cluster however many tasks resume
-        cached = await watch.hub(cluster, cluster.namespace).snapshot(
-            fleet.policy.probe_timeout_seconds) if shared else None
+        # the shared watch's cache: one list per cluster however many tasks resume (a busy
+        # triggerer may answer its own list late: a list per task then would make it worse)
+        hub = watch.hub(cluster, cluster.namespace) if shared else None
+        cached = await hub.snapshot(HUB_ANSWER_SECONDS) if hub is not None else None
         if cached is not None:
             return [(name, p) for p in cached.values() if mine(p)]
+        if hub is not None and hub.error:
+            log.warning("cannot look for this task's pods on %s: %s", name, hub.error)
+            return []
         try:
             listing = await kube.list_pods(cluster, cluster.namespace,
                                            labelSelector=identity.selector())

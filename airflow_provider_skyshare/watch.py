@@ -74,6 +74,7 @@ class PodWatchHub:
         self._task: asyncio.Task[None] | None = None
         self._idle_since: float | None = None
         self._synced = asyncio.Event()  # the cache reflects a list (and the watch since)
+        self._failed = asyncio.Event()  # the last list or watch failed (until a list works)
 
     def subscribe(self, pod: str) -> asyncio.Queue[Event]:
         queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -93,17 +94,19 @@ class PodWatchHub:
 
     async def snapshot(self, timeout: float) -> dict[str, dict[str, Any]] | None:
         """The provider's pods in this namespace, from the shared cache (starting the watch if
-        needed): a triggerer resuming 500 tasks makes one list, not 500. None when the cluster
-        does not answer within the timeout."""
+        needed): a triggerer resuming 5,000 tasks makes one list, not 5,000. None when the
+        cluster did not answer (`error` says why) or not within the timeout."""
         if self._task is None or self._task.done():
             if not self.subscribers:
                 self._idle_since = time.monotonic()  # linger, then stop, if nobody subscribes
             self._task = asyncio.get_running_loop().create_task(self._run())
+        waits = [asyncio.ensure_future(e.wait()) for e in (self._synced, self._failed)]
         try:
-            await asyncio.wait_for(self._synced.wait(), timeout)
-        except asyncio.TimeoutError:
-            return None
-        return dict(self.cache)
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        return dict(self.cache) if self._synced.is_set() else None
 
     def unsubscribe(self, pod: str, queue: asyncio.Queue[Event]) -> None:
         subs = self.subscribers.get(pod)
@@ -153,6 +156,7 @@ class PodWatchHub:
                     log.warning("watch of %s/%s lost: %s", self.cluster.name, self.namespace, exc)
                 self.connected = False
                 self._synced.clear()
+                self._failed.set()
                 self.error = exc.message if exc.unreachable else str(exc)
                 self._broadcast(Change.UNREACHABLE, self.error)
                 await asyncio.sleep(backoff)
@@ -165,6 +169,7 @@ class PodWatchHub:
         was_connected = self.connected or not self.error
         self.cache = fresh
         self.connected, self.error = True, ""
+        self._failed.clear()
         self._synced.set()
         if not was_connected:
             self._broadcast(Change.RECONNECTED, "")
@@ -218,3 +223,9 @@ async def close_hubs() -> None:
 
 def request_count() -> int:
     return sum(h.requests for h in _hubs.values())
+
+
+def subscriptions() -> int:
+    """Pods followed through the hubs (of every loop): the benchmarks' count of triggers
+    that have reached their steady state."""
+    return sum(len(h.subscribers) for h in _hubs.values())

@@ -24,17 +24,13 @@ NODES = 3  # 110 pods each: room for 250 pods per cluster (5,000 on 20)
 
 
 def rates(row: dict[str, Any], idle: tuple[float, float]) -> dict[str, Any]:
-    """Steady-state figures of one measured window: requests net of the idle window, all of
-    them and those on pods (the background's other ~4,900/min would swamp skyshare's)."""
-    window = row["window_s"]
-    per_minute = 60 / row.get("measured_s", window)
-    requests = max(0.0, row["requests_raw"] - idle[0])
-    pod_requests = max(0.0, row["pod_requests_raw"] - idle[1])
-    return {**row, "requests": requests, "idle_requests": idle[0],
-            "pod_requests": pod_requests, "idle_pod_requests": idle[1],
-            "requests_per_minute": requests * per_minute,
-            "pod_requests_per_minute": pod_requests * per_minute,
-            "cpu_cores": row["cpu_seconds"] / window}
+    """Steady-state figures of one measured window: requests net of the background (`idle`:
+    per second, all and on pods; the other resources' ~4,900/min would swamp skyshare's)."""
+    row = trigger_load.net_of(row, idle)
+    per_minute = 60 / row["measured_s"]
+    return {**row, "requests_per_minute": row["requests"] * per_minute,
+            "pod_requests_per_minute": row["pod_requests"] * per_minute,
+            "cpu_cores": row["cpu_seconds"] / row["window_s"]}
 
 
 def _measure(variant: str, n: int, window: float, kubeconfig: str, apis: list[Any],

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -145,8 +146,12 @@ def steady(previous: float, last: float) -> bool:
     return abs(last - previous) <= max(0.02, 0.25 * max(previous, last))
 
 
-async def _settle() -> float:
-    """Wait out the warm-up; returns how long it took."""
+async def _settle(following: Callable[[], bool]) -> tuple[float, bool]:
+    """Wait out the warm-up: how long it took, and whether the process settled (or
+    WARMUP_MAX ran out first). Settled: `following` (every trigger has reached its steady
+    state, where the variant can tell) and a CPU rate steady over two slices. A constant
+    rate alone is not enough: thousands of triggers starting one after another burn CPU at a
+    constant rate too."""
     start = time.monotonic()
     await asyncio.sleep(WARMUP)
     rates: list[float] = []
@@ -154,9 +159,25 @@ async def _settle() -> float:
         before = _cpu()
         await asyncio.sleep(SLICE)
         rates.append((_cpu() - before) / SLICE)
-        if len(rates) >= 2 and steady(rates[-2], rates[-1]):
-            break
-    return time.monotonic() - start
+        if len(rates) >= 2 and steady(rates[-2], rates[-1]) and following():
+            return time.monotonic() - start, True
+    return time.monotonic() - start, False
+
+
+def _skyshare_following(n: int) -> Callable[[], bool]:
+    """Every trigger subscribed to its cluster's watch, and no request but watches since the
+    last look (a starting trigger reads its pod once)."""
+    from airflow_provider_skyshare import watch
+
+    seen = [_client_requests()]
+
+    def following() -> bool:
+        now, before = _client_requests(), seen[0]
+        seen[0] = now
+        reads = sum(v - before.get(k, 0) for k, v in now.items() if not k.startswith("WATCH"))
+        return watch.subscriptions() >= n and reads == 0
+
+    return following
 
 
 def _client_requests() -> dict[str, int]:
@@ -192,7 +213,8 @@ async def _follow(variant: str, pods: list[tuple[str, str]], kubeconfig: str,
             fired += 1
 
     tasks = [asyncio.create_task(drain(t)) for t in triggers]
-    warmup = await _settle()
+    warmup, settled = await _settle(_skyshare_following(len(pods)) if variant == "skyshare"
+                                    else lambda: True)
     client0 = _client_requests() if variant == "skyshare" else {}
     print(WINDOW_START, flush=True)
     before = resource.getrusage(resource.RUSAGE_SELF)
@@ -206,7 +228,7 @@ async def _follow(variant: str, pods: list[tuple[str, str]], kubeconfig: str,
     await asyncio.gather(*tasks, return_exceptions=True)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"cpu_seconds": cpu, "max_rss_mb": after.ru_maxrss / 1024, "fired_early": fired,
-            "warmup_s": round(warmup, 1), "client_requests": client}
+            "warmup_s": round(warmup, 1), "settled": settled, "client_requests": client}
 
 
 def child(variant: str, n: int, window: float, kubeconfig: str,
@@ -238,7 +260,8 @@ def measure(variant: str, n: int, window: float, kubeconfig: str, api,
     limit = WARMUP_MAX + window + 600
     with tempfile.TemporaryFile("w+") as err, subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=err, text=True) as proc:
-        timer = threading.Timer(limit, proc.kill)  # a hung child: its stdout closes
+        overran = threading.Event()
+        timer = threading.Timer(limit, lambda: (overran.set(), proc.kill()))  # a hung child
         timer.start()
         try:
             for line in proc.stdout:  # type: ignore[union-attr]
@@ -250,7 +273,7 @@ def measure(variant: str, n: int, window: float, kubeconfig: str, api,
             timer.cancel()
         err.seek(0)
         stderr = err.read()
-    if proc.returncode == -9:
+    if overran.is_set():
         raise subprocess.TimeoutExpired(args, limit)
     line = next((x for x in out if x.startswith("RESULT ")), None)
     if line is None or len(marks) < 2:
@@ -262,11 +285,23 @@ def measure(variant: str, n: int, window: float, kubeconfig: str, api,
 
 
 def idle(apis: list, window: float) -> tuple[float, float]:
-    """The apiservers' own background over a window of the same length (nothing followed)."""
+    """The apiservers' own background (nothing followed), per second: (all, on pods). Timed
+    between the reads, as the measured windows are (reading 20 apiservers takes a while)."""
     all0, pods0 = served(apis)
+    t0 = time.monotonic()
     time.sleep(window)
     all1, pods1 = served(apis)
-    return all1 - all0, pods1 - pods0
+    took = time.monotonic() - t0
+    return (all1 - all0) / took, (pods1 - pods0) / took
+
+
+def net_of(row: dict, background: tuple[float, float]) -> dict:
+    """A measured window's requests minus the background's over the same time."""
+    seconds = row["measured_s"]
+    return {**row, "requests": max(0.0, row["requests_raw"] - background[0] * seconds),
+            "pod_requests": max(0.0, row["pod_requests_raw"] - background[1] * seconds),
+            "idle_requests": background[0] * seconds,
+            "idle_pod_requests": background[1] * seconds}
 
 
 def run(ns: list[int], window: float, kubeconfig: str) -> dict:
@@ -274,12 +309,9 @@ def run(ns: list[int], window: float, kubeconfig: str) -> dict:
     rows = []
     for n in ns:
         make_pods(api, n)
-        background, pod_background = idle([api], window)
+        background = idle([api], window)
         for variant in ("skyshare", "kubernetes_pod_trigger"):
-            row = measure(variant, n, window, kubeconfig, api)
-            row["requests"] = max(0.0, row["requests_raw"] - background)
-            row["pod_requests"] = max(0.0, row["pod_requests_raw"] - pod_background)
-            row["idle_requests"], row["idle_pod_requests"] = background, pod_background
+            row = net_of(measure(variant, n, window, kubeconfig, api), background)
             rows.append(row)
             print(f"  N={n} {variant}: {row['requests']:.0f} requests "
                   f"({row['pod_requests']:.0f} on pods), {row['cpu_seconds']:.1f} CPU s, "

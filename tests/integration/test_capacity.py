@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_skyshare import capacity, clients, kube
+from airflow_provider_skyshare import capacity, clients, inventory, kube
 from airflow_provider_skyshare.fleetfile import load
 from airflow_provider_skyshare.names import POLICY_PATHS
 
@@ -108,3 +108,59 @@ def test_first_probe_of_a_fresh_process_on_a_busy_machine_sees_every_cluster(kub
 
 
 BUSY_LOOP = "import time\nend = time.monotonic() + 120\nwhile time.monotonic() < end:\n    pass\n"
+
+
+def test_a_triggerers_live_capacity_agrees_with_a_list_and_follows_a_new_pod(requests, admin):
+    """inventory.py on the real apiservers: once in step, a triggerer's probe reads memory
+    (the tier policy once per TTL), says what a fresh list says, and sees a pod that takes a
+    GPU (and gives it back) from the watch."""
+    fleet = load(FLEET)
+    body = {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "live-capacity-probe", "namespace": "kube-system"},
+            "spec": {"nodeName": "rise-gpu-0", "tolerations": [{"operator": "Exists"}],
+                     "containers": [{"name": "c", "image": "busybox", "resources": {
+                         "limits": {"nvidia.com/gpu": "1"}}}]}}
+
+    def used(snap) -> int:
+        return sum(n.used for n in snap.get("rise").nodes)
+
+    async def until(what: str, ok, deadline: float = 15.0):
+        end = asyncio.get_running_loop().time() + deadline
+        while True:
+            snap = await capacity.probe(fleet)
+            if ok(snap):
+                return snap
+            assert asyncio.get_running_loop().time() < end, f"live capacity: {what}"
+            await asyncio.sleep(0.05)
+
+    async def main():
+        inventory.keep_live()
+        listed = await capacity.probe(fleet)  # lists, and starts each cluster's inventory
+        await until("in step", lambda _: all(inventory.of(c.as_reader()).synced
+                                             for c in fleet.clusters.values()))
+        requests.clear()
+        first_live = await capacity.probe(fleet)
+        policy_reads = list(requests)
+        requests.clear()
+        live = await capacity.probe(fleet)
+        silent = list(requests)
+        await asyncio.to_thread(admin["rise"].create_namespaced_pod, "kube-system", body)
+        try:
+            taken = await until("the new pod's GPU", lambda s: used(s) == used(live) + 1)
+        finally:
+            await asyncio.to_thread(admin["rise"].delete_namespaced_pod, body["metadata"]["name"],
+                                    "kube-system", grace_period_seconds=0)
+        back = await until("the GPU given back", lambda s: used(s) == used(live))
+        for inv in list(inventory._inventories.values()):
+            await inv.close()
+        await clients.close_async_clients()
+        return listed, first_live, live, policy_reads, silent, taken, back
+
+    listed, first_live, live, policy_reads, silent, taken, back = asyncio.run(main())
+    for snap in (first_live, live):
+        for name in ("rise", "bair"):
+            assert snap.get(name).nodes == listed.get(name).nodes, name
+            assert snap.get(name).holders == listed.get(name).holders, name
+    assert sorted(policy_reads) == sorted((c, p) for c in ("rise", "bair") for p in POLICY_PATHS)
+    assert silent == []  # within the policy's TTL: no request at all
+    assert used(taken) == used(live) + 1 and used(back) == used(live)

@@ -326,16 +326,20 @@ def test_pods_are_spread_round_robin_with_names_each_cluster_has():
 def test_scale_rates_are_net_of_the_idle_window():
     from benchmarks import scale
 
+    idle = (100.0 / 30, 2.0 / 30)  # per second
     row = scale.rates({"variant": "x", "n": 10, "window_s": 30.0, "measured_s": 30.0,
                        "requests_raw": 130.0, "pod_requests_raw": 12.0,
-                       "cpu_seconds": 15.0, "max_rss_mb": 100}, idle=(100.0, 2.0))
-    assert row["requests"] == 30.0 and row["requests_per_minute"] == 60.0
-    assert row["pod_requests"] == 10.0 and row["pod_requests_per_minute"] == 20.0
+                       "cpu_seconds": 15.0, "max_rss_mb": 100}, idle)
+    assert row["requests"] == pytest.approx(30.0) and row["requests_per_minute"] == \
+        pytest.approx(60.0)
+    assert row["pod_requests"] == pytest.approx(10.0)
+    assert row["pod_requests_per_minute"] == pytest.approx(20.0)
     assert row["cpu_cores"] == 0.5
-    assert scale.rates({**row, "requests_raw": 50.0}, idle=(100.0, 2.0))["requests"] == 0.0
-    # the rate is over the time between the apiserver reads at the child's marks
-    assert scale.rates({**row, "measured_s": 60.0}, idle=(100.0, 2.0))[
-        "requests_per_minute"] == 30.0
+    assert scale.rates({**row, "requests_raw": 50.0}, idle)["requests"] == 0.0
+    # over the time between the apiserver reads at the child's marks, background included
+    longer = scale.rates({**row, "measured_s": 60.0, "requests_raw": 260.0}, idle)
+    assert longer["requests"] == pytest.approx(60.0)
+    assert longer["requests_per_minute"] == pytest.approx(60.0)
 
 
 def test_the_warm_up_ends_when_the_cpu_rate_is_steady():

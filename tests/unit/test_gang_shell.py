@@ -153,8 +153,8 @@ class GangReplayApi:
         self.deleted: list[str] = []
         self.playing: list[Event] = []
 
-    def probing_early(self) -> contextlib.AbstractAsyncContextManager[None]:
-        return contextlib.nullcontext()
+    def probing_early(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        return contextlib.nullcontext(lambda: None)
 
     async def probe(self, shared: bool) -> Snapshot:
         return self.snapshot

@@ -1,5 +1,5 @@
 """Live capacity (inventory.py): a list+watch per collection keeps a triggerer's view of each
-cluster's nodes and GPU pods, and a placement probe reads it without a request."""
+cluster's GPU nodes and GPU pods, and a placement probe reads it instead of listing."""
 
 from __future__ import annotations
 
@@ -124,24 +124,37 @@ def test_a_watch_too_old_relists_and_a_broken_one_is_not_used_until_it_has(seed_
     assert was_unsynced  # between the break and the relist, the probe would have listed
 
 
-def test_a_live_probe_makes_no_request_and_reads_the_policy_once_per_ttl(monkeypatch):
-    rise = parse({  # each org its own credential: the cluster must enforce the tier policy
+def enforced_fleet():
+    """Each org its own credential: the clusters must enforce the tier policy."""
+    return parse({
         "defaults": {"gpu_products": {"T4": "Tesla-T4"},
                      "access": {"context": "{org}@{cluster}"}},
-        "orgs": [{"name": "rise"}],
+        "orgs": [{"name": "rise"}, {"name": "bair"}],
         "clusters": [{"name": "rise", "owner": "rise", "context": "rise-operator"}],
-    }).clusters["rise"]
-    assert rise.enforced
-    clock = [0.0]
-    source = Script({"/api/v1/pods": [listing([pod("a", 1, node="rise-gpu-0")], "10")],
-                     "/api/v1/nodes": [listing([node("rise-gpu-0")], "10")]},
+    })
+
+
+@pytest.mark.parametrize("enforced", [True, False])
+def test_a_live_probe_lists_nothing_but_still_asks_the_cluster(seed_fleet, monkeypatch,
+                                                               enforced):
+    """No list; the tier policy's two reads where enforced, else one node: a cluster that
+    stopped answering is unreachable at once, whatever its watches say."""
+    rise = (enforced_fleet() if enforced else seed_fleet).clusters["rise"]
+    assert rise.enforced is enforced
+    source = Script({"/api/v1/pods": [listing([pod("a", 1, node="rise-gpu-0"),
+                                               pod("web", 0, node="rise-gpu-0")], "10")],
+                     "/api/v1/nodes": [listing([node("rise-gpu-0"), node("cpu-0", 0)], "10")]},
                     {"/api/v1/pods": [], "/api/v1/nodes": []})
-    live = inventory.Inventory(rise.as_reader(), source, clock=lambda: clock[0])
-    policy_reads = []
+    live = inventory.Inventory(rise.as_reader(), source)
+    asked: list[str] = []
 
     async def policy(cluster, timeout):
-        policy_reads.append(clock[0])
+        asked.append("policy")
         return None
+
+    async def request(cluster, method, path, **kw):
+        asked.append(f"{path}?{kw.get('query')}")
+        return {}
 
     async def refuse(*args, **kwargs):
         raise AssertionError("a live probe must not list")
@@ -152,40 +165,82 @@ def test_a_live_probe_makes_no_request_and_reads_the_policy_once_per_ttl(monkeyp
     monkeypatch.setattr(inventory, "of", lambda cluster: live)
     monkeypatch.setattr(capacity, "_policy_problem", policy)
     monkeypatch.setattr(kube, "list_nodes", refuse)
-    monkeypatch.setattr(kube, "request", refuse)
+    monkeypatch.setattr(kube, "request", request)
     monkeypatch.setattr(clients, "ready", ready)
 
-    async def main() -> list[Any]:
+    async def main():
         live.start()
         await settle()
         first = await capacity.probe_cluster(rise, 3.0)
-        clock[0] = inventory.POLICY_TTL / 2
-        await capacity.probe_cluster(rise, 3.0)
-        clock[0] = inventory.POLICY_TTL + 1
         await capacity.probe_cluster(rise, 3.0)
         await live.close()
-        return [first]
+        return first
 
-    [first] = asyncio.run(main())
+    first = asyncio.run(main())
     assert first.reachable and [(n.node, n.allocatable, n.used) for n in first.nodes] == [
         ("rise-gpu-0", 2, 1)]
-    assert policy_reads == [0.0, inventory.POLICY_TTL + 1]
+    assert asked == (["policy"] * 2 if enforced else ["/api/v1/nodes?{'limit': '1'}"] * 2)
     assert sorted(source.lists) == ["/api/v1/nodes", "/api/v1/pods"]  # at the start only
+    assert "managedFields" not in live.pods.items["u-a"]["metadata"]
+
+
+def test_an_inventory_not_in_step_is_not_read(seed_fleet, monkeypatch):
+    rise = seed_fleet.clusters["rise"]
+    broken = inventory.Inventory(rise.as_reader(), Script({}, {}))  # never started
+    listed: list[str] = []
+
+    async def list_nodes(cluster, timeout):
+        listed.append("nodes")
+        return {"items": []}
+
+    async def request(cluster, method, path, **kw):
+        listed.append(path)
+        return {"items": []}
+
+    async def ready(cluster):
+        return None
+
+    monkeypatch.setattr(inventory, "of", lambda cluster: broken)
+    monkeypatch.setattr(kube, "list_nodes", list_nodes)
+    monkeypatch.setattr(kube, "request", request)
+    monkeypatch.setattr(clients, "ready", ready)
+    snap = asyncio.run(capacity.probe_cluster(rise, 3.0))
+    assert snap.reachable and listed == ["nodes", "/api/v1/pods"]
+
+
+def test_every_orgs_view_of_a_cluster_shares_one_inventory(monkeypatch):
+    fleet = enforced_fleet()
+    monkeypatch.setattr(inventory, "Inventory", Quiet)
+
+    async def main():
+        inventory.keep_live()
+        views = [inventory.of(fleet.for_org(org).clusters["rise"].as_reader())
+                 for org in ("rise", "bair", "rise")]
+        for v in views:
+            await v.close()
+        return views
+
+    views = asyncio.run(main())
+    assert views[0] is views[1] is views[2]
+    assert fleet.for_org("rise").clusters["rise"] != fleet.for_org("bair").clusters["rise"]
+
+
+class Quiet(inventory.Inventory):
+    """An inventory of an empty cluster whose watches stay open until `script.open` is set."""
+
+    made: list[Quiet] = []
+
+    def __init__(self, cluster, source=None, clock=None) -> None:
+        self.script = Script(
+            {"/api/v1/pods": [listing([], "1")], "/api/v1/nodes": [listing([], "1")]},
+            {"/api/v1/pods": [], "/api/v1/nodes": []})
+        super().__init__(cluster, self.script)
+        Quiet.made.append(self)
 
 
 def test_only_a_loop_that_keeps_live_gets_inventories_and_idle_ones_stop(seed_fleet,
                                                                          monkeypatch):
     rise = seed_fleet.clusters["rise"].as_reader()
-    made: list[tuple[inventory.Inventory, Script]] = []
-
-    class Quiet(inventory.Inventory):
-        def __init__(self, cluster, source=None, clock=None) -> None:
-            script = Script(
-                {"/api/v1/pods": [listing([], "1")], "/api/v1/nodes": [listing([], "1")]},
-                {"/api/v1/pods": [], "/api/v1/nodes": []})
-            super().__init__(cluster, script)
-            made.append((self, script))
-
     monkeypatch.setattr(inventory, "Inventory", Quiet)
 
     async def main() -> tuple[Any, ...]:
@@ -195,7 +250,7 @@ def test_only_a_loop_that_keeps_live_gets_inventories_and_idle_ones_stop(seed_fl
         await settle()
         synced = first.synced
         first.used_at -= inventory.IDLE_SECONDS + 1  # nobody asked for a long time
-        made[0][1].open.set()  # the watches end (their timeout): idle, so no new ones
+        first.script.open.set()  # the watches end (their timeout): idle, so no new ones
         await settle()
         stopped = not first.running
         fresh = inventory.of(rise)
@@ -203,56 +258,80 @@ def test_only_a_loop_that_keeps_live_gets_inventories_and_idle_ones_stop(seed_fl
         return worker, first is again, synced, stopped, fresh is not first
 
     worker, same, synced, stopped, fresh = asyncio.run(main())
-    assert worker is None and same and synced and stopped and fresh and len(made) == 2
+    assert worker is None and same and synced and stopped and fresh and len(Quiet.made) == 2
 
 
-@pytest.fixture(autouse=True)
-def _no_inventories_left():
-    yield
-    inventory._inventories.clear()
+def test_a_bug_in_a_watch_is_logged_and_the_cluster_is_listed_for_a_while(seed_fleet,
+                                                                          monkeypatch, caplog):
+    rise = seed_fleet.clusters["rise"].as_reader()
 
+    class Buggy(Quiet):
+        def __init__(self, cluster, source=None, clock=None) -> None:
+            super().__init__(cluster)
+            self.script.watches["/api/v1/pods"] = [[{"type": "ADDED",
+                                                    "object": {"no": "metadata"}}]]
 
-def test_a_bug_in_a_watch_is_logged_and_its_inventory_no_longer_used(seed_fleet, caplog):
-    async def main() -> tuple[bool, bool]:
-        source = Script({"/api/v1/pods": [listing([pod("a", 1)], "10")],
-                         "/api/v1/nodes": [listing([node("n1")], "10")]},
-                        {"/api/v1/pods": [[{"type": "ADDED", "object": {"no": "metadata"}}]],
-                         "/api/v1/nodes": []})
-        inv = inventory.Inventory(seed_fleet.clusters["rise"], source)
-        inv.start()
+    monkeypatch.setattr(inventory, "Inventory", Buggy)
+
+    async def main() -> list[Any]:
+        inventory.keep_live()
+        first = inventory.of(rise)
         await settle()
         await asyncio.sleep(0.01)
-        return inv.synced, inv.running
+        state = [first.synced, first.running, first.failure]
+        later = inventory.of(rise)
+        first.stop()
+        return [*state, later]
 
-    synced, running = asyncio.run(main())
-    assert not synced and not running  # the pods' mirror died: of() starts a new inventory
+    synced, running, failure, later = asyncio.run(main())
+    assert not synced and not running and failure.startswith("KeyError")
+    assert later is None  # listed per probe for AFTER_BUG_SECONDS, not restarted per probe
     assert "capacity watch of rise failed" in caplog.text and "KeyError" in caplog.text
 
 
-def test_a_credential_that_may_not_watch_is_said_once_and_the_probe_lists(seed_fleet,
-                                                                          monkeypatch, caplog):
+def test_a_credential_that_may_not_watch_is_told_once_after_some_patience(seed_fleet,
+                                                                         monkeypatch, caplog):
+    """A restarted apiserver answers 403 for a while (kube.FORBIDDEN_PATIENCE_SECONDS): only
+    a longer refusal stops the inventory, with the fix, and then probes list."""
     rise = seed_fleet.clusters["rise"].as_reader()
     refused = kube.KubeError("rise", 403, "Forbidden", 'cannot watch resource "pods"')
-    scripts: list[Script] = []
+    now = [0.0]
 
-    class Watchless(inventory.Inventory):
+    class Watchless(Quiet):
         def __init__(self, cluster, source=None, clock=None) -> None:
-            scripts.append(Script(
-                {"/api/v1/pods": [listing([], "1")], "/api/v1/nodes": [listing([], "1")]},
-                {"/api/v1/pods": [[refused]], "/api/v1/nodes": []}))
-            super().__init__(cluster, scripts[-1])
+            super().__init__(cluster)
+            self.script.watches["/api/v1/pods"] = [[refused] for _ in range(50)]
+            self.clock = self.pods.clock = self.nodes.clock = self._tick
+
+        def _tick(self) -> float:
+            now[0] += 1.0  # every look at the clock: a second (the backoff's sleeps)
+            return now[0]
 
     monkeypatch.setattr(inventory, "Inventory", Watchless)
 
     async def main() -> list[Any]:
         inventory.keep_live()
         first = inventory.of(rise)
-        await settle()
+        for _ in range(400):
+            if first.refused:
+                break
+            await asyncio.sleep(0.01)
         later = [inventory.of(rise) for _ in range(3)]
         first.stop()
-        return [first.refused, later]
+        return [first.refused, len(first.script.watched), later]
 
-    was_refused, later = asyncio.run(main())
-    assert was_refused and later == [None, None, None] and len(scripts) == 1
+    why, watches, later = asyncio.run(main())
+    assert "cannot watch" in why and watches > 2  # asked again before giving up
+    assert later == [None, None, None] and len(Quiet.made) == 1
     assert caplog.text.count("may not list and watch /api/v1/pods") == 1
     assert "Fix: grant it the reader role" in caplog.text
+
+
+@pytest.fixture(autouse=True)
+def _no_inventories_left():
+    Quiet.made.clear()
+    yield
+    inventory._inventories.clear()
+    inventory._resting.clear()
+
+

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_skyshare import claims, watch
+from airflow_provider_skyshare import claims, kube, watch
 from airflow_provider_skyshare.cluster_api import HubFeed, WatchBroken, feed_event
 from airflow_provider_skyshare.follow import (
     Claim,
@@ -73,8 +73,8 @@ class ReplayApi:
         self.leases: dict[tuple[str, str], dict[str, Any]] = {}
         self.version = 0
 
-    def probing_early(self) -> contextlib.AbstractAsyncContextManager[None]:
-        return contextlib.nullcontext()
+    def probing_early(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        return contextlib.nullcontext(lambda: None)
 
     async def probe(self, shared: bool) -> Snapshot:
         return self.snapshots.pop(0) if len(self.snapshots) > 1 else self.snapshots[0]
@@ -323,3 +323,99 @@ def test_feed_events_for_the_cluster_itself():
     assert feed_event(watch.Change.UNREACHABLE, None, "refused").detail == "refused"
     assert type(feed_event(watch.Change.RECONNECTED, None, "")).__name__ == "Reconnected"
     assert feed_event(watch.Change.MODIFIED, None, "") is None
+
+
+class EarlyApi(ReplayApi):
+    """Records what place() does with the early probe."""
+
+    def __init__(self, snapshots: list[Snapshot]) -> None:
+        super().__init__(snapshots, {})
+        self.early: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def probing_early(self):
+        self.early.append("started")
+        yield lambda: self.early.append("dropped")
+        self.early.append("ended")
+
+
+@pytest.mark.parametrize(("try_number", "found", "expected"), [
+    (1, False, ["started", "ended"]),  # probes while it searches, then places with it
+    (1, True, ["started", "dropped", "ended"]),  # adopted: the early probe predates that
+    (2, False, []),  # earlier tries' pods are deleted first: it probes after that
+])
+def test_place_probes_during_the_search_only_on_a_first_try(seed_fleet, cap, snap, monkeypatch,
+                                                            try_number, found, expected):
+    from dataclasses import replace
+
+    from airflow_provider_skyshare import pods, taskpods
+    from airflow_provider_skyshare.fleet import OWNER
+
+    identity = replace(IDENTITY, try_number=try_number)
+    rise = seed_fleet.clusters["rise"]
+    request = Request("T4", 2, "rise", "romil")
+    pod = pods.build(TEMPLATE, identity=identity, attempt=1, cluster=rise,
+                     tier=rise.tier(OWNER), request=request, preemptions=0)
+    searched: list[bool] = []
+
+    async def nothing(*args, **kwargs):
+        return []
+
+    async def newest(fleet, ident, log, shared=True):
+        searched.append(shared)
+        return ("rise", pod) if found else None
+
+    async def until(self, until):
+        return self.state
+
+    monkeypatch.setattr(taskpods, "sweep_tombstones", nothing)
+    monkeypatch.setattr(taskpods, "reap_earlier_tries", nothing)
+    monkeypatch.setattr(taskpods, "find_newest", newest)
+    monkeypatch.setattr(Supervisor, "run", until)
+    api = EarlyApi([snap(cap("rise", (2, 0)))])
+    job = Job(seed_fleet, request, TEMPLATE, identity, Settings())
+    state = drive(Supervisor(Follow(job), api=api, log=logging.getLogger("test")).place())
+    assert api.early == expected
+    assert searched == [False]  # one list per cluster, not the shared watch of each
+    assert (state.timeline.last is not None) is found
+
+
+class CountingSource(RelistSource):
+    """Counts lists; `fail` makes each list fail as an unreachable cluster's does."""
+
+    def __init__(self, *lists, fail: bool = False) -> None:
+        super().__init__(*lists)
+        self.listed, self.fail = 0, fail
+
+    async def list(self, cluster, namespace):
+        self.listed += 1
+        await asyncio.sleep(0.05)  # a busy triggerer's answer comes late
+        if self.fail:
+            raise kube.KubeError("rise", 0, "Unreachable", "connection refused")
+        return await super().list(cluster, namespace)
+
+    async def _watch(self):
+        await asyncio.sleep(3600)  # a quiet namespace
+        yield {}
+
+
+def test_thousands_resuming_at_once_share_one_list_and_an_unreachable_cluster_answers_soon(
+        seed_fleet):
+    """PodWatchHub.snapshot: every resuming task waits for the one list (a triggerer's own
+    late answer must not turn into a list per task), and a cluster that fails says so at
+    once instead of after the wait."""
+    pod = {"metadata": {"name": "p", "uid": "u"}}
+
+    async def main(fail: bool) -> tuple[list[Any], int, float]:
+        hub = watch.PodWatchHub(seed_fleet.clusters["rise"], "ns",
+                                CountingSource([pod], fail=fail))
+        start = asyncio.get_running_loop().time()
+        got = await asyncio.gather(*(hub.snapshot(30.0) for _ in range(1000)))
+        took = asyncio.get_running_loop().time() - start
+        await hub.close()
+        return got, hub.source.listed, took
+
+    got, listed, took = asyncio.run(main(False))
+    assert listed == 1 and all(g == {"p": pod} for g in got)
+    got, listed, took = asyncio.run(main(True))
+    assert all(g is None for g in got) and listed == 1 and took < 5
