@@ -220,11 +220,9 @@ class Supervisor:
 
     async def place(self) -> Follow:
         """Worker side, before deferring: delete earlier tries' pods, adopt or place. Old
-        tombstones are swept meanwhile, off the placement's path (bounded: the task defers
-        right after)."""
+        tombstones are swept afterwards, off the placement's path: its requests to every
+        cluster would compete with the placement's (bounded: the task defers right after)."""
         fleet = self.job.fleet
-        sweeping = asyncio.create_task(taskpods.sweep_tombstones(fleet, self.log,
-                                                                 now=self.clock()))
         # A first try has no earlier pods to delete, so the capacity it sees cannot change
         # under the search: probe meanwhile. (A later try probes after its reaping.)
         early = (self.api.probing_early() if self.job.identity.try_number <= 1
@@ -236,6 +234,8 @@ class Supervisor:
                     drop_early_probe()  # it predates what adoption found
                 return await self.run(until=Phase.WATCHING)
         finally:
+            sweeping = asyncio.create_task(taskpods.sweep_tombstones(fleet, self.log,
+                                                                     now=self.clock()))
             await _within(sweeping, SWEEP_WAIT_SECONDS, self.log)
 
     async def follow(self) -> Follow:
