@@ -22,11 +22,14 @@ from airflow_provider_skyshare.snapshot import ClusterCapacity, Snapshot, summar
 NON_TERMINAL = inventory.NON_TERMINAL
 
 
-async def probe_cluster(cluster: Cluster, timeout: float) -> ClusterCapacity:
+async def probe_cluster(cluster: Cluster, timeout: float, *,
+                        policy: bool = True) -> ClusterCapacity:
     """`timeout` bounds the cluster's answer; the client's start-up comes before it.
 
     Reads with the cluster's own (read-only) credential, never an org's. Where each org has
     its own credential, a cluster without the tier policy is not used (not enforced there).
+    `policy=False`: a worker's placement leaves that to the create on the chosen cluster
+    (`unenforced`), instead of asking every cluster twice more.
     """
     enforced, cluster = cluster.enforced, cluster.as_reader()
     try:
@@ -44,7 +47,7 @@ async def probe_cluster(cluster: Cluster, timeout: float) -> ClusterCapacity:
                 kube.list_nodes(cluster, timeout),
                 kube.request(cluster, "GET", "/api/v1/pods",
                              query={"fieldSelector": NON_TERMINAL}, timeout=timeout),
-                _policy_problem(cluster, timeout) if enforced else _none(),
+                _policy_problem(cluster, timeout) if enforced and policy else _none(),
             ), timeout)
     except asyncio.TimeoutError:
         return ClusterCapacity(cluster.name, False, f"no answer within {timeout:g}s")
@@ -55,20 +58,42 @@ async def probe_cluster(cluster: Cluster, timeout: float) -> ClusterCapacity:
         return ClusterCapacity(cluster.name, False, str(exc)[:200])
     latency = (time.monotonic() - start) * 1000
     if problem:
-        return ClusterCapacity(cluster.name, False, f"{NO_POLICY}: {problem}; each org has its "
-                               "own credential here, so apply `skyshare manifests --cluster "
-                               f"{cluster.name}`")
+        return ClusterCapacity(cluster.name, False, not_enforced(cluster.name, problem))
     return summarize(cluster, nodes.get("items") or [], pods.get("items") or [], latency)
 
 
 NO_POLICY = NOT_ENFORCED
+ENFORCED_FRESH_SECONDS = 60.0  # a create trusts a policy read this recent
+
+
+def not_enforced(cluster: str, problem: str) -> str:
+    return (f"{NO_POLICY}: {problem}; each org has its own credential here, so apply "
+            f"`skyshare manifests --cluster {cluster}`")
+
+
+_enforced_at: dict[tuple, float] = {}  # the cluster's reader -> when its policy last held
+
+
+async def unenforced(cluster: Cluster, timeout: float) -> str | None:
+    """Before a create on an enforced cluster: why it must not be used (its tier policy does
+    not hold), or None. A policy read in the last minute (any probe's) is trusted."""
+    reader = cluster.as_reader()
+    key = (reader.name, reader.context, reader.kubeconfig, reader.connection_id)
+    if time.monotonic() - _enforced_at.get(key, -ENFORCED_FRESH_SECONDS) < ENFORCED_FRESH_SECONDS:
+        return None
+    problem = await asyncio.wait_for(_policy_problem(reader, timeout), timeout)
+    return not_enforced(cluster.name, problem) if problem else None
 
 
 async def _policy_problem(cluster: Cluster, timeout: float) -> str | None:
     """Why the cluster does not enforce the tier policy (tenancy.py), or None when it does:
     a binding without its policy, or one that only warns, enforces nothing."""
     found = await asyncio.gather(*(_get(cluster, path, timeout) for path in POLICY_PATHS))
-    return tenancy.enforcement_problem(*found)
+    problem = tenancy.enforcement_problem(*found)
+    if problem is None:
+        _enforced_at[(cluster.name, cluster.context, cluster.kubeconfig,
+                      cluster.connection_id)] = time.monotonic()
+    return problem
 
 
 async def _get(cluster: Cluster, path: str, timeout: float) -> dict | str:
@@ -97,11 +122,19 @@ async def _answers(cluster: Cluster, timeout: float) -> None:
     await kube.request(cluster, "GET", "/api/v1/nodes", query={"limit": "1"}, timeout=timeout)
 
 
-async def probe(fleet: Fleet, only: Iterable[str] | None = None) -> Snapshot:
+async def probe(fleet: Fleet, only: Iterable[str] | None = None, *,
+                policy: bool = True) -> Snapshot:
     names = list(only) if only is not None else list(fleet.clusters)
     timeout = fleet.policy.probe_timeout_seconds
-    results = await asyncio.gather(*(probe_cluster(fleet.clusters[n], timeout) for n in names))
+    results = await asyncio.gather(*(probe_cluster(fleet.clusters[n], timeout, policy=policy)
+                                     for n in names))
     return Snapshot({r.cluster: r for r in results}, taken_at=time.time())
+
+
+async def probe_placing(fleet: Fleet) -> Snapshot:
+    """A placement's probe: the tier policy is checked on the chosen cluster only, at its
+    create (`unenforced`)."""
+    return await probe(fleet, policy=False)
 
 
 async def probe_sequential(fleet: Fleet) -> Snapshot:

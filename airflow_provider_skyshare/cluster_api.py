@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
-from airflow_provider_skyshare import capacity, claims, evidence, gang, kube, watch
+from airflow_provider_skyshare import capacity, claims, clients, evidence, gang, kube, watch
 from airflow_provider_skyshare.fleet import Fleet
 from airflow_provider_skyshare.follow import (
     Claim,
@@ -204,13 +204,15 @@ class KubeClusterApi:
         if shared:
             return await capacity.probe_shared(self.fleet, REBALANCE_PROBE_AGE)
         early, self._early = self._early, None
-        return await (early if early is not None else capacity.probe_after(self.fleet))
+        return await (early if early is not None
+                      else capacity.probe_after(self.fleet, capacity.probe_placing))
 
     @contextlib.asynccontextmanager
     async def probing_early(self) -> AsyncIterator[Callable[[], None]]:
         """A worker's first placement probes while it looks for the task's pods on every
         cluster: two round trips to the fleet at once instead of one after the other."""
-        self._early = early = asyncio.ensure_future(capacity.probe_after(self.fleet))
+        self._early = early = asyncio.ensure_future(
+            capacity.probe_after(self.fleet, capacity.probe_placing))
         try:
             yield self._drop_early
         finally:
@@ -223,8 +225,26 @@ class KubeClusterApi:
             self._early.cancel()
             self._early = None
 
+    async def _refusal(self, cluster: str) -> CreateFailed | None:
+        """The chosen cluster's tier policy, checked before its create (placement probes
+        leave it out): a cluster that does not enforce it is refused like a 4xx."""
+        target = self.fleet.clusters[cluster]
+        if not target.enforced:
+            return None
+        try:
+            problem = await capacity.unenforced(target, self.fleet.policy.probe_timeout_seconds)
+        except asyncio.TimeoutError:
+            problem = "its tier policy could not be read in time"
+        except kube.KubeError as exc:
+            problem = f"its tier policy could not be read: {_said(exc)}"
+        except clients.ClusterConfigError as exc:  # its own credential: say which, skip it
+            problem = f"its tier policy could not be read: {exc}"
+        return CreateFailed(cluster, CreateAnswer.REFUSED, problem) if problem else None
+
     async def create(self, cluster: str, pod: dict[str, Any]) -> Event:
         target = self.fleet.clusters[cluster]
+        if refused := await self._refusal(cluster):
+            return refused
         try:
             await kube.create_pod(target, pod)
             return Created(cluster)

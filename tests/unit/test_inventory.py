@@ -1,5 +1,7 @@
-"""Live capacity (inventory.py): a list+watch per collection keeps a triggerer's view of each
-cluster's GPU nodes and GPU pods, and a placement probe reads it instead of listing."""
+"""Capacity as placements read it. Live (inventory.py): a list+watch per collection keeps a
+triggerer's view of each cluster's GPU nodes and GPU pods, and a placement probe reads it
+instead of listing. And a worker's placement checks the tier policy on the chosen cluster
+only."""
 
 from __future__ import annotations
 
@@ -335,3 +337,59 @@ def _no_inventories_left():
     inventory._resting.clear()
 
 
+
+
+def test_a_placement_checks_the_tier_policy_on_the_chosen_cluster_only(monkeypatch):
+    """A worker's placement probe leaves the policy out (two reads less per cluster); the
+    create on the chosen cluster checks it first, trusting any read of the last minute, and
+    a cluster that does not enforce it is refused like a 4xx, its pod never created."""
+    from airflow_provider_skyshare.cluster_api import KubeClusterApi
+    from airflow_provider_skyshare.follow import CreateAnswer, Created, CreateFailed
+
+    fleet = enforced_fleet().for_org("rise")
+    reads: list[str] = []
+    created: list[str] = []
+    holds = [False]
+
+    async def policy(cluster, timeout):
+        reads.append(cluster.name)
+        if holds[0]:
+            capacity._enforced_at[(cluster.name, cluster.context, cluster.kubeconfig,
+                                   cluster.connection_id)] = capacity.time.monotonic()
+            return None
+        return "no ValidatingAdmissionPolicyBinding skyshare-tier"
+
+    async def create_pod(cluster, pod):
+        created.append(cluster.name)
+        return pod
+
+    async def ready(cluster):
+        return None
+
+    async def empty(*args, **kwargs):
+        return {"items": []}
+
+    monkeypatch.setattr(capacity, "_policy_problem", policy)
+    monkeypatch.setattr(capacity, "_enforced_at", {})
+    monkeypatch.setattr(kube, "create_pod", create_pod)
+    monkeypatch.setattr(kube, "list_nodes", empty)
+    monkeypatch.setattr(kube, "request", empty)
+    monkeypatch.setattr(clients, "ready", ready)
+    api = KubeClusterApi(fleet, "key")
+    pod = {"metadata": {"name": "p", "namespace": "skyshare-rise"}}
+
+    async def main():
+        await capacity.probe_placing(fleet)
+        probed = list(reads)
+        refused = await api.create("rise", pod)
+        holds[0] = True
+        made = await api.create("rise", pod)
+        again = await api.create("rise", pod)
+        return probed, refused, made, again
+
+    probed, refused, made, again = asyncio.run(main())
+    assert probed == []
+    assert isinstance(refused, CreateFailed) and refused.answer is CreateAnswer.REFUSED
+    assert "apply `skyshare manifests --cluster rise`" in refused.message
+    assert made == again == Created("rise") and created == ["rise", "rise"]
+    assert reads == ["rise", "rise"]  # the third create trusted the second's read
