@@ -76,7 +76,7 @@ def test_a_first_placement_probes_while_it_searches_and_an_unused_probe_is_dropp
     from airflow_provider_skyshare.cluster_api import KubeClusterApi
 
     probes = Probes()
-    monkeypatch.setattr(capacity, "probe_after", lambda fleet: probes(fleet))
+    monkeypatch.setattr(capacity, "probe_after", lambda fleet, run: probes(fleet))
 
     async def main() -> tuple[float, list[asyncio.Event]]:
         api = KubeClusterApi(seed_fleet, "key")
