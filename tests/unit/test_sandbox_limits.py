@@ -34,3 +34,12 @@ def test_a_fleet_file_deleted_since_up_is_forgotten_not_fatal(tmp_path):
     assert state.forget_missing_fleets() == [str(gone)]
     assert state.fleets == [str(kept)]
     assert state.forget_missing_fleets() == []
+
+
+def test_down_ignores_a_file_that_vanished_and_fails_on_anything_else():
+    """`down` removes the state while etcd may still be deleting its last WAL file."""
+    from airflow_provider_skyshare.sandbox.cluster import _gone_is_fine
+
+    _gone_is_fine(None, "x.wal", (FileNotFoundError, FileNotFoundError("x.wal"), None))
+    with pytest.raises(PermissionError):
+        _gone_is_fine(None, "x", (PermissionError, PermissionError("x"), None))
