@@ -40,8 +40,9 @@ async def probe_cluster(cluster: Cluster, timeout: float, *,
             problem = await asyncio.wait_for(
                 _policy_problem(cluster, timeout) if enforced else _answers(cluster, timeout),
                 timeout)
-            nodes = {"items": list(live.nodes.items.values())}
-            pods = {"items": list(live.pods.items.values())}
+        if live is not None and live.synced:  # (still, after that read)
+            nodes = {"items": live.nodes.current()}
+            pods = {"items": live.pods.current()}
         else:
             nodes, pods, problem = await asyncio.wait_for(asyncio.gather(
                 kube.list_nodes(cluster, timeout),
@@ -88,11 +89,12 @@ async def unenforced(cluster: Cluster, timeout: float) -> str | None:
 async def _policy_problem(cluster: Cluster, timeout: float) -> str | None:
     """Why the cluster does not enforce the tier policy (tenancy.py), or None when it does:
     a binding without its policy, or one that only warns, enforces nothing."""
+    key = (cluster.name, cluster.context, cluster.kubeconfig, cluster.connection_id)
+    _enforced_at.pop(key, None)  # a read that fails or finds a problem: no longer trusted
     found = await asyncio.gather(*(_get(cluster, path, timeout) for path in POLICY_PATHS))
     problem = tenancy.enforcement_problem(*found)
     if problem is None:
-        _enforced_at[(cluster.name, cluster.context, cluster.kubeconfig,
-                      cluster.connection_id)] = time.monotonic()
+        _enforced_at[key] = time.monotonic()
     return problem
 
 

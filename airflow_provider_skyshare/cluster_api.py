@@ -15,7 +15,16 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
-from airflow_provider_skyshare import capacity, claims, clients, evidence, gang, kube, watch
+from airflow_provider_skyshare import (
+    capacity,
+    claims,
+    clients,
+    evidence,
+    gang,
+    inventory,
+    kube,
+    watch,
+)
 from airflow_provider_skyshare.fleet import Fleet
 from airflow_provider_skyshare.follow import (
     Claim,
@@ -246,7 +255,8 @@ class KubeClusterApi:
         if refused := await self._refusal(cluster):
             return refused
         try:
-            await kube.create_pod(target, pod)
+            made = await kube.create_pod(target, pod)
+            inventory.note_created(target.as_reader(), made)
             return Created(cluster)
         except kube.KubeError as exc:
             if exc.status != 409:
@@ -322,9 +332,10 @@ class KubeClusterApi:
         path = (kube.pods_path(meta["namespace"]) if body.get("kind") != "Service"
                 else f"/api/v1/namespaces/{meta['namespace']}/services")
         try:
-            await kube.request(target, "POST", path, body=body,
-                               query={"timeout": f"{kube.CREATE_SERVER_SECONDS}s"},
-                               timeout=kube.CREATE_SECONDS)
+            made = await kube.request(target, "POST", path, body=body,
+                                      query={"timeout": f"{kube.CREATE_SERVER_SECONDS}s"},
+                                      timeout=kube.CREATE_SECONDS)
+            inventory.note_created(target.as_reader(), made)  # a Service keeps no GPUs
             return None
         except kube.KubeError as exc:
             if exc.status == 409 and await self._ours(target, f"{path}/{meta['name']}"):

@@ -38,6 +38,7 @@ LIST_TIMEOUT = 30.0
 IDLE_SECONDS = 900.0  # no probe asked for this long: stop watching the cluster
 REFUSED_SECONDS = 600.0  # a credential that may not list and watch: list per probe this long
 AFTER_BUG_SECONDS = 60.0  # a watch that died of a bug: list per probe this long, then again
+PENDING_SECONDS = 30.0  # a pod created here counts this long unless its watch event comes
 
 
 class Source(Protocol):
@@ -90,9 +91,19 @@ class Mirror:
         self.cluster, self.path, self.query, self.keep = cluster, path, query, keep
         self.source, self.clock = source, clock
         self.items: dict[str, dict[str, Any]] = {}
+        # created here, not yet seen by the watch: uid -> (object, until when it counts)
+        self.pending: dict[str, tuple[dict[str, Any], float]] = {}
         self.synced = False
         self.error = ""
         self.refused = ""  # why the credential may not list and watch (the mirror stopped)
+
+    def current(self) -> list[dict[str, Any]]:
+        """The objects, with those created here that the watch has not reported yet."""
+        now = self.clock()
+        for uid in [u for u, (_, until) in self.pending.items() if until < now]:
+            del self.pending[uid]
+        return [*self.items.values(),
+                *(o for u, (o, _) in self.pending.items() if u not in self.items)]
 
     async def run(self, idle: Callable[[], bool]) -> None:
         """List, then watch from there, until `idle` says stop. A broken stream unsyncs the
@@ -152,6 +163,7 @@ class Mirror:
             rv = meta.get("resourceVersion", rv)
             if kind == "BOOKMARK":
                 continue
+            self.pending.pop(meta["uid"], None)  # the watch has it now, whatever it says
             if kind == "DELETED" or not self.keep(obj):  # e.g. a pod that has ended
                 self.items.pop(meta["uid"], None)
             else:
@@ -231,27 +243,38 @@ def keep_live() -> None:
 def of(cluster: Cluster) -> Inventory | None:
     """The running loop's inventory of `cluster` (a reader view: every org's view of a
     cluster shares it), started on first use; None where the loop keeps none, or while
-    this cluster's rests after a refusal or a bug."""
+    this cluster rests after a refusal or a bug."""
     loop = asyncio.get_running_loop()
     if loop not in _live:
         return None
     key = (id(loop), cluster.name, cluster.context, cluster.kubeconfig, cluster.connection_id)
     if _resting.get(key, 0.0) > time.monotonic():
         return None
-    found = _inventories.pop(key, None)
-    if found is not None and found.running and found.loop is loop:
-        _inventories[key] = found
-    elif found is not None and found.loop is loop and (found.refused or found.failure):
-        _resting[key] = time.monotonic() + (REFUSED_SECONDS if found.refused
-                                            else AFTER_BUG_SECONDS)
-        return None
-    else:  # none yet, idle, or of a loop that has ended (whose id this one reuses)
-        if found is not None and found.loop is loop:
-            found.stop()
-        for k in [k for k, inv in _inventories.items()
-                  if inv.loop is None or inv.loop.is_closed() or not inv.running]:
-            del _inventories[k]  # of loops that have ended
-        found = _inventories[key] = Inventory(cluster)
-        found.start()
-    found.used_at = found.clock()
+    found = _inventories.get(key)
+    if found is not None and found.loop is loop:
+        if found.running:
+            found.used_at = found.clock()
+            return found
+        why_refused, why_failed = found.refused, found.failure
+        found.stop()  # idle, refused or a bug: what still runs of it ends too
+        if why_refused or why_failed:
+            del _inventories[key]
+            _resting[key] = time.monotonic() + (REFUSED_SECONDS if why_refused
+                                                else AFTER_BUG_SECONDS)
+            return None
+    for k in [k for k, inv in _inventories.items() if inv.loop is None or inv.loop.is_closed()]:
+        del _inventories[k]  # of loops that have ended (one of whose ids this one may reuse)
+    found = _inventories[key] = Inventory(cluster)
+    found.start()
     return found
+
+
+def note_created(cluster: Cluster, pod: dict[str, Any]) -> None:
+    """A pod this loop has just created, before its watch event: the next placement must
+    not count its GPUs as free (a fresh list would have had it)."""
+    loop = asyncio.get_running_loop()
+    key = (id(loop), cluster.name, cluster.context, cluster.kubeconfig, cluster.connection_id)
+    found = _inventories.get(key)
+    meta = pod.get("metadata") or {}
+    if found is not None and found.synced and meta.get("uid") and _holds_gpus(pod):
+        found.pods.pending[meta["uid"]] = (_slim(pod), found.clock() + PENDING_SECONDS)

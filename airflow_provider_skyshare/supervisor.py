@@ -227,16 +227,15 @@ class Supervisor:
         # under the search: probe meanwhile. (A later try probes after its reaping.)
         early = (self.api.probing_early() if self.job.identity.try_number <= 1
                  else contextlib.nullcontext(_nothing))
-        try:
-            async with early as drop_early_probe:
-                await taskpods.reap_earlier_tries(fleet, self.job.identity, self.log)
-                if await self.adopt_newest(shared=False):  # no watch of every cluster
-                    drop_early_probe()  # it predates what adoption found
-                return await self.run(until=Phase.WATCHING)
-        finally:
-            sweeping = asyncio.create_task(taskpods.sweep_tombstones(fleet, self.log,
-                                                                     now=self.clock()))
-            await _within(sweeping, SWEEP_WAIT_SECONDS, self.log)
+        async with early as drop_early_probe:
+            await taskpods.reap_earlier_tries(fleet, self.job.identity, self.log)
+            if await self.adopt_newest(shared=False):  # no watch of every cluster
+                drop_early_probe()  # it predates what adoption found
+            state = await self.run(until=Phase.WATCHING)
+        sweeping = asyncio.create_task(taskpods.sweep_tombstones(fleet, self.log,
+                                                                 now=self.clock()))
+        await _within(sweeping, SWEEP_WAIT_SECONDS, self.log)
+        return state
 
     async def follow(self) -> Follow:
         """Trigger side (and deferrable=False after place): follow to a verdict."""

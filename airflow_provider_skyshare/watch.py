@@ -99,13 +99,19 @@ class PodWatchHub:
         if self._task is None or self._task.done():
             if not self.subscribers:
                 self._idle_since = time.monotonic()  # linger, then stop, if nobody subscribes
+            self._failed.clear()  # a stopped hub's last failure says nothing of the cluster now
             self._task = asyncio.get_running_loop().create_task(self._run())
+        task = self._task
         waits = [asyncio.ensure_future(e.wait()) for e in (self._synced, self._failed)]
         try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([*waits, task], timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waits:
                 w.cancel()
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise RuntimeError(f"the shared watch of {self.cluster.name}/{self.namespace} "
+                               f"failed: {task.exception()!r}") from task.exception()
         return dict(self.cache) if self._synced.is_set() else None
 
     def unsubscribe(self, pod: str, queue: asyncio.Queue[Event]) -> None:

@@ -159,7 +159,8 @@ async def _settle(following: Callable[[], bool]) -> tuple[float, bool]:
         before = _cpu()
         await asyncio.sleep(SLICE)
         rates.append((_cpu() - before) / SLICE)
-        if len(rates) >= 2 and steady(rates[-2], rates[-1]) and following():
+        settled = following()  # asked every slice: "since the last look" is one slice
+        if len(rates) >= 2 and steady(rates[-2], rates[-1]) and settled:
             return time.monotonic() - start, True
     return time.monotonic() - start, False
 
@@ -287,11 +288,11 @@ def measure(variant: str, n: int, window: float, kubeconfig: str, api,
 def idle(apis: list, window: float) -> tuple[float, float]:
     """The apiservers' own background (nothing followed), per second: (all, on pods). Timed
     between the reads, as the measured windows are (reading 20 apiservers takes a while)."""
+    t0 = time.monotonic()  # stamped before each read, as measure() stamps its marks
     all0, pods0 = served(apis)
-    t0 = time.monotonic()
     time.sleep(window)
-    all1, pods1 = served(apis)
     took = time.monotonic() - t0
+    all1, pods1 = served(apis)
     return (all1 - all0) / took, (pods1 - pods0) / took
 
 

@@ -482,11 +482,16 @@ def component_alive(state: State, name: str, component: str) -> bool:
     return alive(state.pids.get(f"{name}/{component}"))
 
 
-def rebuilt(pid: int | None) -> bool:
-    """The process runs a binary that `build` has replaced since (it renames the new one over
-    the old): `up` restarts it, or a sandbox left running would keep the old behaviour."""
+_BINARY = {"apiserver": "kube-apiserver", "scheduler": "kube-scheduler",
+           "controllers": "kube-controller-manager", "kwok": "kwok", "kueue": "kueue"}
+
+
+def rebuilt(pid: int | None, binary: Path) -> bool:
+    """The process runs `binary` as it was before `build` replaced it (it renames the new one
+    over the old): `up` restarts it, or a sandbox left running would keep the old behaviour.
+    (The shared etcd is not checked: its binary is never patched.)"""
     try:
-        return os.readlink(f"/proc/{pid}/exe").endswith(" (deleted)")
+        return os.readlink(f"/proc/{pid}/exe") == f"{os.path.realpath(binary)} (deleted)"
     except OSError:  # gone, or not Linux
         return False
 
@@ -497,7 +502,8 @@ def start_component(state: State, name: str, component: str, timeout: float = 60
     if component not in _STARTERS:
         raise SandboxError(f"unknown component {component!r} (use {', '.join(COMPONENTS)})")
     pid = state.pids.get(f"{name}/{component}")
-    if not (component_alive(state, name, component) and not rebuilt(pid)
+    if not (component_alive(state, name, component)
+            and not rebuilt(pid, paths.bin_dir() / _BINARY[component])
             and _health(state, name, component)):
         _kill(pid)
         _STARTERS[component](state, name)

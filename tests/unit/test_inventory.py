@@ -126,6 +126,17 @@ def test_a_watch_too_old_relists_and_a_broken_one_is_not_used_until_it_has(seed_
     assert was_unsynced  # between the break and the relist, the probe would have listed
 
 
+def cluster_io(monkeypatch, live, *, list_nodes, request) -> None:
+    """The probe's I/O replaced: this inventory, these reads, clients always ready."""
+    async def ready(cluster):
+        return None
+
+    monkeypatch.setattr(inventory, "of", lambda cluster: live)
+    monkeypatch.setattr(kube, "list_nodes", list_nodes)
+    monkeypatch.setattr(kube, "request", request)
+    monkeypatch.setattr(clients, "ready", ready)
+
+
 def enforced_fleet():
     """Each org its own credential: the clusters must enforce the tier policy."""
     return parse({
@@ -161,14 +172,8 @@ def test_a_live_probe_lists_nothing_but_still_asks_the_cluster(seed_fleet, monke
     async def refuse(*args, **kwargs):
         raise AssertionError("a live probe must not list")
 
-    async def ready(cluster):
-        return None
-
-    monkeypatch.setattr(inventory, "of", lambda cluster: live)
+    cluster_io(monkeypatch, live, list_nodes=refuse, request=request)
     monkeypatch.setattr(capacity, "_policy_problem", policy)
-    monkeypatch.setattr(kube, "list_nodes", refuse)
-    monkeypatch.setattr(kube, "request", request)
-    monkeypatch.setattr(clients, "ready", ready)
 
     async def main():
         live.start()
@@ -199,13 +204,7 @@ def test_an_inventory_not_in_step_is_not_read(seed_fleet, monkeypatch):
         listed.append(path)
         return {"items": []}
 
-    async def ready(cluster):
-        return None
-
-    monkeypatch.setattr(inventory, "of", lambda cluster: broken)
-    monkeypatch.setattr(kube, "list_nodes", list_nodes)
-    monkeypatch.setattr(kube, "request", request)
-    monkeypatch.setattr(clients, "ready", ready)
+    cluster_io(monkeypatch, broken, list_nodes=list_nodes, request=request)
     snap = asyncio.run(capacity.probe_cluster(rise, 3.0))
     assert snap.reachable and listed == ["nodes", "/api/v1/pods"]
 
@@ -282,12 +281,13 @@ def test_a_bug_in_a_watch_is_logged_and_the_cluster_is_listed_for_a_while(seed_f
         await asyncio.sleep(0.01)
         state = [first.synced, first.running, first.failure]
         later = inventory.of(rise)
-        first.stop()
-        return [*state, later]
+        await settle()
+        return [*state, later, all(t.done() for t in first._tasks)]
 
-    synced, running, failure, later = asyncio.run(main())
+    synced, running, failure, later, ended = asyncio.run(main())
     assert not synced and not running and failure.startswith("KeyError")
     assert later is None  # listed per probe for AFTER_BUG_SECONDS, not restarted per probe
+    assert ended  # its nodes watch stopped too
     assert "capacity watch of rise failed" in caplog.text and "KeyError" in caplog.text
 
 
@@ -319,12 +319,13 @@ def test_a_credential_that_may_not_watch_is_told_once_after_some_patience(seed_f
                 break
             await asyncio.sleep(0.01)
         later = [inventory.of(rise) for _ in range(3)]
-        first.stop()
-        return [first.refused, len(first.script.watched), later]
+        await settle()
+        return [first.refused, len(first.script.watched), later,
+                all(t.done() for t in first._tasks)]
 
-    why, watches, later = asyncio.run(main())
+    why, watches, later, ended = asyncio.run(main())
     assert "cannot watch" in why and watches > 2  # asked again before giving up
-    assert later == [None, None, None] and len(Quiet.made) == 1
+    assert later == [None, None, None] and len(Quiet.made) == 1 and ended
     assert caplog.text.count("may not list and watch /api/v1/pods") == 1
     assert "Fix: grant it the reader role" in caplog.text
 
@@ -341,40 +342,39 @@ def _no_inventories_left():
 
 def test_a_placement_checks_the_tier_policy_on_the_chosen_cluster_only(monkeypatch):
     """A worker's placement probe leaves the policy out (two reads less per cluster); the
-    create on the chosen cluster checks it first, trusting any read of the last minute, and
-    a cluster that does not enforce it is refused like a 4xx, its pod never created."""
+    create on the chosen cluster checks it first, trusting a read of the last minute that
+    found it in force (and no later read that did not), and a cluster that does not
+    enforce it is refused like a 4xx, its pod never created."""
+    from airflow_provider_skyshare import tenancy
     from airflow_provider_skyshare.cluster_api import KubeClusterApi
     from airflow_provider_skyshare.follow import CreateAnswer, Created, CreateFailed
+    from airflow_provider_skyshare.names import POLICY_PATHS
 
     fleet = enforced_fleet().for_org("rise")
+    objects = dict(zip(POLICY_PATHS, reversed(tenancy.tier_policy(fleet.clusters["rise"])),
+                       strict=True))  # (binding, policy)
     reads: list[str] = []
     created: list[str] = []
     holds = [False]
 
-    async def policy(cluster, timeout):
-        reads.append(cluster.name)
-        if holds[0]:
-            capacity._enforced_at[(cluster.name, cluster.context, cluster.kubeconfig,
-                                   cluster.connection_id)] = capacity.time.monotonic()
-            return None
-        return "no ValidatingAdmissionPolicyBinding skyshare-tier"
+    async def request(cluster, method, path, **kw):
+        if path in objects:
+            reads.append(path)
+            if holds[0]:
+                return objects[path]
+            raise kube.KubeError(cluster.name, 404, "NotFound", "not found")
+        return {"items": []}
 
     async def create_pod(cluster, pod):
         created.append(cluster.name)
         return pod
 
-    async def ready(cluster):
-        return None
-
-    async def empty(*args, **kwargs):
+    async def no_nodes(cluster, timeout):
         return {"items": []}
 
-    monkeypatch.setattr(capacity, "_policy_problem", policy)
+    cluster_io(monkeypatch, None, list_nodes=no_nodes, request=request)
     monkeypatch.setattr(capacity, "_enforced_at", {})
     monkeypatch.setattr(kube, "create_pod", create_pod)
-    monkeypatch.setattr(kube, "list_nodes", empty)
-    monkeypatch.setattr(kube, "request", empty)
-    monkeypatch.setattr(clients, "ready", ready)
     api = KubeClusterApi(fleet, "key")
     pod = {"metadata": {"name": "p", "namespace": "skyshare-rise"}}
 
@@ -384,12 +384,64 @@ def test_a_placement_checks_the_tier_policy_on_the_chosen_cluster_only(monkeypat
         refused = await api.create("rise", pod)
         holds[0] = True
         made = await api.create("rise", pod)
-        again = await api.create("rise", pod)
-        return probed, refused, made, again
+        again = await api.create("rise", pod)  # trusts the read just before
+        holds[0] = False
+        shown = await capacity.probe(fleet)  # a probe (a rebalance check) finds it gone
+        after = await api.create("rise", pod)
+        return probed, refused, made, again, shown, after
 
-    probed, refused, made, again = asyncio.run(main())
+    probed, refused, made, again, shown, after = asyncio.run(main())
     assert probed == []
     assert isinstance(refused, CreateFailed) and refused.answer is CreateAnswer.REFUSED
     assert "apply `skyshare manifests --cluster rise`" in refused.message
     assert made == again == Created("rise") and created == ["rise", "rise"]
-    assert reads == ["rise", "rise"]  # the third create trusted the second's read
+    assert not shown.get("rise").reachable
+    assert isinstance(after, CreateFailed), "a read that found it gone must not be trusted"
+    assert len(reads) == 2 * 4  # refused, made, the probe, after: not `again`
+
+
+def test_a_pod_created_here_counts_until_its_watch_event_comes(seed_fleet, monkeypatch):
+    """The next placement must not count the GPUs of a pod this loop has just made as free
+    (a fresh list would have had it), nor keep counting it once the watch said otherwise."""
+    rise = seed_fleet.clusters["rise"].as_reader()
+
+    class Gated(Script):
+        """The pods' watch brings the new pod's deletion once `go` is set."""
+
+        def __init__(self) -> None:
+            super().__init__({"/api/v1/pods": [listing([], "1")],
+                              "/api/v1/nodes": [listing([], "1")]}, {})
+            self.go = asyncio.Event()
+
+        async def watch(self, cluster, path, query, resource_version):
+            self.watched.append((path, resource_version))
+            if path == "/api/v1/pods":
+                await self.go.wait()
+                yield {"type": "DELETED", "object": pod("new", 1, rv="5")}
+            await asyncio.Event().wait()  # then a quiet stream
+
+    source = Gated()
+    made = inventory.Inventory(rise, source)
+    monkeypatch.setattr(inventory, "Inventory", lambda cluster: made)
+
+    async def main() -> list[list[str]]:
+        inventory.keep_live()
+        live = inventory.of(rise)
+        await settle()
+
+        def names() -> list[str]:
+            return sorted(p["metadata"]["name"] for p in live.pods.current())
+
+        inventory.note_created(rise, pod("new", 1))
+        inventory.note_created(rise, pod("cpu", 0))  # holds no GPU: not counted
+        seen = [names()]
+        source.go.set()
+        await settle()
+        seen.append(names())
+        inventory.note_created(rise, pod("late", 1))
+        live.pods.clock = lambda: 1e12  # long after, and no watch event came
+        seen.append(names())
+        await live.close()
+        return seen
+
+    assert asyncio.run(main()) == [["new"], [], []]

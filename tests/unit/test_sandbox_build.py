@@ -76,15 +76,19 @@ def test_the_pinned_kwok_takes_the_patch():
 
 
 def test_a_process_whose_binary_was_replaced_is_seen_as_rebuilt(tmp_path):
-    binary = tmp_path / "component"
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "cache").symlink_to(real)  # the bin dir's path may go through a link
+    binary = tmp_path / "cache" / "component"
     shutil.copy(sys.executable, binary)
     proc = subprocess.Popen([binary, "-c", "import sys; sys.stdin.read()"],
                             stdin=subprocess.PIPE)
     try:
-        assert not rebuilt(proc.pid)
+        assert not rebuilt(proc.pid, binary)
         binary.with_name("component.new").write_bytes(binary.read_bytes())
         binary.with_name("component.new").replace(binary)  # as build installs a binary
-        assert rebuilt(proc.pid)
+        assert rebuilt(proc.pid, binary)
+        assert not rebuilt(proc.pid, tmp_path / "other")  # a reused pid: not ours to restart
     finally:
         proc.communicate(b"")
-    assert not rebuilt(proc.pid) and not rebuilt(None)
+    assert not rebuilt(proc.pid, binary) and not rebuilt(None, binary)

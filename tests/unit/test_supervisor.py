@@ -419,3 +419,30 @@ def test_thousands_resuming_at_once_share_one_list_and_an_unreachable_cluster_an
     assert listed == 1 and all(g == {"p": pod} for g in got)
     got, listed, took = asyncio.run(main(True))
     assert all(g is None for g in got) and listed == 1 and took < 5
+
+
+def test_a_hub_that_failed_before_it_stopped_is_asked_afresh_and_a_bug_reaches_the_caller(
+        seed_fleet):
+    """A hub that stopped while its cluster failed must not answer "unreachable" from its
+    old failure; one that died of a bug raises at once instead of waiting out the 30 s."""
+    pod = {"metadata": {"name": "p", "uid": "u"}}
+
+    class Buggy(CountingSource):
+        async def list(self, cluster, namespace):
+            raise KeyError("metadata")
+
+    async def main() -> tuple[Any, float, str]:
+        hub = watch.PodWatchHub(seed_fleet.clusters["rise"], "ns", CountingSource([pod]))
+        hub._failed.set()  # left over from before it stopped
+        hub.error = "connection refused"
+        again = await hub.snapshot(30.0)
+        await hub.close()
+        broken = watch.PodWatchHub(seed_fleet.clusters["rise"], "ns", Buggy([pod]))
+        start = asyncio.get_running_loop().time()
+        with pytest.raises(RuntimeError, match="shared watch of rise/ns failed") as err:
+            await broken.snapshot(30.0)
+        return again, asyncio.get_running_loop().time() - start, repr(err.value.__cause__)
+
+    again, took, cause = asyncio.run(main())
+    assert again == {"p": pod}
+    assert took < 5 and "KeyError" in cause
