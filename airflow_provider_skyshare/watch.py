@@ -100,6 +100,7 @@ class PodWatchHub:
             if not self.subscribers:
                 self._idle_since = time.monotonic()  # linger, then stop, if nobody subscribes
             self._failed.clear()  # a stopped hub's last failure says nothing of the cluster now
+            self.error = ""
             self._task = asyncio.get_running_loop().create_task(self._run())
         task = self._task
         waits = [asyncio.ensure_future(e.wait()) for e in (self._synced, self._failed)]
