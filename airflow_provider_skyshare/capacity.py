@@ -79,7 +79,7 @@ async def unenforced(cluster: Cluster, timeout: float) -> str | None:
     """Before a create on an enforced cluster: why it must not be used (its tier policy does
     not hold), or None. A policy read in the last minute (any probe's) is trusted."""
     reader = cluster.as_reader()
-    key = (reader.name, reader.context, reader.kubeconfig, reader.connection_id)
+    key = clients.credential_key(reader)
     if time.monotonic() - _enforced_at.get(key, -ENFORCED_FRESH_SECONDS) < ENFORCED_FRESH_SECONDS:
         return None
     problem = await asyncio.wait_for(_policy_problem(reader, timeout), timeout)
@@ -89,7 +89,7 @@ async def unenforced(cluster: Cluster, timeout: float) -> str | None:
 async def _policy_problem(cluster: Cluster, timeout: float) -> str | None:
     """Why the cluster does not enforce the tier policy (tenancy.py), or None when it does:
     a binding without its policy, or one that only warns, enforces nothing."""
-    key = (cluster.name, cluster.context, cluster.kubeconfig, cluster.connection_id)
+    key = clients.credential_key(cluster)
     _enforced_at.pop(key, None)  # a read that fails or finds a problem: no longer trusted
     found = await asyncio.gather(*(_get(cluster, path, timeout) for path in POLICY_PATHS))
     problem = tenancy.enforcement_problem(*found)
@@ -203,7 +203,7 @@ async def _round(rounds: _Rounds, waiting: asyncio.Future[Snapshot], fleet: Flee
 
 def _readers(fleet: Fleet) -> tuple:
     """The clusters' own credentials: every org's view of a fleet probes alike."""
-    return tuple((r.name, r.context, r.kubeconfig, r.connection_id, r.enforced)
+    return tuple((*clients.credential_key(r), r.enforced)
                  for r in (c.as_reader() for c in fleet.clusters.values()))
 
 

@@ -143,13 +143,15 @@ _sync_clients: dict[tuple, Any] = {}
 _async_clients: dict[tuple, Any] = {}
 
 
-def _key(cluster: Cluster) -> tuple:
+def credential_key(cluster: Cluster) -> tuple:
+    """Who a view of the cluster talks to it as: what clients, inventories and policy reads
+    are cached by (every org's reader view of a cluster alike)."""
     return (cluster.name, cluster.context, kubeconfig_path(cluster), cluster.connection_id)
 
 
 def sync_api(cluster: Cluster) -> Any:
     """A ``kubernetes.client.ApiClient`` for this cluster (cached per process)."""
-    key = _key(cluster)
+    key = credential_key(cluster)
     with _sync_lock:
         if key not in _sync_clients:
             _sync_clients[key] = _new_sync(cluster)
@@ -175,7 +177,7 @@ def _new_sync(cluster: Cluster) -> Any:
 async def async_api(cluster: Cluster) -> Any:
     """A ``kubernetes_asyncio.client.ApiClient`` for this cluster (cached per event loop)."""
     loop = asyncio.get_running_loop()
-    key = (id(loop), *_key(cluster))
+    key = (id(loop), *credential_key(cluster))
     made = _async_clients.get(key)
     if made is None:
         # A future, not the client: concurrent first calls must share one connection pool.

@@ -247,7 +247,7 @@ def of(cluster: Cluster) -> Inventory | None:
     loop = asyncio.get_running_loop()
     if loop not in _live:
         return None
-    key = (id(loop), cluster.name, cluster.context, cluster.kubeconfig, cluster.connection_id)
+    key = (id(loop), *clients.credential_key(cluster))
     if _resting.get(key, 0.0) > time.monotonic():
         return None
     found = _inventories.get(key)
@@ -273,7 +273,7 @@ def note_created(cluster: Cluster, pod: dict[str, Any]) -> None:
     """A pod this loop has just created, before its watch event: the next placement must
     not count its GPUs as free (a fresh list would have had it)."""
     loop = asyncio.get_running_loop()
-    key = (id(loop), cluster.name, cluster.context, cluster.kubeconfig, cluster.connection_id)
+    key = (id(loop), *clients.credential_key(cluster))
     found = _inventories.get(key)
     meta = pod.get("metadata") or {}
     if found is not None and found.synced and meta.get("uid") and _holds_gpus(pod):
