@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -69,7 +70,35 @@ def epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
-def two_second_job(af, admin) -> float:
+def triggerers_of(af, dag_id: str, run_id: str = "*") -> set[int]:
+    """The triggerers (job ids) that ran triggers of the DAG (of one run): Airflow names a
+    trigger's log file after the triggerer that ran it."""
+    folder = af.home / "logs" / f"dag_id={dag_id}"
+    return {int(log.name.rsplit(".", 2)[1])
+            for log in folder.glob(f"run_id={run_id}/task_id=job/attempt=*.log.trigger.*.log")}
+
+
+def on_a_warm_triggerer(af, dag_id: str, job: Callable[[], tuple[str, float]],
+                        tries: int = 5) -> float:
+    """The lag of the first run of `job` whose trigger ran on a triggerer that had run one
+    of the DAG's triggers before. A triggerer builds its in-process execution API on the
+    first call a trigger makes to Airflow (here: the fleet Variable, is the task still
+    deferred?) and answers nothing else meanwhile: 2-6 s once per process, more on a loaded
+    machine, and the e2e suite starts triggerers anew (test_ha_airflow). That is Airflow's
+    one-time cost, not a delay of ours; every lag is printed."""
+    warm = triggerers_of(af, dag_id)
+    for _ in range(tries):
+        run, lag = job()
+        ran_on = triggerers_of(af, dag_id, run)
+        print(f"{lag:.2f}s on triggerer {sorted(ran_on)} ({'warm' if ran_on <= warm else 'cold'})")
+        if ran_on and ran_on <= warm:
+            return lag
+        warm |= ran_on
+    raise AssertionError(f"no run of {dag_id} in {tries} landed on a triggerer that had "
+                         "served it before (are triggerers being restarted?)")
+
+
+def two_second_job(af, admin) -> tuple[str, float]:
     """Seconds from the pod's success (seen by the watch) to the task's end in Airflow."""
     changes = PodChanges(admin["rise"], "skyshare_job")
     try:
@@ -82,24 +111,18 @@ def two_second_job(af, admin) -> float:
     assert ti["state"] == "success"
     timeline = af.xcom("skyshare_job", run, "job")
     assert [(a["cluster"], a["outcome"]) for a in timeline] == [("rise", "Succeeded")]
-    return epoch(ti["end_date"]) - done_at
+    return run, epoch(ti["end_date"]) - done_at
 
 
 def test_a_2s_job_is_marked_success_within_3s_of_its_pod(airflow_server, admin, no_leaks):
-    """The first call a fresh triggerer's trigger makes to Airflow (here: is the task still
-    deferred?) makes the triggerer build its in-process execution API, once per process (6 s
-    seen), and the triggerer does nothing else meanwhile. The second job shows the steady
-    state; both are printed."""
     af = airflow_server
     af.ensure_ready("skyshare_job")
-    first, second = two_second_job(af, admin), two_second_job(af, admin)
-    print(f"pod succeeded -> task success: {first:.2f}s, then {second:.2f}s")
-    assert second <= 3.0, f"task ended {second:.1f}s after its pod"
+    lag = on_a_warm_triggerer(af, "skyshare_job", lambda: two_second_job(af, admin))
+    assert lag <= 3.0, f"task ended {lag:.1f}s after its pod"
 
 
-def test_a_bad_image_fails_the_task_within_5s_of_the_verdict(airflow_server, admin, no_leaks):
-    af = airflow_server
-    af.ensure_ready("skyshare_job")
+def bad_image_job(af, admin) -> tuple[str, float]:
+    """Seconds from the container's InvalidImageName (seen by the watch) to the task's end."""
     changes = PodChanges(admin["rise"], "skyshare_job")
 
     def invalid(pod) -> bool:
@@ -114,15 +137,20 @@ def test_a_bad_image_fails_the_task_within_5s_of_the_verdict(airflow_server, adm
         ti = ended(af, "skyshare_job", run, "job")
     finally:
         changes.stop.set()
-    lag = epoch(ti["end_date"]) - verdict_at
-    print(f"InvalidImageName -> task failed in {lag:.2f}s")
     assert ti["state"] == "failed"
-    assert lag <= 5.0, f"task failed {lag:.1f}s after the pod's verdict"
     timeline = af.xcom("skyshare_job", run, "job", "skyshare_timeline")
     assert [(a["outcome"], a["reason"]) for a in timeline] == [("Failed", "InvalidImageName")]
     wait_for(lambda: not admin["rise"].list_namespaced_pod(
         "skyshare-rise", label_selector=f"{L_DAG}=skyshare_job").items, 30,
         "the failed pod deleted")
+    return run, epoch(ti["end_date"]) - verdict_at
+
+
+def test_a_bad_image_fails_the_task_within_5s_of_the_verdict(airflow_server, admin, no_leaks):
+    af = airflow_server
+    af.ensure_ready("skyshare_job")
+    lag = on_a_warm_triggerer(af, "skyshare_job", lambda: bad_image_job(af, admin))
+    assert lag <= 5.0, f"task failed {lag:.1f}s after the pod's verdict"
 
 
 def test_fifty_short_deferred_tasks_all_end_as_their_pods_did(airflow_server, admin, no_leaks):
