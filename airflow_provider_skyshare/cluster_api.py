@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -61,11 +61,13 @@ class PodFeed(Protocol):
 
 
 class ClusterApi(Protocol):
-    async def probe(self, shared: bool) -> Snapshot: ...
+    async def probe(self, shared: bool, clusters: tuple[str, ...] = ()) -> Snapshot: ...
 
-    def probing_early(self) -> contextlib.AbstractAsyncContextManager[Callable[[], None]]:
-        """Within it, the next unshared probe is already under way (started on entry;
-        dropped on exit, or by calling what it yields, if nobody asked for it)."""
+    def probing_early(self, clusters: tuple[str, ...] = ()
+                      ) -> contextlib.AbstractAsyncContextManager[Callable[[], None]]:
+        """Within it, the next unshared probe of these clusters (() = every one) is already
+        under way (started on entry; dropped on exit, or by calling what it yields, if
+        nobody asked for it)."""
 
     async def create(self, cluster: str, pod: dict[str, Any]) -> Event: ...
 
@@ -207,21 +209,28 @@ class KubeClusterApi:
 
     def __init__(self, fleet: Fleet, task_key: str) -> None:
         self.fleet, self.task_key = fleet, task_key
-        self._early: asyncio.Future[Snapshot] | None = None
+        self._early: tuple[tuple[str, ...], asyncio.Future[Snapshot]] | None = None
 
-    async def probe(self, shared: bool) -> Snapshot:
+    async def probe(self, shared: bool, clusters: tuple[str, ...] = ()) -> Snapshot:
         if shared:
             return await capacity.probe_shared(self.fleet, REBALANCE_PROBE_AGE)
-        early, self._early = self._early, None
-        return await (early if early is not None
-                      else capacity.probe_after(self.fleet, capacity.probe_placing))
+        if self._early is not None and self._early[0] == clusters:
+            early, self._early = self._early[1], None
+            return await early
+        self._drop_early()
+        return await self._placing(clusters)
+
+    def _placing(self, clusters: tuple[str, ...]) -> Awaitable[Snapshot]:
+        fleet = self.fleet.only(clusters) if clusters else self.fleet
+        return capacity.probe_after(fleet, capacity.probe_placing)
 
     @contextlib.asynccontextmanager
-    async def probing_early(self) -> AsyncIterator[Callable[[], None]]:
+    async def probing_early(self, clusters: tuple[str, ...] = ()
+                            ) -> AsyncIterator[Callable[[], None]]:
         """A worker's first placement probes while it looks for the task's pods on every
         cluster: two round trips to the fleet at once instead of one after the other."""
-        self._early = early = asyncio.ensure_future(
-            capacity.probe_after(self.fleet, capacity.probe_placing))
+        early = asyncio.ensure_future(self._placing(clusters))
+        self._early = (clusters, early)
         try:
             yield self._drop_early
         finally:
@@ -231,7 +240,7 @@ class KubeClusterApi:
     def _drop_early(self) -> None:
         """Not asked for (a pod was adopted instead): a later probe must be its own."""
         if self._early is not None:
-            self._early.cancel()
+            self._early[1].cancel()
             self._early = None
 
     async def _refusal(self, cluster: str) -> CreateFailed | None:

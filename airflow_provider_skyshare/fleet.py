@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -188,6 +188,11 @@ class Fleet:
 
     def owned_by(self, org: str) -> list[Cluster]:
         return [c for c in self.clusters.values() if c.owner == org]
+
+    def only(self, names: Iterable[str]) -> Fleet:
+        """The fleet reduced to these clusters: what a probe of some of them is given."""
+        keep = set(names)
+        return replace(self, clusters={n: c for n, c in self.clusters.items() if n in keep})
 
     def products(self) -> set[str]:
         return {p for c in self.clusters.values() for p in c.gpu_products}

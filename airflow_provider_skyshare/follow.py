@@ -159,6 +159,7 @@ class Start:
 class Probed:
     snapshot: Snapshot
     shared: bool = False  # a shared probe answers "should a queued attempt move?"
+    asked: tuple[str, ...] = ()  # the Probe's clusters (() = every cluster)
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,8 @@ Event = (Start | Probed | Created | CreateConflict | CreateFailed | PodSeen | Po
 @dataclass(frozen=True)
 class Probe:
     shared: bool = False  # placement never shares a probe: it acts on what it sees
+    # ask only these clusters (a first placement asks the org's own first); () = every one
+    clusters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -382,6 +385,7 @@ class Follow:
     phase: Phase = Phase.START
     # placing
     candidates: tuple[Candidate, ...] = ()  # the decision's rest; the first is being created
+    home_only: bool = False  # the candidates are the org's own clusters (rest not asked)
     refused: tuple[tuple[str, Refusal, str], ...] = ()  # this round: (cluster, why, message)
     transient: bool = False  # a cluster did not answer the probe: retrying may help
     placing_since: float | None = None
@@ -487,7 +491,13 @@ def _begin_placing(state: Follow, now: float, moved_at: float | None) -> Step:
 def _first_step(state: Follow, now: float) -> Claim | Probe:
     """A later attempt is claimed before anything else (another follower may have made it
     already: then there is nothing to place); the first one is placed at once."""
-    return _claim(state, now, state.timeline, None, None) if _fenced(state) else Probe()
+    return _claim(state, now, state.timeline, None, None) if _fenced(state) else first_probe(state)
+
+
+def first_probe(state: Follow) -> Probe:
+    """A first attempt asks the org's own clusters first (placement.home): where one takes
+    it now, the other clusters could not rank above it and are never asked."""
+    return Probe(clusters=placement.home(state.job.request, state.job.fleet))
 
 
 def _fenced(state: Follow) -> bool:
@@ -506,13 +516,21 @@ def _probed(state: Follow, event: Probed, now: float) -> Step:
     job = state.job
     try:
         decision = placement.choose(job.request, job.fleet, event.snapshot, state.timeline,
-                                    now=now, exclude=_refused_map(state))
+                                    now=now, exclude=_refused_map(state), asked=event.asked)
     except PlacementError as exc:
         return _finish(state, Status.NO_PLACEMENT, str(exc))
+    if event.asked:
+        home = placement.home_candidates(decision)
+        if not home:
+            return replace(state, home_only=False), [Note(
+                Level.INFO, f"org {job.request.org}'s own clusters ({', '.join(event.asked)}) "
+                            "cannot take it now: asking every cluster"), Probe()]
+        decision = replace(decision, candidates=home)
     notes: list[Action] = [Note(Level.INFO, decision.summary()), Note(
         Level.INFO, f"placement of attempt {state.timeline.next_number}:\n{decision.table()}")]
     transient = any(not c.reachable for c in event.snapshot.clusters.values())
-    state = replace(state, candidates=decision.candidates, transient=transient)
+    state = replace(state, candidates=decision.candidates, transient=transient,
+                    home_only=bool(event.asked))
     if not decision.candidates:
         new, actions = _nothing_took_it(state, now, decision.summary())
         return new, notes + actions
@@ -703,6 +721,10 @@ def _refused(state: Follow, cluster: str, why: Refusal, message: str, now: float
     rest = state.candidates[1:]
     state = replace(state, orphans=orphans, candidates=rest,
                     refused=(*state.refused, (cluster, why, message)))
+    if not rest and state.home_only:  # the clusters not asked yet may take it
+        return replace(state, home_only=False), [Note(
+            Level.WARNING, f"cluster {cluster} {why.value}: {message}; asking every cluster"),
+            Probe()]
     note = Note(Level.WARNING, f"cluster {cluster} {why.value}: {message}; "
                                + ("trying the next candidate" if rest else "no candidate left"))
     if rest:

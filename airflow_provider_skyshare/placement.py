@@ -16,8 +16,9 @@ nobody can preempt it. The tier is derived from ownership, never requested.
 from __future__ import annotations
 
 import enum
+import itertools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from airflow_provider_skyshare import gang
@@ -137,8 +138,10 @@ class Decision:
     def summary(self) -> str:
         """One readable log line per decision."""
         c = self.chosen
-        skipped = "; ".join(f"{r.cluster}: {r.reason}" for r in self.rows
-                            if r.verdict != Verdict.CHOSEN.value)
+        unasked = sum(r.reason == NOT_ASKED for r in self.rows)
+        skipped = "; ".join([*(f"{r.cluster}: {r.reason}" for r in self.rows
+                               if r.verdict != Verdict.CHOSEN.value and r.reason != NOT_ASKED),
+                             *([f"{unasked} other cluster(s) not asked"] if unasked else [])])
         if c is None:
             return f"no cluster can take {self._what()} ({skipped})"
         line = f"placing {self._what()} on {c.cluster.name} as {c.tier.name} ({c.reason})"
@@ -151,6 +154,28 @@ class Decision:
 
 
 _VANISHED = (Reason.DELETED.value, Reason.NOT_FOUND.value)
+# The skip reason of a cluster a home-first probe did not ask (see home_candidates).
+NOT_ASKED = "not asked: an owned cluster takes it"
+
+
+def home(request: Request, fleet: Fleet) -> tuple[str, ...]:
+    """The clusters a first placement asks first: the org's own with the product. Empty when
+    that saves nothing (the org owns none, or every cluster of the fleet)."""
+    owned = tuple(c.name for c in fleet.owned_by(request.org)
+                  if request.gpu_product in c.gpu_products)
+    return owned if 0 < len(owned) < len(fleet.clusters) else ()
+
+
+def home_candidates(decision: Decision) -> tuple[Candidate, ...]:
+    """The candidates of a home-first decision that no cluster left unasked could outrank:
+    the owned ones taking the work now or by reclaiming their lent GPUs (ranks 0 and 1; a
+    borrowed cluster ranks 2 or 4). A prefix of the candidates; empty when the rest of the
+    fleet must be asked. Where it is not empty, a placement at home costs the owned
+    clusters' probe, not the fleet's."""
+    org = decision.request.org
+    return tuple(itertools.takewhile(
+        lambda c: c.cluster.owner == org and c.mode in (Mode.NOW, Mode.RECLAIM),
+        decision.candidates))
 
 
 def _cooldowns(history: Timeline, now: float, seconds: float) -> dict[str, float]:
@@ -177,9 +202,11 @@ def choose(
     history: Timeline | None = None,
     now: float = 0.0,
     exclude: Iterable[str] | Mapping[str, str] = (),
+    asked: Collection[str] = (),
 ) -> Decision:
     """Rank every cluster for the request. ``exclude``: clusters that just refused the pod
-    (names, or a mapping name -> why, which the explanation then shows)."""
+    (names, or a mapping name -> why, which the explanation then shows). ``asked``: the
+    clusters the probe asked, when not all (the others are skipped as NOT_ASKED)."""
     validate(request, fleet)
     history = history or Timeline()
     excluded = (
@@ -194,6 +221,8 @@ def choose(
         and fleet.policy.pin_owned_after_preemptions > 0
         and history.preemptions >= fleet.policy.pin_owned_after_preemptions
     )
+    if asked:
+        excluded = {**dict.fromkeys(set(fleet.clusters) - set(asked), NOT_ASKED), **excluded}
     decision = _rank(request, fleet, snapshot, history, now, excluded, pinned, cooldown=True)
     if decision.candidates:
         return decision

@@ -48,6 +48,7 @@ from airflow_provider_skyshare.follow import (
     Tick,
     Unreachable,
     Watch,
+    first_probe,
     step,
 )
 from airflow_provider_skyshare.logstream import ContainerLogs, LiveLogs, Resume
@@ -141,7 +142,8 @@ class Supervisor:
         if isinstance(action, Note):
             self.log.log(action.level, "%s", action.text)
         elif isinstance(action, Probe):
-            result = Probed(await self.api.probe(action.shared), action.shared)
+            result = Probed(await self.api.probe(action.shared, action.clusters), action.shared,
+                            action.clusters)
         elif isinstance(action, Create):
             result = await self._create(action)
         elif isinstance(action, Watch):
@@ -225,8 +227,8 @@ class Supervisor:
         fleet = self.job.fleet
         # A first try has no earlier pods to delete, so the capacity it sees cannot change
         # under the search: probe meanwhile. (A later try probes after its reaping.)
-        early = (self.api.probing_early() if self.job.identity.try_number <= 1
-                 else contextlib.nullcontext(_nothing))
+        early = (self.api.probing_early(first_probe(self.state).clusters)
+                 if self.job.identity.try_number <= 1 else contextlib.nullcontext(_nothing))
         async with early as drop_early_probe:
             await taskpods.reap_earlier_tries(fleet, self.job.identity, self.log)
             if await self.adopt_newest(shared=False):  # no watch of every cluster

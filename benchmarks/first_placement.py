@@ -6,6 +6,11 @@ fleet of the first k clusters; "task start" is execute() being called, "pod crea
 moment the benchmark's watch on that cluster's apiserver sees the pod ADDED. Both processes
 read the same clock. The pods are deleted after each sample, so every placement finds the
 same free GPUs.
+
+A first placement asks the org's own clusters first and, where one takes the work now, no
+other (placement.home_candidates). So a third variant measures the other case: rise's own
+cluster full of its own work (one 2-GPU owner pod, kept for that variant's samples), where
+the placement asks rise's cluster, then the whole fleet, and borrows.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 
 from benchmarks import fleets, worker
 from benchmarks.common import admin_api, summary
-from benchmarks.preemption import Recorder
+from benchmarks.preemption import Recorder, owner_pod
 from scripts.scenario import wait_for
 
 SELECTORS = ("skyshare.dev/dag-id=bench_first_skyshare", "dag_id=bench_first_kpo")
@@ -44,6 +49,20 @@ def sample(variant: str, fleet_file: str, kubeconfig: str,
 
 
 VARIANTS = ("skyshare", "kpo")
+HOME_FULL = "skyshare_home_full"  # the skyshare worker, with rise's own cluster full
+FILLER = "fp-home-full"
+
+
+def fill_home(api: Any, full: bool) -> None:
+    """rise's cluster full of rise's own work (a 2-GPU owner pod running), or empty again."""
+    if full:
+        api.create_namespaced_pod(worker.NS, owner_pod(FILLER, None))
+        wait_for(lambda: api.read_namespaced_pod(FILLER, worker.NS).status.phase == "Running",
+                 60, "rise's cluster full")
+        return
+    api.delete_namespaced_pod(FILLER, worker.NS, grace_period_seconds=0)
+    wait_for(lambda: not api.list_namespaced_pod(
+        worker.NS, field_selector=f"metadata.name={FILLER}").items, 60, "the filler gone")
 
 
 def run(kubeconfig: str, sizes: list[int], samples: int, directory: Path) -> dict[str, Any]:
@@ -64,7 +83,7 @@ def run(kubeconfig: str, sizes: list[int], samples: int, directory: Path) -> dic
         for k in sizes:
             fleet_file = str(fleets.write(names[:k], directory))
             got: dict[str, dict[str, list[float]]] = {
-                v: {"ms": [], "defer": [], "cpu": []} for v in VARIANTS}
+                v: {"ms": [], "defer": [], "cpu": []} for v in (*VARIANTS, HOME_FULL)}
             for _ in range(samples):
                 for variant in VARIANTS:
                     latency, result = sample(variant, fleet_file, kubeconfig, recorders)
@@ -73,6 +92,17 @@ def run(kubeconfig: str, sizes: list[int], samples: int, directory: Path) -> dic
                         (result["deferred_at"] - result["started_at"]) * 1000)
                     got[variant]["cpu"].append(result["cpu_ms_to_deferral"])
                     cleanup(apis)
+            fill_home(apis["rise"], full=True)
+            try:
+                for _ in range(samples):
+                    latency, result = sample("skyshare", fleet_file, kubeconfig, recorders)
+                    got[HOME_FULL]["ms"].append(latency)
+                    got[HOME_FULL]["defer"].append(
+                        (result["deferred_at"] - result["started_at"]) * 1000)
+                    got[HOME_FULL]["cpu"].append(result["cpu_ms_to_deferral"])
+                    cleanup(apis)
+            finally:
+                fill_home(apis["rise"], full=False)
             row: dict[str, Any] = {"clusters": k, **{v: {
                 "ms": summary(g["ms"]), "samples_ms": g["ms"],
                 "to_deferral_ms": summary(g["defer"]),
@@ -84,7 +114,9 @@ def run(kubeconfig: str, sizes: list[int], samples: int, directory: Path) -> dic
                   f"{row['skyshare']['cpu_ms_to_deferral']['p50']:.0f} ms), "
                   f"KubernetesPodOperator p50 {row['kpo']['ms']['p50']:.0f} ms "
                   f"(p95 {row['kpo']['ms']['p95']:.0f}, CPU "
-                  f"{row['kpo']['cpu_ms_to_deferral']['p50']:.0f} ms)", flush=True)
+                  f"{row['kpo']['cpu_ms_to_deferral']['p50']:.0f} ms); rise's cluster full: "
+                  f"skyshare p50 {row[HOME_FULL]['ms']['p50']:.0f} ms "
+                  f"(p95 {row[HOME_FULL]['ms']['p95']:.0f})", flush=True)
     finally:
         for rec in recorders.values():
             rec.stop()

@@ -232,6 +232,14 @@ def first_placement_lines(i: dict | None) -> list[str]:
                    f"(n={ours['n']}{used}) | {base['p50']:.0f} / {base['p95']:.0f} ms "
                    f"(KubernetesPodOperator, one cluster, n={base['n']}) | "
                    f"{base['p50'] / ours['p50']:.1f}x | p50 <= 200 ms at 20 |")
+        full = r.get("skyshare_home_full")
+        if full:
+            ms = full["ms"]
+            out.append(f"| (i) the same, the org's own cluster full (asks it, then every "
+                       f"cluster; borrows), {r['clusters']} clusters p50 / p95 | "
+                       f"{ms['p50']:.0f} / {ms['p95']:.0f} ms (n={ms['n']}, CPU "
+                       f"{full['cpu_ms_to_deferral']['p50']:.0f} ms) | {base['p50']:.0f} / "
+                       f"{base['p95']:.0f} ms | {base['p50'] / ms['p50']:.1f}x | - |")
     return out
 
 

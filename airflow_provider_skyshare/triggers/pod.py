@@ -187,7 +187,17 @@ class MultiClusterPodTrigger(BaseTrigger):
         the trigger to another triggerer (this one's heartbeat was late): the task is still
         deferred then, and the pod is the new triggerer's to follow, not ours to delete.
         No answer in time: delete (a user's action must not leave a pod running; a needless
-        move after a hand-over is the lesser harm)."""
+        move after a hand-over is the lesser harm).
+
+        Airflow 3.3 repeats the cancel on every sync of its trigger runner (about 1 s) until
+        the trigger has ended, and the repeat cancels on_kill too, without a word: the
+        decision runs in a task of its own, which those repeats cannot reach."""
+        deciding = asyncio.create_task(self._on_kill(), name=f"on_kill of trigger {self.trigger_id}")
+        _deciding.add(deciding)
+        deciding.add_done_callback(_deciding.discard)
+        await asyncio.shield(deciding)
+
+    async def _on_kill(self) -> None:
         sup = self._supervisor
         if sup is None:  # cancelled before run() read its fleet: read it now, or say why not
             try:
@@ -207,6 +217,7 @@ class MultiClusterPodTrigger(BaseTrigger):
 
 
 _pause = asyncio.sleep  # between reads of a fleet that cannot be used yet (tests replace it)
+_deciding: set[asyncio.Task[None]] = set()  # on_kill decisions under way (kept referenced)
 
 
 def _without_lost_orphans(state: Follow, log: Any) -> Follow:

@@ -160,6 +160,8 @@ def test_a_frozen_triggerer_that_wakes_after_the_handover_keeps_its_hands_off(
         run = af.trigger("skyshare_job", {"gpus": "T4:1", "duration": "60s"})
         victim = wait_for(lambda: running(af, "skyshare_job", "job"), 120,
                           "a triggerer running the task's trigger")
+        own_log = af.home / f"{victim}.log"
+        own_from = own_log.stat().st_size
         production.signal_all(af, victim, signal.SIGSTOP)
         try:
             heir = wait_for(lambda: heir_of(af, victim, "skyshare_job", "job"), 120,
@@ -168,14 +170,24 @@ def test_a_frozen_triggerer_that_wakes_after_the_handover_keeps_its_hands_off(
             production.signal_all(af, victim, signal.SIGCONT)
         wait_for(lambda: victim not in production.triggerers_running(af, "skyshare_job", "job"),
                  60, f"{victim} dropping its stale copy")
+
+        def stepped_down() -> bool:
+            """The stale copy's on_kill said so: in the trigger's log, or (the decision may
+            outlive the trigger, whose log Airflow then closes) in the triggerer's own."""
+            trigger_logs = "".join(p.read_text() for p in (
+                af.home / "logs" / "dag_id=skyshare_job" / f"run_id={run}").rglob(
+                "*.trigger.*.log"))
+            with open(own_log, "rb") as own:
+                own.seek(own_from)
+                said = trigger_logs + own.read().decode(errors="replace")
+            return "handed to another triggerer, which follows the pod; not deleting it" in said
+
+        wait_for(stepped_down, 60, f"{victim}'s on_kill leaving the pod to {heir}")
         print(f"\n{victim} frozen; {heir} took the trigger over; {victim} woke and stepped down")
         assert finished(af, "skyshare_job", run) == "success"
     timeline = af.xcom("skyshare_job", run, "job")
     assert [(a["number"], a["outcome"]) for a in timeline] == [(1, "Succeeded")]
     assert len(pods.created()) == 1 and pods.most_live_at_once()[0] == 1, pods.created()
-    logs = "".join(p.read_text() for p in (af.home / "logs" / "dag_id=skyshare_job" /
-                                           f"run_id={run}").rglob("*.trigger.*.log"))
-    assert "handed to another triggerer, which follows the pod; not deleting it" in logs
 
 
 def test_a_triggerer_frozen_during_a_preemption_wakes_and_creates_nothing(

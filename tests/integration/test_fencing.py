@@ -38,9 +38,9 @@ class Late(KubeClusterApi):
         super().__init__(sup.job.fleet, sup.job.identity.key)
         self.until = until
 
-    async def probe(self, shared: bool) -> Snapshot:
+    async def probe(self, shared: bool, clusters: tuple[str, ...] = ()) -> Snapshot:
         await self.until.wait()
-        return await super().probe(shared)
+        return await super().probe(shared, clusters)
 
     async def claim(self, action: Claim) -> ClaimAnswer:
         await self.until.wait()

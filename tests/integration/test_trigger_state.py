@@ -13,6 +13,7 @@ import time
 import pytest
 from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
+from airflow_provider_skyshare.triggers import pod as trigger_module
 from airflow_provider_skyshare.triggers.pod import MultiClusterPodTrigger
 from tests.helpers.fixtures import wait_for
 from tests.integration.test_reliability import closing, make, pods_of
@@ -204,4 +205,35 @@ def test_on_kill_deletes_the_pod_unless_the_task_is_still_deferred(
     live = [p.metadata.name for p in pods_of(admin, attempt.cluster, sup)
             if p.metadata.deletion_timestamp is None]
     assert live == ([] if deletes else [attempt.pod])
+    asyncio.run(closing(sup.delete_all(0)))
+
+
+def test_on_kill_cancelled_again_and_again_still_deletes_the_pod(monkeypatch, admin, kube_env,
+                                                                 no_leaks):
+    """Airflow 3.3 repeats a trigger's cancel on every sync of its runner (about 1 s) until
+    the trigger has ended, and the repeat cancels on_kill as well: a task marked failed on a
+    busy triggerer (its answer about the task's state late) kept its pod running."""
+    sup = make("on-kill-again", duration="300s")
+    attempt = asyncio.run(closing(sup.start()))
+    release = threading.Event()
+    monkeypatch.setattr(RuntimeTaskInstance, "get_task_states",
+                        staticmethod(lambda **kw: release.wait(60) and {}))
+
+    async def scenario() -> None:
+        kill = asyncio.create_task(MultiClusterPodTrigger(sup.state()).on_kill())
+        await asyncio.sleep(0)  # on_kill has started and is asking for the task's state
+        for _ in range(3):  # as Airflow's runner does, once per sync
+            kill.cancel("user-action")
+            await asyncio.gather(kill, return_exceptions=True)
+        assert kill.cancelled() and trigger_module._deciding, "the decision ended with on_kill"
+        release.set()  # the answer comes: no such task (marked and gone): delete
+        await asyncio.wait(set(trigger_module._deciding), timeout=60)
+
+    try:
+        asyncio.run(closing(scenario()))
+    finally:
+        release.set()
+    live = [p.metadata.name for p in pods_of(admin, attempt.cluster, sup)
+            if p.metadata.deletion_timestamp is None]
+    assert live == []
     asyncio.run(closing(sup.delete_all(0)))

@@ -153,10 +153,11 @@ class GangReplayApi:
         self.deleted: list[str] = []
         self.playing: list[Event] = []
 
-    def probing_early(self) -> contextlib.AbstractAsyncContextManager[Any]:
+    def probing_early(self, clusters: tuple[str, ...] = ()
+                      ) -> contextlib.AbstractAsyncContextManager[Any]:
         return contextlib.nullcontext(lambda: None)
 
-    async def probe(self, shared: bool) -> Snapshot:
+    async def probe(self, shared: bool, clusters: tuple[str, ...] = ()) -> Snapshot:
         return self.snapshot
 
     async def create_gang(self, cluster: str, leader: dict[str, Any],

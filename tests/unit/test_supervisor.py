@@ -72,14 +72,24 @@ class ReplayApi:
         self.playing: dict[str, list[Event]] = {}
         self.leases: dict[tuple[str, str], dict[str, Any]] = {}
         self.version = 0
+        self.home: Snapshot | None = None  # what the home-first probe of this placement saw
 
-    def probing_early(self) -> contextlib.AbstractAsyncContextManager[Any]:
+    def probing_early(self, clusters: tuple[str, ...] = ()
+                      ) -> contextlib.AbstractAsyncContextManager[Any]:
         return contextlib.nullcontext(lambda: None)
 
-    async def probe(self, shared: bool) -> Snapshot:
-        return self.snapshots.pop(0) if len(self.snapshots) > 1 else self.snapshots[0]
+    async def probe(self, shared: bool, clusters: tuple[str, ...] = ()) -> Snapshot:
+        """The next snapshot; a placement that asked the org's own clusters first and then
+        every cluster sees one moment (one snapshot) in both."""
+        if not clusters and self.home is not None:
+            seen, self.home = self.home, None
+            return seen
+        seen = self.snapshots.pop(0) if len(self.snapshots) > 1 else self.snapshots[0]
+        self.home = seen if clusters else None
+        return seen
 
     async def create(self, cluster: str, pod: dict[str, Any]) -> Event:
+        self.home = None
         self.created.append((cluster, pod["metadata"]["name"]))
         self.playing[pod["metadata"]["name"]] = self.scripts[cluster].pop(0)
         return Created(cluster)
@@ -333,7 +343,7 @@ class EarlyApi(ReplayApi):
         self.early: list[str] = []
 
     @contextlib.asynccontextmanager
-    async def probing_early(self):
+    async def probing_early(self, clusters=()):
         self.early.append("started")
         yield lambda: self.early.append("dropped")
         self.early.append("ended")
