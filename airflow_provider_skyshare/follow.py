@@ -386,6 +386,7 @@ class Follow:
     # placing
     candidates: tuple[Candidate, ...] = ()  # the decision's rest; the first is being created
     home_only: bool = False  # the candidates are the org's own clusters (rest not asked)
+    home_seen: Snapshot | None = None  # what the home probe saw, while the rest is asked
     refused: tuple[tuple[str, Refusal, str], ...] = ()  # this round: (cluster, why, message)
     transient: bool = False  # a cluster did not answer the probe: retrying may help
     placing_since: float | None = None
@@ -481,7 +482,8 @@ def _start(state: Follow, _: Start, now: float) -> Step:
 
 def _begin_placing(state: Follow, now: float, moved_at: float | None) -> Step:
     state = replace(state, phase=Phase.PLACING, placing_since=now, moved_at=moved_at,
-                    retry_delay=FIRST_RETRY_DELAY, refused=(), candidates=(), pod=None,
+                    retry_delay=FIRST_RETRY_DELAY, refused=(), candidates=(), home_seen=None,
+                    pod=None,
                     pod_gone=False, down_since=None, rebalance_to=None, wake_at=None,
                     held=None, claimed_at=None, claim_wait=False, seen_claim=None,
                     drain_until=None, housekeeping_at=None, members=())
@@ -513,24 +515,30 @@ def _probed(state: Follow, event: Probed, now: float) -> Step:
         return _rebalance_probed(state, event.snapshot, now)
     if state.phase is not Phase.PLACING:
         return state, []
-    job = state.job
+    job, snapshot, asked = state.job, event.snapshot, event.asked
+    if state.home_seen is not None:  # the rest of the fleet, asked after the home probe
+        snapshot = Snapshot({**state.home_seen.clusters, **snapshot.clusters},
+                            taken_at=state.home_seen.taken_at)
+        asked, state = (), replace(state, home_seen=None)
     try:
-        decision = placement.choose(job.request, job.fleet, event.snapshot, state.timeline,
-                                    now=now, exclude=_refused_map(state), asked=event.asked)
+        decision = placement.choose(job.request, job.fleet, snapshot, state.timeline,
+                                    now=now, exclude=_refused_map(state), asked=asked)
     except PlacementError as exc:
         return _finish(state, Status.NO_PLACEMENT, str(exc))
-    if event.asked:
+    if asked:
         home = placement.home_candidates(decision)
-        if not home:
-            return replace(state, home_only=False), [Note(
-                Level.INFO, f"org {job.request.org}'s own clusters ({', '.join(event.asked)}) "
-                            "cannot take it now: asking every cluster"), Probe()]
-        decision = replace(decision, candidates=home)
+        if not home:  # the rest is asked; the home's answers (or silence) are kept
+            rest = tuple(n for n in job.fleet.clusters if n not in asked)
+            return replace(state, home_only=False, home_seen=snapshot), [Note(
+                Level.INFO, f"org {job.request.org}'s own clusters ({', '.join(asked)}) "
+                            "cannot take it now: asking the other clusters"),
+                Probe(clusters=rest)]
+        decision = decision.trying_only(home)
     notes: list[Action] = [Note(Level.INFO, decision.summary()), Note(
         Level.INFO, f"placement of attempt {state.timeline.next_number}:\n{decision.table()}")]
-    transient = any(not c.reachable for c in event.snapshot.clusters.values())
+    transient = any(not c.reachable for c in snapshot.clusters.values())
     state = replace(state, candidates=decision.candidates, transient=transient,
-                    home_only=bool(event.asked))
+                    home_only=bool(asked))
     if not decision.candidates:
         new, actions = _nothing_took_it(state, now, decision.summary())
         return new, notes + actions

@@ -19,7 +19,7 @@ import enum
 import itertools
 import re
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from airflow_provider_skyshare import gang
 from airflow_provider_skyshare.fleet import BORROWER, OWNER, Cluster, Fleet, FleetError, Tier
@@ -129,6 +129,17 @@ class Decision:
     def chosen(self) -> Candidate | None:
         return self.candidates[0] if self.candidates else None
 
+    def trying_only(self, kept: tuple[Candidate, ...]) -> Decision:
+        """Only the first candidates are tried (home-first: the others only after every
+        cluster has been asked); the table says so rather than list them as fall-backs."""
+        names = {c.cluster.name for c in kept}
+        later = "tried only after every cluster is asked"
+        rows = tuple(r if r.verdict == Verdict.SKIPPED.value or r.cluster in names else
+                     replace(r, verdict=Verdict.SKIPPED.value,
+                             reason=f"{r.reason.split(': ', 1)[-1]}; {later}")
+                     for r in self.rows)
+        return replace(self, candidates=kept, rows=rows)
+
     def table(self) -> str:
         return format_table(
             [[r.cluster, r.owner, r.tier, r.free, r.verdict, r.reason] for r in self.rows],
@@ -160,10 +171,10 @@ NOT_ASKED = "not asked: an owned cluster takes it"
 
 def home(request: Request, fleet: Fleet) -> tuple[str, ...]:
     """The clusters a first placement asks first: the org's own with the product. Empty when
-    that saves nothing (the org owns none, or every cluster of the fleet)."""
-    owned = tuple(c.name for c in fleet.owned_by(request.org)
-                  if request.gpu_product in c.gpu_products)
-    return owned if 0 < len(owned) < len(fleet.clusters) else ()
+    that saves nothing (the org owns none, or every cluster that has the product)."""
+    offering = [c for c in fleet.clusters.values() if request.gpu_product in c.gpu_products]
+    owned = tuple(c.name for c in offering if c.owner == request.org)
+    return owned if 0 < len(owned) < len(offering) else ()
 
 
 def home_candidates(decision: Decision) -> tuple[Candidate, ...]:

@@ -194,8 +194,14 @@ class MultiClusterPodTrigger(BaseTrigger):
         decision runs in a task of its own, which those repeats cannot reach."""
         deciding = asyncio.create_task(self._on_kill(), name=f"on_kill of trigger {self.trigger_id}")
         _deciding.add(deciding)
-        deciding.add_done_callback(_deciding.discard)
+        deciding.add_done_callback(self._decided)
         await asyncio.shield(deciding)
+
+    def _decided(self, deciding: asyncio.Task[None]) -> None:
+        """Its error is logged here: once on_kill was cancelled, nobody awaits the task."""
+        _deciding.discard(deciding)
+        if not deciding.cancelled() and deciding.exception() is not None:
+            self.log.error("on_kill failed", exc_info=deciding.exception())
 
     async def _on_kill(self) -> None:
         sup = self._supervisor
@@ -231,9 +237,24 @@ def _without_lost_orphans(state: Follow, log: Any) -> Follow:
 
 
 async def _end(*tasks: asyncio.Task[Any]) -> None:
-    """Cancel and wait until done. Repeated: on Python < 3.12 `asyncio.wait_for` drops a cancel
-    that arrives as its inner call completes, and a follower that survived would place the
-    work again after on_kill deleted it."""
+    """Cancel and wait until done, even when cancelled meanwhile (Airflow 3.3 repeats a
+    trigger's cancel every second until it has ended); then re-raise that cancel."""
+    ending = asyncio.ensure_future(_cancel_until_done(tasks))
+    cancelled = False
+    while not ending.done():
+        try:
+            await asyncio.shield(ending)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    ending.result()
+
+
+async def _cancel_until_done(tasks: tuple[asyncio.Task[Any], ...]) -> None:
+    """Repeated: on Python < 3.12 `asyncio.wait_for` drops a cancel that arrives as its inner
+    call completes, and a follower that survived would place the work again after on_kill
+    deleted it."""
     while pending := [t for t in tasks if not t.done()]:
         for task in pending:
             task.cancel()

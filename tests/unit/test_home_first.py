@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 from dataclasses import replace
 
 import pytest
@@ -34,9 +35,11 @@ from airflow_provider_skyshare.follow import (
     first_probe,
     step,
 )
+from airflow_provider_skyshare.names import Kind
 from airflow_provider_skyshare.placement import NOT_ASKED, Request
 from airflow_provider_skyshare.pods import TaskIdentity
 from airflow_provider_skyshare.snapshot import ClusterCapacity, NodeGpus, Snapshot
+from airflow_provider_skyshare.timeline import Attempt, Timeline
 
 T0 = 1_800_000_000.0
 NAMES = ("rise", "rise2", "bair", "p3")
@@ -87,6 +90,62 @@ def test_whenever_home_settles_the_whole_fleet_decides_the_same(gpus):
         # the choice, and the order the submitter falls through on refusals
         assert at_home == everywhere[:len(at_home)], full
     assert settled > 100  # the rule is not vacuous
+
+
+def test_and_over_random_fleets_with_gangs_refusals_history_and_lending():
+    """Seeded: 2-5 clusters, two products, lend: false, unreachable clusters, several nodes
+    with lent GPUs, pending pods, gangs, refusals, pinning and cooldowns from past attempts."""
+    rnd, settled = random.Random(1), 0
+    for _ in range(3000):
+        names = [f"c{i}" for i in range(rnd.randint(2, 5))]
+        owners = {c: rnd.choice(["rise", "bair"]) for c in names}
+        products = {c: rnd.choice([{"T4": "Tesla-T4"}, {"T4": "Tesla-T4", "A100": "A100"},
+                                   {"A100": "A100"}]) for c in names}
+        f = parse({"orgs": [{"name": "rise", "members": ["u"]}, {"name": "bair", "members": ["v"]}],
+                   "policy": {"pin_owned_after_preemptions": rnd.choice([0, 1, 2])},
+                   "clusters": [{"name": c, "owner": owners[c], "context": c,
+                                 "gpu_products": products[c], "lend": rnd.random() < .8,
+                                 "cost_per_gpu_hour": rnd.choice([0.1, 0.3, None])}
+                                for c in names]}, source="x")
+        request = Request(rnd.choice(["T4", "A100"]), rnd.randint(1, 4), "rise", "u",
+                          nodes=rnd.choice([1, 1, 2, 3]))
+        home = placement.home(request, f)
+        try:
+            placement.validate(request, f)
+        except placement.PlacementError:
+            continue
+        if not home:
+            continue
+        caps = {c: _random_capacity(rnd, c, products[c]) for c in names}
+        history = Timeline(tuple(
+            Attempt(k + 1, c, "owner" if owners[c] == "rise" else "borrower", f"p{k}", "ns",
+                    0.0, ended_at=rnd.choice([None, 90.0, 10.0]),
+                    outcome=rnd.choice([Kind.PREEMPTED.value, "Succeeded", Kind.LOST.value]),
+                    reason=rnd.choice(["", "Deleted"]))
+            for k, c in enumerate(rnd.choice(names) for _ in range(rnd.randint(0, 3)))))
+        refused = {c: "refused" for c in names if rnd.random() < .2}
+        at_home = placement.home_candidates(placement.choose(
+            request, f, Snapshot({c: caps[c] for c in home}), history, now=100.0,
+            exclude=refused, asked=home))
+        if not at_home:
+            continue
+        settled += 1
+        everywhere = placement.choose(request, f, Snapshot(caps), history, now=100.0,
+                                      exclude=refused).candidates
+        assert at_home == everywhere[:len(at_home)], (request, caps, refused, history)
+    assert settled > 300
+
+
+def _random_capacity(rnd: random.Random, name: str, products: dict[str, str]) -> ClusterCapacity:
+    if rnd.random() < .15:
+        return ClusterCapacity(name, False, "down")
+    nodes = []
+    for j in range(rnd.randint(0, 3)):
+        for label in products.values():
+            size = rnd.choice([2, 4, 8])
+            used = rnd.randint(0, size)
+            nodes.append(NodeGpus(f"{name}-{j}-{label}", label, size, used, rnd.randint(0, used)))
+    return ClusterCapacity(name, True, nodes=tuple(nodes), pending_gpus=rnd.choice([0, 0, 1, 4]))
 
 
 @pytest.mark.parametrize(("rise", "settles"), [
@@ -157,15 +216,42 @@ SEEN = Snapshot({"rise": cap("rise", 2), "rise2": cap("rise2", 0), "bair": cap("
                  "p3": cap("p3", 0)})
 
 
-def test_a_full_home_asks_every_cluster_and_places_as_the_whole_fleet_says():
+def test_a_full_home_asks_the_other_clusters_and_places_as_the_whole_fleet_says():
     full_home = replace(SEEN, clusters={**SEEN.clusters, "rise2": cap("rise2", 2)})
     state, _ = step(make(), Start(), T0)
     state, actions = step(state, Probed(only(full_home, ("rise", "rise2")),
                                         asked=("rise", "rise2")), T0)
-    assert kinds(actions) == [Probe] and the(actions, Probe) == Probe()
-    assert "asking every cluster" in the(actions, Note).text
-    state, actions = step(state, Probed(full_home), T0)
+    assert kinds(actions) == [Probe] and the(actions, Probe) == Probe(clusters=("bair", "p3"))
+    assert "asking the other clusters" in the(actions, Note).text
+    state, actions = step(state, Probed(only(full_home, ("bair", "p3")),
+                                        asked=("bair", "p3")), T0)
     assert the(actions, Create).cluster == "bair" and not state.home_only
+    # the home's answers are kept: its clusters are in the table, as full
+    table = next(a.text for a in actions if isinstance(a, Note) and "placement of" in a.text)
+    rows = {line.split()[0]: line for line in table.splitlines()[3:]}
+    assert "0/2" in rows["rise"] and "0/2" in rows["rise2"], table  # answered, full
+
+
+def test_a_silent_home_is_not_asked_twice():
+    """An owned cluster that does not answer costs one probe deadline, not two."""
+    silent = Snapshot({"rise": ClusterCapacity("rise", False, "timed out"),
+                       "rise2": cap("rise2", 2)})
+    state, _ = step(make(), Start(), T0)
+    state, actions = step(state, Probed(silent, asked=("rise", "rise2")), T0)
+    assert the(actions, Probe).clusters == ("bair", "p3")
+    state, actions = step(state, Probed(only(SEEN, ("bair", "p3")), asked=("bair", "p3")), T0)
+    assert the(actions, Create).cluster in ("bair", "p3") and state.transient
+
+
+def test_owned_candidates_that_only_queue_are_not_offered_as_fall_backs():
+    """rise2 free, rise full of its own work: only rise2 is tried before every cluster is
+    asked (a borrowed cluster that runs the work now ranks above queueing at home)."""
+    state, _ = step(make(), Start(), T0)
+    state, actions = step(state, Probed(only(SEEN, ("rise", "rise2")), asked=("rise", "rise2")),
+                          T0)
+    table = next(a.text for a in actions if isinstance(a, Note) and "placement of" in a.text)
+    rise_row = next(line for line in table.splitlines() if line.startswith("rise "))
+    assert "skipped" in rise_row and "tried only after every cluster is asked" in rise_row
 
 
 def test_a_home_that_refuses_the_pod_asks_every_cluster_instead_of_giving_up():

@@ -81,7 +81,7 @@ class ReplayApi:
     async def probe(self, shared: bool, clusters: tuple[str, ...] = ()) -> Snapshot:
         """The next snapshot; a placement that asked the org's own clusters first and then
         every cluster sees one moment (one snapshot) in both."""
-        if not clusters and self.home is not None:
+        if self.home is not None:  # the rest of the fleet, right after the home probe
             seen, self.home = self.home, None
             return seen
         seen = self.snapshots.pop(0) if len(self.snapshots) > 1 else self.snapshots[0]
