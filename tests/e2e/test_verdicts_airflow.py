@@ -98,16 +98,23 @@ def on_a_warm_triggerer(af, dag_id: str, job: Callable[[], tuple[str, float]],
                          "served it before (are triggerers being restarted?)")
 
 
-def two_second_job(af, admin) -> tuple[str, float]:
-    """Seconds from the pod's success (seen by the watch) to the task's end in Airflow."""
+def job_to_its_end(af, admin, conf: dict[str, str], what: str,
+                   predicate: Callable[[Any], bool]) -> tuple[str, float, dict[str, Any]]:
+    """A 2 s skyshare_job with `conf`: its run, when its pod was first seen as `predicate`
+    says, and its task instance once ended."""
     changes = PodChanges(admin["rise"], "skyshare_job")
     try:
-        run = af.trigger("skyshare_job", {"gpus": "T4:1",
-                                          "duration": "2s"})
-        done_at = changes.first("the pod succeeded", run, lambda p: p.status.phase == "Succeeded")
-        ti = ended(af, "skyshare_job", run, "job")
+        run = af.trigger("skyshare_job", {"gpus": "T4:1", "duration": "2s", **conf})
+        seen_at = changes.first(what, run, predicate)
+        return run, seen_at, ended(af, "skyshare_job", run, "job")
     finally:
         changes.stop.set()
+
+
+def two_second_job(af, admin) -> tuple[str, float]:
+    """Seconds from the pod's success (seen by the watch) to the task's end in Airflow."""
+    run, done_at, ti = job_to_its_end(af, admin, {}, "the pod succeeded",
+                                      lambda p: p.status.phase == "Succeeded")
     assert ti["state"] == "success"
     timeline = af.xcom("skyshare_job", run, "job")
     assert [(a["cluster"], a["outcome"]) for a in timeline] == [("rise", "Succeeded")]
@@ -123,20 +130,12 @@ def test_a_2s_job_is_marked_success_within_3s_of_its_pod(airflow_server, admin, 
 
 def bad_image_job(af, admin) -> tuple[str, float]:
     """Seconds from the container's InvalidImageName (seen by the watch) to the task's end."""
-    changes = PodChanges(admin["rise"], "skyshare_job")
-
     def invalid(pod) -> bool:
         return any(cs.state.waiting and cs.state.waiting.reason == "InvalidImageName"
                    for cs in pod.status.container_statuses or [])
 
-    try:
-        run = af.trigger("skyshare_job", {"gpus": "T4:1",
-                                          "duration": "2s", "image": "BUSYBOX:1"})
-        verdict_at = changes.first("the container waiting with InvalidImageName", run,
-                                   invalid)
-        ti = ended(af, "skyshare_job", run, "job")
-    finally:
-        changes.stop.set()
+    run, verdict_at, ti = job_to_its_end(af, admin, {"image": "BUSYBOX:1"},
+                                         "the container waiting with InvalidImageName", invalid)
     assert ti["state"] == "failed"
     timeline = af.xcom("skyshare_job", run, "job", "skyshare_timeline")
     assert [(a["outcome"], a["reason"]) for a in timeline] == [("Failed", "InvalidImageName")]
