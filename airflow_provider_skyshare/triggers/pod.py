@@ -238,16 +238,17 @@ def _without_lost_orphans(state: Follow, log: Any) -> Follow:
 
 async def _end(*tasks: asyncio.Task[Any]) -> None:
     """Cancel and wait until done, even when cancelled meanwhile (Airflow 3.3 repeats a
-    trigger's cancel every second until it has ended); then re-raise that cancel."""
+    trigger's cancel every second until it has ended); then re-raise that cancel as it came
+    (its message tells Airflow to call on_kill)."""
     ending = asyncio.ensure_future(_cancel_until_done(tasks))
-    cancelled = False
+    caught: asyncio.CancelledError | None = None
     while not ending.done():
         try:
             await asyncio.shield(ending)
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
+        except asyncio.CancelledError as exc:
+            caught = exc
+    if caught is not None:
+        raise caught
     ending.result()
 
 
